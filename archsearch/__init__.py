@@ -1,0 +1,26 @@
+"""archsearch: declarative small-CNN specs, a receptive-field/parameter-budget validator,
+training on CIFAR-10 with albumentations, Optuna sweeps and MLflow tracking.
+
+    from archsearch import load_spec, analyze, build_model
+    spec = load_spec("dilated_sep", overrides=["model.layers.2.d=1"])
+    report = analyze(spec)      # report.params, report.rf, report.macs, report.out_shape, report.layers
+    model = build_model(spec)   # torch.nn.Module (torch is imported only here)
+"""
+
+from .analysis import LayerReport, Report, analyze, receptive_field
+from .budget import Budget, Violation, check, parse_budget
+from .config import load_budget, load_spec, spec_from_cfg
+from .spec import LayerSpec, ModelSpec, SpecError, parse_spec, spec_hash
+
+__all__ = [
+    "Budget", "LayerReport", "LayerSpec", "ModelSpec", "Report", "SpecError", "Violation",
+    "analyze", "build_model", "check", "load_budget", "load_spec", "parse_budget", "parse_spec",
+    "receptive_field", "spec_from_cfg", "spec_hash",
+]
+
+
+def build_model(spec: ModelSpec):
+    """Build the ``torch.nn.Module`` for a spec (imports torch lazily)."""
+    from .build import build_model as _build
+
+    return _build(spec)

@@ -1,0 +1,111 @@
+"""Albumentations pipelines declared in YAML (``conf/aug/NAME.yaml``), built through a registry.
+
+A pipeline is a list of ``{TransformName: {arg: value, ...}}`` entries. Only the
+transforms in :data:`TRANSFORMS` can be named (no arbitrary import), and arguments
+are checked against the transform's signature *and* by albumentations' own strict
+validation: a misspelled or removed argument is an error naming both.
+
+The special value ``mean`` for a ``fill`` argument is the training split's mean colour
+(in pixel units), e.g. CoarseDropout filling its hole with the dataset mean.
+
+Normalize + ToTensorV2 are not listed: the pipeline yields uint8 images and the
+training loop normalises on the device with the training split's mean/std (same
+arithmetic, less host work; see ``archsearch.train``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["AugError", "TRANSFORMS", "build_pipeline", "save_grid"]
+
+# the transforms a config may name (albumentations 2.0.x)
+TRANSFORMS = (
+    "HorizontalFlip", "VerticalFlip", "Affine", "ShiftScaleRotate", "CoarseDropout",
+    "RandomBrightnessContrast", "ToGray", "ColorJitter", "HueSaturationValue", "RandomCrop",
+    "PadIfNeeded", "RandomResizedCrop", "Rotate", "GaussNoise", "CLAHE", "Sharpen", "Blur",
+    "RandomGamma", "Perspective", "GridDistortion", "Erasing", "ChannelShuffle", "Solarize",
+    "Posterize", "Equalize", "InvertImg", "SafeRotate", "RandomRotate90", "Transpose",
+    "ConstrainedCoarseDropout",
+)
+
+
+class AugError(ValueError):
+    """A bad augmentation config; ``str()`` is one line naming the transform and argument."""
+
+
+def _resolve(v: Any, mean_px: Sequence[float] | None) -> Any:
+    if isinstance(v, str) and v == "mean":
+        if mean_px is None:
+            raise AugError("'mean' fill needs the dataset mean")
+        return tuple(float(m) for m in mean_px)
+    if isinstance(v, list):
+        return tuple(_resolve(x, mean_px) for x in v)
+    return v
+
+
+def _entries(spec: Any, where: str) -> list[tuple[str, dict]]:
+    if spec is None:
+        return []
+    if not isinstance(spec, (list, tuple)):
+        raise AugError(f"{where}: must be a list of {{TransformName: {{args}}}}, got {type(spec).__name__}")
+    out = []
+    for i, item in enumerate(spec):
+        if isinstance(item, str):
+            out.append((item, {}))
+            continue
+        if not isinstance(item, Mapping) or len(item) != 1:
+            raise AugError(f"{where}[{i}]: each entry is one {{TransformName: {{args}}}} mapping, got {item!r}")
+        (name, args), = item.items()
+        out.append((name, dict(args or {})))
+    return out
+
+
+def build_pipeline(spec: Any, mean_px: Sequence[float] | None = None, where: str = "aug.train"):
+    """An ``albumentations.Compose`` (or None for an empty list) from the YAML list."""
+    import albumentations as A
+
+    transforms = []
+    for i, (name, args) in enumerate(_entries(spec, where)):
+        path = f"{where}[{i}].{name}"
+        if name not in TRANSFORMS or not hasattr(A, name):
+            raise AugError(f"{where}[{i}]: unknown transform {name!r}; choose one of {', '.join(TRANSFORMS)}")
+        cls = getattr(A, name)
+        valid = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+        for key in args:
+            if key not in valid:
+                raise AugError(f"{path}: unknown argument {key!r}; valid arguments: {', '.join(valid)}")
+        kwargs = {k: _resolve(v, mean_px) for k, v in args.items()}
+        try:
+            transforms.append(cls(**kwargs, strict=True))
+        except Exception as e:  # pydantic ValidationError / ValueError from albumentations
+            msg = " ".join(str(e).split())
+            raise AugError(f"{path}: {msg[:300]}") from None
+    if not transforms:
+        return None
+    return A.Compose(transforms)
+
+
+def save_grid(images: np.ndarray, path: str, labels: Sequence[str] | None = None, ncol: int = 8) -> str:
+    """Save uint8 HWC images as a PNG grid (titles optional) and return the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    nrow = max(1, (n + ncol - 1) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(ncol * 1.3, nrow * (1.5 if labels else 1.3)))
+    for i, ax in enumerate(np.atleast_1d(axes).ravel()):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i])
+            if labels:
+                ax.set_title(labels[i], fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,105 @@
+"""Compose Hydra configs from ``conf/`` and turn them into specs, with one-line errors.
+
+This is the only place that knows where ``conf/`` lives (``ARCHSEARCH_CONF`` overrides it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from .spec import ModelSpec, SpecError, parse_spec
+
+__all__ = ["CONF_DIR", "ConfigError", "available", "compose", "load_spec", "spec_from_cfg"]
+
+CONF_DIR = Path(os.environ.get("ARCHSEARCH_CONF", Path(__file__).resolve().parent.parent / "conf"))
+
+
+class ConfigError(ValueError):
+    """A user mistake in overrides or config choices; ``str()`` is one line."""
+
+
+def available(group: str) -> list[str]:
+    d = CONF_DIR / group
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def _groups() -> list[str]:
+    return sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+
+
+_GROUP_CHOICE = re.compile(r"^([a-z_]+)=([^=]*)$")
+
+
+def check_choices(overrides: Sequence[str]) -> None:
+    """``model=nonexistent`` -> ConfigError listing the available options (before Hydra's own)."""
+    groups = set(_groups())
+    for ov in overrides:
+        m = _GROUP_CHOICE.match(ov.lstrip("+~"))
+        if not m or m.group(1) not in groups:
+            continue
+        group, value = m.groups()
+        opts = available(group)
+        for v in value.split(","):  # multirun lists
+            v = v.strip()
+            if v and not v.startswith(("choice(", "range(", "interval(", "tag(", "glob(")) and v not in opts:
+                raise ConfigError(f"{group}: no config {v!r}; available: {', '.join(opts)}")
+
+
+def compose(config_name: str, overrides: Sequence[str] = ()) -> Any:
+    """Compose ``conf/<config_name>.yaml`` with Hydra overrides; errors become ConfigError."""
+    from hydra import compose as _compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    check_choices(overrides)
+    gh = GlobalHydra.instance()
+    was = gh.is_initialized()
+    try:
+        if was:  # inside a running Hydra app: compose with a fresh, temporary instance
+            hydra_state = gh.hydra
+            gh.clear()
+        with initialize_config_dir(version_base=None, config_dir=str(CONF_DIR)):
+            return _compose(config_name=config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        msg = " ".join(str(e).split("\n")[0].split())
+        raise ConfigError(msg) from None
+    finally:
+        if was:
+            gh.clear()
+            gh.initialize(hydra_state)
+
+
+def spec_from_cfg(model_cfg: Any) -> ModelSpec:
+    """A ModelSpec from a composed ``cfg.model`` (DictConfig) or a plain dict."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(model_cfg, DictConfig):
+        raw = OmegaConf.to_container(model_cfg, resolve=False)
+        try:
+            resolved = OmegaConf.to_container(model_cfg, resolve=True)
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", "") or "model"
+            msg = str(e).split("\n")[0]
+            raise SpecError(key if key.startswith("model") else f"model.{key}", msg) from None
+        return parse_spec(resolved, raw=raw)
+    return parse_spec(model_cfg)
+
+
+def load_spec(name: str, overrides: Sequence[str] = ()) -> ModelSpec:
+    """``load_spec("dilated_sep", overrides=["model.layers.2.d=1"])`` -> ModelSpec."""
+    cfg = compose("validate", [f"model={name}", *overrides])
+    return spec_from_cfg(cfg.model)
+
+
+def load_budget(overrides: Sequence[str] = ()):
+    from .budget import parse_budget
+    from omegaconf import OmegaConf
+
+    cfg = compose("validate", list(overrides))
+    return parse_budget(OmegaConf.to_container(cfg.budget, resolve=True))

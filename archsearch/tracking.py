@@ -1,0 +1,143 @@
+"""MLflow, and only here. Uses ``MlflowClient`` (no global active run), so a run can be
+opened, nested under a parent and closed from any process of a sweep.
+
+Default store: ``sqlite:///<cwd>/mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts``
+(MLflow >= 3.13 refuses the plain ``./mlruns`` file store). Compare runs with::
+
+    mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+__all__ = ["NullTracker", "Tracker", "default_uri", "flatten", "make_tracker"]
+
+STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+def default_uri(base: str | Path | None = None) -> str:
+    base = Path(base or os.getcwd()).resolve()
+    return f"sqlite:///{base / 'mlruns' / 'mlflow.db'}"
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, str]:
+    """Nested mappings/lists -> {"a.b.0.c": "value"} (MLflow params are flat strings)."""
+    out: dict[str, str] = {}
+    if isinstance(d, Mapping):
+        items: Iterable = d.items()
+    elif isinstance(d, (list, tuple)):
+        items = enumerate(d)
+    else:
+        return {prefix: str(d)[:6000]}
+    empty = True
+    for k, v in items:
+        empty = False
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    if empty and prefix:
+        out[prefix] = "[]" if isinstance(d, (list, tuple)) else "{}"
+    return out
+
+
+class NullTracker:
+    """``tracking=none``: same interface, records nothing."""
+
+    run_id: str | None = None
+    enabled = False
+
+    def start(self, *a, **k) -> "NullTracker":
+        return self
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+    def log_artifact(self, path: str | Path, subdir: str | None = None) -> None: ...
+    def log_text(self, text: str, name: str) -> None: ...
+    def end(self, status: str = "FINISHED") -> None: ...
+
+
+class Tracker:
+    enabled = True
+
+    def __init__(self, uri: str, experiment: str):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_id = ensure_experiment(self.client, uri, experiment)
+        self.run_id: str | None = None
+
+    def start(self, name: str | None = None, tags: Mapping[str, Any] | None = None,
+              parent_run_id: str | None = None, run_id: str | None = None) -> "Tracker":
+        if run_id:  # resume an existing run
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return self
+        t = {k: str(v) for k, v in (tags or {}).items()}
+        if parent_run_id:
+            t["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=t)
+        self.run_id = run.info.run_id
+        return self
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        ms = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None]
+        for i in range(0, len(ms), 1000):
+            self.client.log_batch(self.run_id, metrics=ms[i:i + 1000])
+
+    def log_artifact(self, path: str | Path, subdir: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), subdir)
+
+    def log_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.run_id:
+            self.client.set_terminated(self.run_id, status=status)
+
+
+def ensure_experiment(client, uri: str, name: str) -> str:
+    """Create the SQLite DB directory and the experiment (artifacts next to the DB) once."""
+    artifact_location = None
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        artifact_location = (db.parent / "artifacts").as_uri()
+    for attempt in range(5):
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except Exception:  # another process created it first (or schema race): look again
+            time.sleep(0.2 * (attempt + 1))
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise RuntimeError(f"tracking: could not create MLflow experiment {name!r} at {uri}")
+    return exp.experiment_id
+
+
+def make_tracker(cfg: Mapping[str, Any] | None, base_dir: str | Path | None = None):
+    """``cfg`` is the ``tracking`` config group."""
+    if not cfg or not cfg.get("enabled", True):
+        return NullTracker()
+    uri = cfg.get("uri") or default_uri(base_dir)
+    return Tracker(uri, cfg.get("experiment") or "archsearch")

@@ -1,0 +1,569 @@
+"""``python -m archsearch.train model=dilated_sep [overrides]``: the one training loop.
+
+Order of work: compose -> parse + analyse + budget check (refuse here: no data, no torch
+model, no MLflow) -> data -> model -> MLflow run -> epochs -> test -> artifacts.
+The Hydra entry returns the best validation accuracy so a sweeper can optimise it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .analysis import Report, analyze
+from .budget import BudgetError, Violation, check, parse_budget
+from .config import ConfigError, check_choices, spec_from_cfg
+from .spec import ModelSpec, SpecError, spec_hash
+
+__all__ = ["BudgetRejected", "NonFiniteLoss", "Pruned", "TrainResult", "gate", "main", "train"]
+
+log = logging.getLogger("archsearch")
+
+
+class BudgetRejected(Exception):
+    def __init__(self, spec: ModelSpec, violations: list[Violation]):
+        self.spec, self.violations = spec, violations
+        super().__init__(f"{spec.name} rejected by the budget: " + "; ".join(v.message for v in violations))
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class Pruned(Exception):
+    """Raised by an epoch hook (the sweeper's pruner) to stop a trial early."""
+
+    def __init__(self, epoch: int, value: float):
+        super().__init__(f"pruned after epoch {epoch} (val_acc {value:.4f})")
+        self.epoch, self.value = epoch, value
+
+
+@dataclass
+class TrainResult:
+    val_acc: float  # best validation accuracy (what sweeps optimise)
+    test_acc: float | None
+    test_loss: float | None
+    epochs: int
+    params: int
+    rf: int
+    macs: int
+    seconds: float
+    run_id: str | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ budget gate
+def gate(cfg) -> tuple[ModelSpec, Report]:
+    """Parse, analyse and budget-check ``cfg.model``; raise SpecError / BudgetRejected."""
+    from omegaconf import OmegaConf
+
+    spec = spec_from_cfg(cfg.model)
+    budget = parse_budget(OmegaConf.to_container(cfg.budget, resolve=True))
+    report = analyze(spec)
+    violations = check(report, budget)
+    if violations:
+        raise BudgetRejected(spec, violations)
+    return spec, report
+
+
+# ------------------------------------------------------------------ helpers
+def _git_sha(cwd: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        sha = out.stdout.strip()
+        if sha:
+            dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=cwd, capture_output=True,
+                                   text=True, timeout=5).stdout.strip()
+            return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def _seed_all(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str):
+    import torch
+
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device: {name!r} requested but CUDA is not available; use auto or cpu")
+    if not (name == "cpu" or name.startswith("cuda") or name == "mps"):
+        raise ConfigError(f"trainer.device: unknown device {name!r}; choose one of auto, cpu, cuda, cuda:N")
+    return torch.device(name)
+
+
+def _cpu_bf16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+def pick_amp(mode: str, device) -> "Any":
+    """-> torch dtype for autocast, or None. ``auto``: bf16 where supported, fp16 on older GPUs."""
+    import torch
+
+    modes = ("auto", "bf16", "fp16", "off")
+    if mode not in modes:
+        raise ConfigError(f"trainer.amp: unknown mode {mode!r}; choose one of {', '.join(modes)}")
+    if mode == "off":
+        return None
+    if mode == "bf16":
+        return torch.bfloat16
+    if mode == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        return torch.bfloat16 if _cpu_bf16() else None
+    return None
+
+
+class _BatchAug:
+    """Dataset indexed by (seed, indices): returns one augmented uint8 NHWC batch.
+
+    Each batch reseeds the albumentations pipeline from its own seed, so augmentation is
+    reproducible (and resumable) whatever the number of workers."""
+
+    def __init__(self, x, y, pipeline):
+        self.x, self.y, self.pipeline = x, y, pipeline
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, item):
+        import numpy as np
+        import torch
+
+        seed, idx = item
+        xb = self.x[idx]
+        if self.pipeline is not None:
+            self.pipeline.set_random_seed(seed)
+            xb = np.stack([self.pipeline(image=im)["image"] for im in xb])
+        return torch.from_numpy(np.ascontiguousarray(xb)), torch.from_numpy(self.y[idx])
+
+
+class _EpochBatches:
+    """Sampler of (seed, indices) with a per-epoch seeded permutation."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.bs, self.seed, self.epoch = n, batch_size, seed, 0
+
+    def __len__(self):
+        return (self.n + self.bs - 1) // self.bs
+
+    def __iter__(self):
+        import numpy as np
+
+        rng = np.random.default_rng([self.seed, self.epoch])
+        perm = rng.permutation(self.n)
+        for b in range(len(self)):
+            yield (int(self.seed * 1_000_003 + self.epoch * 10_007 + b) % 2**31, perm[b * self.bs:(b + 1) * self.bs])
+
+
+def _workers(setting, device) -> int:
+    if setting not in (None, "auto"):
+        return int(setting)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.type == "cuda":
+        return min(8, max(1, cpus - 1))
+    return 1 if cpus <= 4 else min(4, cpus // 4)  # on CPU the model needs the cores
+
+
+def _to_device(xb, device, mean, std, channels_last: bool):
+    """uint8 NHWC on the host -> normalised float NCHW on the device."""
+    import torch
+
+    x = xb.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+    x = (x - mean) * std  # std holds 1/(255*std); mean holds 255*mean
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    else:
+        x = x.contiguous()
+    return x
+
+
+def evaluate(model, x_u8, y, device, mean, std, amp_dtype, channels_last, batch_size=512, keep=False):
+    """-> (loss, acc, preds or None). x_u8: uint8 NHWC numpy."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    n = len(x_u8)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    preds = []
+    with torch.inference_mode():
+        for i in range(0, n, batch_size):
+            xb = _to_device(torch.from_numpy(x_u8[i:i + batch_size]), device, mean, std, channels_last)
+            yb = torch.from_numpy(y[i:i + batch_size]).to(device)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                out = model(xb)
+            out = out.float()
+            loss_sum += F.cross_entropy(out, yb, reduction="sum")
+            p = out.argmax(1)
+            correct += (p == yb).sum()
+            if keep:
+                preds.append(p.cpu())
+    if n == 0:
+        return float("nan"), float("nan"), None
+    return (loss_sum.item() / n, correct.item() / n, torch.cat(preds).numpy() if keep else None)
+
+
+def _make_optimizer(cfg, params):
+    import torch
+
+    name = cfg.name
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=bool(cfg.nesterov),
+                               weight_decay=cfg.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    raise ConfigError(f"optim.name: unknown optimiser {name!r}; choose one of sgd, adamw")
+
+
+def _make_scheduler(cfg, opt, lr: float, epochs: int, steps: int):
+    import torch
+
+    name = cfg.name
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps, pct_start=cfg.pct_start,
+            div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
+            anneal_strategy=cfg.anneal, three_phase=bool(cfg.get("three_phase", False))), "step"
+    if name == "reduce_on_plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=cfg.factor, patience=cfg.patience, min_lr=cfg.min_lr), "plateau"
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps, eta_min=cfg.min_lr), "step"
+    if name == "constant":
+        return None, "none"
+    raise ConfigError(f"sched.name: unknown schedule {name!r}; choose one of onecycle, reduce_on_plateau, cosine, constant")
+
+
+def _save(obj, path: Path) -> None:
+    import torch
+
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a killed run never leaves a truncated checkpoint
+
+
+# ------------------------------------------------------------------ artifacts
+def _plots(out: Path, history, classes, y_true, y_pred, x_test, max_wrong: int = 32) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .augment import save_grid
+
+    files = []
+    if history:
+        ep = [h["epoch"] for h in history]
+        fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+        ax[0].plot(ep, [h["train_loss"] for h in history], label="train")
+        ax[0].plot(ep, [h["val_loss"] for h in history], label="val")
+        ax[0].set_title("loss"); ax[0].set_xlabel("epoch"); ax[0].legend()
+        ax[1].plot(ep, [h["train_acc"] for h in history], label="train")
+        ax[1].plot(ep, [h["val_acc"] for h in history], label="val")
+        ax[1].set_title("accuracy"); ax[1].set_xlabel("epoch"); ax[1].legend()
+        fig.tight_layout(); p = out / "curves.png"; fig.savefig(p, dpi=100); plt.close(fig); files.append(p)
+    if y_pred is not None:
+        k = len(classes)
+        cm = np.zeros((k, k), np.int64)
+        np.add.at(cm, (y_true, y_pred), 1)
+        fig, ax = plt.subplots(figsize=(6.5, 5.5))
+        im = ax.imshow(cm, cmap="Blues")
+        ax.set_xticks(range(k), classes, rotation=60, fontsize=7); ax.set_yticks(range(k), classes, fontsize=7)
+        ax.set_xlabel("predicted"); ax.set_ylabel("true")
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+        fig.colorbar(im); fig.tight_layout(); p = out / "confusion_matrix.png"
+        fig.savefig(p, dpi=100); plt.close(fig); files.append(p)
+        wrong = np.nonzero(y_true != y_pred)[0][:max_wrong]
+        if len(wrong):
+            labels = [f"{classes[y_pred[i]]}/{classes[y_true[i]]}" for i in wrong]
+            files.append(Path(save_grid(x_test[wrong], str(out / "misclassified.png"), labels)))
+    return files
+
+
+# ------------------------------------------------------------------ the loop
+def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | None = None,
+          parent_run_id: str | None = None, tracker=None, data=None, run_tags: dict | None = None) -> TrainResult:
+    """Train ``cfg`` (a composed config); refuses over-budget specs before touching data.
+
+    ``epoch_hook(epoch, val_acc)`` may raise :class:`Pruned`. ``data`` may be pre-loaded
+    :class:`~archsearch.data.Splits` (a sweep loads its dataset once per process).
+    """
+    t0 = time.time()
+    spec, report = gate(cfg)  # may raise: nothing loaded yet
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from omegaconf import OmegaConf
+    from tqdm import tqdm
+
+    from .augment import build_pipeline, save_grid
+    from .build import build_model
+    from .data import load_data
+    from .tracking import flatten, make_tracker
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tcfg = cfg.trainer
+    base_dir = Path(os.environ.get("ARCHSEARCH_BASE", os.getcwd()))
+    seed = int(cfg.seed)
+    _seed_all(seed)
+    if tcfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    device = pick_device(str(tcfg.device))
+    amp_dtype = pick_amp(str(tcfg.amp), device)
+    if device.type == "cuda" and not tcfg.deterministic:
+        torch.backends.cudnn.benchmark = True
+
+    if data is None:
+        data = load_data(OmegaConf.to_container(cfg.data, resolve=True), base_dir)
+    if data.num_classes != spec.num_classes:
+        raise ConfigError(f"model.num_classes: the model outputs {spec.num_classes} classes but the data has "
+                          f"{data.num_classes} ({', '.join(data.classes[:5])}...)")
+    if data.image_shape != spec.input_shape:
+        raise ConfigError(f"model.input_size: the model expects {spec.input_shape} images but the data has "
+                          f"{data.image_shape}")
+    mean_px = [m * 255 for m in data.mean]
+    pipeline = build_pipeline(OmegaConf.to_container(cfg.aug, resolve=True).get("train"), mean_px)
+
+    model = build_model(spec).to(device)
+    channels_last = bool(tcfg.channels_last)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    mean_t = torch.tensor(mean_px, device=device).view(1, 3, 1, 1)
+    istd_t = (1.0 / (torch.tensor(data.std, device=device) * 255)).view(1, 3, 1, 1)
+
+    bs = int(tcfg.batch_size)
+    sampler = _EpochBatches(len(data.x_train), bs, seed)
+    nw = _workers(tcfg.workers, device)
+    loader = torch.utils.data.DataLoader(
+        _BatchAug(data.x_train, data.y_train, pipeline), sampler=sampler, batch_size=None,
+        num_workers=nw, pin_memory=device.type == "cuda", persistent_workers=nw > 0,
+        prefetch_factor=4 if nw > 0 else None)
+    epochs = int(tcfg.epochs)
+    opt = _make_optimizer(cfg.optim, model.parameters())
+    sched, sched_kind = _make_scheduler(cfg.sched, opt, float(cfg.optim.lr), epochs, len(sampler))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    step_fn = model
+    if tcfg.get("compile"):
+        step_fn = torch.compile(model)
+
+    start_epoch, best_val, history, resumed_run = 0, -1.0, [], None
+    if tcfg.resume:
+        ck_path = Path(str(tcfg.resume)).expanduser()
+        if not ck_path.exists():
+            raise ConfigError(f"trainer.resume: no checkpoint at {ck_path}")
+        ck = torch.load(ck_path, map_location=device, weights_only=False)
+        if ck["spec_hash"] != spec_hash(spec):
+            raise ConfigError(f"trainer.resume: {ck_path} holds a different architecture "
+                              f"(spec {ck['spec_hash']}, this run {spec_hash(spec)})")
+        model.load_state_dict(ck["model"]); opt.load_state_dict(ck["optimizer"])
+        if sched is not None and ck.get("scheduler"):
+            sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        start_epoch, best_val, history = ck["epoch"] + 1, ck["best_val"], ck["history"]
+        resumed_run = ck.get("run_id")
+        torch.set_rng_state(ck["rng"]["torch"]); np.random.set_state(ck["rng"]["numpy"])
+        random.setstate(ck["rng"]["python"])
+
+    sh = spec_hash(spec)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    tracker = tracker or make_tracker(resolved.get("tracking"), base_dir)
+    tags = {"model": spec.name, "spec_hash": sh, "git_commit": _git_sha(base_dir), "device": str(device),
+            "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off", "seed": seed,
+            "data": resolved["data"].get("source"), **(run_tags or {})}
+    tracker.start(name=cfg.get("run_name") or f"{spec.name}-{sh[:6]}", tags=tags,
+                  parent_run_id=parent_run_id, run_id=resumed_run)
+    status = "FAILED"
+    try:
+        if not resumed_run:
+            params = {k: v for k, v in flatten({k: v for k, v in resolved.items() if k != "tracking"}).items()}
+            params.update({"model.params": report.params, "model.rf": report.rf, "model.macs": report.macs,
+                           "model.spec_hash": sh, "data.n_train": len(data.x_train), "data.n_val": len(data.x_val),
+                           "data.n_test": len(data.x_test)})
+            tracker.log_params(params)
+            (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            from .validate import format_table
+            (out / "analysis.txt").write_text(format_table(report, parse_budget(resolved["budget"]), []) + "\n")
+            tracker.log_artifact(out / "config.yaml")
+            tracker.log_artifact(out / "analysis.txt")
+            if pipeline is not None and tracker.enabled:
+                rng = np.random.default_rng(seed)
+                idx = rng.choice(len(data.x_train), size=min(32, len(data.x_train)), replace=False)
+                pipeline.set_random_seed(seed)
+                aug = np.stack([pipeline(image=im)["image"] for im in data.x_train[idx]])
+                tracker.log_artifact(save_grid(aug, str(out / "augmented_samples.png"),
+                                               [data.classes[i] for i in data.y_train[idx]]))
+        log.info("%s:%s params %s, RF %d, %s MACs | %s | device %s, amp %s, %d workers, batch %d",
+                 spec.name, "" if not resumed_run else " (resumed)", f"{report.params:,}", report.rf,
+                 f"{report.macs:,}", data.summary(), device, tags["amp"], nw, bs)
+
+        log_every = max(1, int(tcfg.log_every))
+        show_bar = bool(tcfg.get("progress", True))
+        for epoch in range(start_epoch, epochs):
+            sampler.epoch = epoch
+            model.train()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen, te = 0, time.time()
+            bar = tqdm(total=len(sampler), desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not show_bar,
+                       dynamic_ncols=True, file=sys.stderr)
+            for step, (xb, yb) in enumerate(loader):
+                x = _to_device(xb, device, mean_t, istd_t, channels_last)
+                y = yb.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    logits = step_fn(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=float(tcfg.label_smoothing))
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                if sched_kind == "step":
+                    sched.step()
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += len(y)
+                if (step + 1) % log_every == 0 or step + 1 == len(sampler):
+                    ls = loss_sum.item()  # the only host sync, every log_every steps
+                    if not math.isfinite(ls):
+                        raise NonFiniteLoss(f"training loss became {ls} in epoch {epoch + 1} (step {step + 1}); "
+                                            f"lower optim.lr (now {cfg.optim.lr}) or check the data")
+                    el = time.time() - te
+                    bar.update(step + 1 - bar.n)
+                    bar.set_postfix(loss=f"{ls / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
+                                    img_s=f"{seen / max(el, 1e-9):.0f}")
+            bar.close()
+            ep_s = time.time() - te
+            train_loss, train_acc = loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
+            val_loss, val_acc, _ = evaluate(model, data.x_val, data.y_val, device, mean_t, istd_t, amp_dtype,
+                                            channels_last, int(tcfg.eval_batch_size))
+            if sched_kind == "plateau":
+                sched.step(val_loss)
+            lr = opt.param_groups[0]["lr"]
+            rec = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+                   "val_acc": val_acc, "lr": lr, "epoch_seconds": ep_s, "images_per_s": seen / max(ep_s, 1e-9)}
+            history.append(rec)
+            is_best = val_acc > best_val
+            best_val = max(best_val, val_acc)
+            tracker.log_metrics({k: v for k, v in rec.items() if k != "epoch"}, step=epoch + 1)
+            log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2e | %.0fs %.0f img/s",
+                     epoch + 1, epochs, train_loss, train_acc, val_loss, val_acc, lr, ep_s, rec["images_per_s"])
+            if tcfg.checkpoint:
+                ck = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                      "scheduler": sched.state_dict() if sched is not None else None,
+                      "scaler": scaler.state_dict(), "epoch": epoch, "best_val": best_val, "history": history,
+                      "spec_hash": sh, "spec": spec.to_dict(), "run_id": tracker.run_id,
+                      "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                              "python": random.getstate()}}
+                _save(ck, out / "last.pt")
+                if is_best:
+                    _save(ck, out / "best.pt")
+            if epoch_hook is not None:
+                epoch_hook(epoch + 1, val_acc)  # may raise Pruned
+
+        test_loss, test_acc, preds = evaluate(model, data.x_test, data.y_test, device, mean_t, istd_t, amp_dtype,
+                                              channels_last, int(tcfg.eval_batch_size), keep=True)
+        wall = time.time() - t0
+        tracker.log_metrics({"test_acc": test_acc, "test_loss": test_loss, "best_val_acc": best_val,
+                             "wall_seconds": wall}, step=epochs)
+        if tracker.enabled:
+            for p in _plots(out, history, data.classes, data.y_test, preds, data.x_test):
+                tracker.log_artifact(p)
+            if tcfg.checkpoint and (out / "best.pt").exists() and cfg.tracking.get("log_checkpoint", True):
+                tracker.log_artifact(out / "best.pt", "checkpoints")
+        status = "FINISHED"
+        log.info("done %s: test acc %.4f (loss %.4f), best val acc %.4f, %s params, RF %d, %d epochs, %.0fs wall",
+                 spec.name, test_acc, test_loss, best_val, f"{report.params:,}", report.rf, len(history), wall)
+        return TrainResult(best_val, test_acc, test_loss, len(history), report.params, report.rf, report.macs,
+                           wall, tracker.run_id, history)
+    except Pruned:
+        status = "KILLED"
+        tracker.set_tags({"state": "PRUNED"})
+        raise
+    except BaseException as e:
+        if tracker.enabled and tracker.run_id:
+            tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:4000], "state": "FAIL"})
+        raise
+    finally:
+        if status == "FINISHED":
+            tracker.set_tags({"state": "COMPLETE"})
+        tracker.end(status)
+
+
+# ------------------------------------------------------------------ Hydra entry
+def _task(cfg) -> float:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        out_dir = HydraConfig.get().runtime.output_dir
+    except Exception:
+        out_dir = os.getcwd()
+    parent = os.environ.get("ARCHSEARCH_PARENT_RUN_ID")
+    res = train(cfg, out_dir, parent_run_id=parent)
+    return res.val_acc
+
+
+def main() -> None:
+    """Console entry: user mistakes -> one line on stderr; exit 1 for budget, 2 for bad input."""
+    import hydra
+
+    from .config import CONF_DIR
+    from .data import DataError
+    from .augment import AugError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        check_choices([a for a in sys.argv[1:] if not a.startswith("-")])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+    @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
+    def _entry(cfg) -> float:
+        try:
+            return _task(cfg)
+        except BudgetRejected as e:
+            print(f"REJECTED {e.spec.name}: {len(e.violations)} budget violation(s)", file=sys.stderr)
+            for v in e.violations:
+                print(f"  - {v.message}", file=sys.stderr)
+            sys.exit(1)
+        except (SpecError, ConfigError, BudgetError, DataError, AugError, NonFiniteLoss) as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2 if not isinstance(e, NonFiniteLoss) else 3)
+
+    _entry()
+
+
+if __name__ == "__main__":
+    main()
