@@ -122,8 +122,8 @@ def analyze(spec: ModelSpec) -> Report:
             "end with gap (global average pooling) or reduce the map to 1x1",
         )
     if shape[0] != spec.num_classes:
-        last = spec.layers[-1]
-        where = f"{last.path}.out" if "out" in last.args else last.path
+        with_out = [l for l in spec.layers if "out" in l.args]
+        where = f"{with_out[-1].path}.out" if with_out else spec.layers[-1].path
         raise SpecError(where, f"the model outputs {shape[0]} classes but model.num_classes is {spec.num_classes}")
     model_rf = rf_before_pool if rf_before_pool is not None else rf
     return Report(spec, tuple(out), total_p, total_m, model_rf, shape)

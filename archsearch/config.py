@@ -66,12 +66,26 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> Any:
         with initialize_config_dir(version_base=None, config_dir=str(CONF_DIR)):
             return _compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
-        msg = " ".join(str(e).split("\n")[0].split())
-        raise ConfigError(msg) from None
+        raise ConfigError(_one_line(e)) from None
+    except (TypeError, ValueError, KeyError, IndexError) as e:  # Hydra's own slips on odd overrides
+        raise ConfigError(f"could not apply overrides {' '.join(overrides)}: {e}") from None
     finally:
         if was:
             gh.clear()
             gh.initialize(hydra_state)
+
+
+def _one_line(e: BaseException) -> str:
+    """Hydra's multi-line errors (and their cause) as one line."""
+    parts = []
+    for err in (e, e.__cause__):
+        if err is None:
+            continue
+        for line in str(err).splitlines():
+            line = " ".join(line.split())
+            if line and not line.startswith(("full_key:", "object_type", "Set the environment")) and line not in parts:
+                parts.append(line)
+    return "; ".join(parts).replace(".;", ";")
 
 
 def spec_from_cfg(model_cfg: Any) -> ModelSpec:

@@ -120,7 +120,7 @@ def _conv_geometry(a: dict, shape: Shape) -> tuple[int, int, int, int]:
     if ho <= 0 or wo <= 0:
         raise OpError(
             None,
-            f"spatial size collapses to {ho}x{wo} (input {h}x{w}, effective kernel "
+            f"spatial size collapses to {max(ho, 0)}x{max(wo, 0)} (input {h}x{w}, effective kernel "
             f"{a['d'] * (a['k'] - 1) + 1}, stride {a['s']}, padding {p})",
         )
     return c, ho, wo, p

@@ -212,6 +212,14 @@ def parse_spec(cfg: Mapping, *, raw: Mapping | None = None, name: str | None = N
             raise SpecError(f"model.layer_defaults.{key}", f"unknown field; valid fields: {', '.join(EXTRAS)}")
     defaults = _parse_extras("model.layer_defaults", ld, {"bn": False, "act": "none", "dropout": 0.0})
 
+    layers_raw = cfg.get("layers")
+    if layers_raw is None:
+        raise SpecError("model.layers", "missing; a model is a list of layers")
+    if isinstance(layers_raw, (str, Mapping)) or not hasattr(layers_raw, "__iter__"):
+        raise SpecError("model.layers", f"must be a list of layers, got {_type_name(layers_raw)}")
+    layers = tuple(_parse_layer(i, l, defaults) for i, l in enumerate(layers_raw))
+    if not layers:
+        raise SpecError("model.layers", "empty model: add at least one layer")
     # knobs: any other key must be a scalar that some field references
     used: set[str] = set()
     if raw is not None:
@@ -226,14 +234,6 @@ def parse_spec(cfg: Mapping, *, raw: Mapping | None = None, name: str | None = N
                 f"knobs and must be referenced by a layer as ${{model.{key}}})",
             )
 
-    layers_raw = cfg.get("layers")
-    if layers_raw is None:
-        raise SpecError("model.layers", "missing; a model is a list of layers")
-    if isinstance(layers_raw, (str, Mapping)) or not hasattr(layers_raw, "__iter__"):
-        raise SpecError("model.layers", f"must be a list of layers, got {_type_name(layers_raw)}")
-    layers = tuple(_parse_layer(i, l, defaults) for i, l in enumerate(layers_raw))
-    if not layers:
-        raise SpecError("model.layers", "empty model: add at least one layer")
     nm = cfg.get("name") or name or "model"
     return ModelSpec(str(nm), cfg["in_channels"], cfg["input_size"], cfg["num_classes"], order, layers)
 

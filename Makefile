@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make train` (main job) and `make test` (the suite).
+# Both create .venv at the repo root and install archsearch into it if missing.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install train test test-all validate lint
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## train dilated_sep on CIFAR-10 (extra Hydra overrides: make train ARGS="trainer.epochs=5")
+train: $(STAMP)
+	$(PY) -m archsearch.train $(ARGS)
+
+## the fast suite (CPU, synthetic data); slow tests: make test-all
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+validate: $(STAMP)
+	$(PY) -m archsearch.validate $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check archsearch tests

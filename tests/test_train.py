@@ -1,0 +1,178 @@
+"""Training end to end on synthetic data (CPU), MLflow in a temp dir."""
+
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from archsearch.config import compose
+
+FAST = ["data=synthetic", "data.n_train=800", "data.n_test=200", "data.val_size=128", "trainer.batch_size=32", "optim.lr=0.05",
+        "trainer.progress=false", "trainer.workers=0"]
+
+
+def cfg_for(tmp_path, *extra):
+    return compose("config", [*FAST, f"tracking.uri=sqlite:///{tmp_path}/mlruns/mlflow.db", *extra])
+
+
+def runs(tmp_path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    return mlflow.search_runs(experiment_names=["archsearch"])
+
+
+def test_train_end_to_end_logs_everything(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from archsearch.train import train
+
+    res = train(cfg_for(tmp_path, "trainer.epochs=3"), tmp_path / "out")
+    assert res.epochs == 3 and res.params == 181_984 and res.rf == 61
+    assert res.test_acc > 0.3  # chance is 0.1
+    df = runs(tmp_path)
+    assert len(df) == 1 and df.status[0] == "FINISHED"
+    row = df.iloc[0]
+    assert row["params.model.params"] == "181984" and row["params.model.rf"] == "61"
+    assert row["params.optim.lr"] == "0.05" and row["params.budget.max_params"] == "200000"
+    assert row["tags.model"] == "dilated_sep" and row["tags.device"] == "cpu" and row["tags.git_commit"]
+    assert 0.3 < row["metrics.test_acc"] <= 1.0
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    hist = client.get_metric_history(row.run_id, "val_acc")
+    assert [m.step for m in hist] == [1, 2, 3]
+    for key in ("train_loss", "train_acc", "val_loss", "lr", "epoch_seconds", "images_per_s"):
+        assert len(client.get_metric_history(row.run_id, key)) == 3
+    arts = {a.path for a in client.list_artifacts(row.run_id)}
+    assert {"config.yaml", "analysis.txt", "augmented_samples.png", "curves.png", "confusion_matrix.png",
+            "checkpoints"} <= arts
+    assert ("misclassified.png" in arts) == (res.test_acc < 1.0)
+    assert (tmp_path / "out" / "best.pt").exists() and (tmp_path / "out" / "last.pt").exists()
+
+
+def test_resume_continues_at_the_right_epoch(tmp_path):
+    from archsearch.train import train
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_2(epoch, val):
+        if epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg_for(tmp_path, "trainer.epochs=4"), tmp_path / "a", epoch_hook=stop_after_2)
+    seen = []
+    res = train(cfg_for(tmp_path, "trainer.epochs=4", f"trainer.resume={tmp_path}/a/last.pt"), tmp_path / "b",
+                epoch_hook=lambda e, v: seen.append(e))
+    assert seen == [3, 4]
+    assert [h["epoch"] for h in res.history] == [1, 2, 3, 4]
+    df = runs(tmp_path)
+    assert len(df) == 1 and df.status[0] == "FINISHED"  # the same MLflow run, continued
+
+
+def test_over_budget_spec_loads_no_data(tmp_path, monkeypatch):
+    import archsearch.data
+    from archsearch.train import BudgetRejected, train
+
+    def boom(*a, **k):
+        raise AssertionError("data was loaded for a rejected spec")
+
+    monkeypatch.setattr(archsearch.data, "load_data", boom)
+    with pytest.raises(BudgetRejected, match="params 220,128 exceed max_params 200,000"):
+        train(cfg_for(tmp_path, "model=too_wide"), tmp_path / "out")
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_cli_refuses_over_budget_before_anything(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "archsearch.train", "model=too_wide", "data.root=/nonexistent",
+                        f"hydra.run.dir={tmp_path}/out"], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 1
+    assert "REJECTED too_wide" in p.stderr and "params 220,128 exceed max_params 200,000 (by 20,128)" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "data").exists()
+
+
+def test_cli_unknown_model_lists_choices(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "archsearch.train", "model=nope"], capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert p.returncode == 2 and "model: no config 'nope'; available: compact, dilated_sep" in p.stderr
+
+
+def test_bad_augmentation_argument_names_transform_and_argument():
+    from archsearch.augment import AugError, build_pipeline
+
+    with pytest.raises(AugError, match=r"aug.train\[0\].CoarseDropout: unknown argument 'max_holes'; valid arguments: "
+                                       r"num_holes_range"):
+        build_pipeline([{"CoarseDropout": {"max_holes": 2}}])
+    with pytest.raises(AugError, match=r"unknown transform 'Mosaic'"):
+        build_pipeline([{"Mosaic": {}}])
+    with pytest.raises(AugError, match=r"aug.train\[0\].Affine: "):
+        build_pipeline([{"Affine": {"rotate": "lots"}}])
+
+
+def test_era_s9_pipeline_matches_the_assignment():
+    from omegaconf import OmegaConf
+
+    from archsearch.augment import build_pipeline
+
+    cfg = compose("config", [])
+    pipe = build_pipeline(OmegaConf.to_container(cfg.aug, resolve=True)["train"], [125.0, 123.0, 114.0])
+    names = [type(t).__name__ for t in pipe.transforms]
+    assert names == ["HorizontalFlip", "Affine", "CoarseDropout"]
+    cd = pipe.transforms[2]
+    assert (cd.num_holes_range, cd.hole_height_range, cd.hole_width_range) == ((1, 1), (16, 16), (16, 16))
+    assert tuple(cd.fill) == (125.0, 123.0, 114.0)
+    img = np.zeros((32, 32, 3), np.uint8)
+    cd.p = 1.0
+    out = cd(image=img)["image"]
+    assert (out[..., 0] == 125).sum() == 16 * 16  # exactly one 16x16 hole in the dataset mean
+
+
+def test_folder_loader_reads_and_caches(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import archsearch.data as D
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 3)):
+        for c in ("cat", "dog"):
+            d = tmp_path / "ds" / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    s = D.load_data({"source": "folder", "root": str(tmp_path / "ds"), "val_size": 2})
+    assert s.classes == ("cat", "dog")
+    assert (len(s.x_train), len(s.x_val), len(s.x_test)) == (10, 2, 6)
+    assert s.x_train.dtype == np.uint8 and s.x_train.shape[1:] == (32, 32, 3)
+    assert list((tmp_path / "ds" / ".archsearch-cache").glob("*.npz"))
+    monkeypatch.setattr(D, "_decode", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
+    s2 = D.load_data({"source": "folder", "root": str(tmp_path / "ds"), "val_size": 2})
+    assert np.array_equal(s2.x_test, s.x_test)
+
+
+def test_offline_cifar10_gives_one_line_advice(tmp_path, monkeypatch):
+    import urllib.error
+
+    from archsearch.data import DataError, load_data
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(DataError) as e:
+        load_data({"source": "cifar10", "root": str(tmp_path / "data"), "download": True})
+    msg = str(e.value)
+    assert "\n" not in msg and "could not be downloaded" in msg and "data=folder data.root=PATH" in msg
+
+
+def test_non_finite_loss_fails_the_run(tmp_path):
+    from archsearch.train import NonFiniteLoss, train
+
+    with pytest.raises(NonFiniteLoss, match="lower optim.lr"):
+        train(cfg_for(tmp_path, "trainer.epochs=1", "optim.lr=1e12", "sched=constant", "trainer.log_every=1",
+                      "trainer.amp=off"), tmp_path / "out")
+    df = runs(tmp_path)
+    assert df.status[0] == "FAILED" and "NonFiniteLoss" in df["tags.error"][0]
