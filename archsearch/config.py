@@ -48,7 +48,12 @@ def check_choices(overrides: Sequence[str]) -> None:
                 raise ConfigError(f"{group}: no config {v!r}; available: {', '.join(opts)}")
 
 
-def compose(config_name: str, overrides: Sequence[str] = ()) -> Any:
+def compose_with_hydra(config_name: str, overrides: Sequence[str] = ()) -> Any:
+    """Like :func:`compose`, keeping the ``hydra`` node (sweeper settings, choices)."""
+    return compose(config_name, overrides, return_hydra_config=True)
+
+
+def compose(config_name: str, overrides: Sequence[str] = (), return_hydra_config: bool = False) -> Any:
     """Compose ``conf/<config_name>.yaml`` with Hydra overrides; errors become ConfigError."""
     from hydra import compose as _compose
     from hydra import initialize_config_dir
@@ -64,7 +69,8 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> Any:
             hydra_state = gh.hydra
             gh.clear()
         with initialize_config_dir(version_base=None, config_dir=str(CONF_DIR)):
-            return _compose(config_name=config_name, overrides=list(overrides))
+            return _compose(config_name=config_name, overrides=list(overrides),
+                            return_hydra_config=return_hydra_config)
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(_one_line(e)) from None
     except (TypeError, ValueError, KeyError, IndexError) as e:  # Hydra's own slips on odd overrides

@@ -312,7 +312,8 @@ def _plots(out: Path, history, classes, y_true, y_pred, x_test, max_wrong: int =
 
 # ------------------------------------------------------------------ the loop
 def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | None = None,
-          parent_run_id: str | None = None, tracker=None, data=None, run_tags: dict | None = None) -> TrainResult:
+          parent_run_id: str | None = None, tracker=None, data=None, run_tags: dict | None = None,
+          run_started: Callable[[str], None] | None = None) -> TrainResult:
     """Train ``cfg`` (a composed config); refuses over-budget specs before touching data.
 
     ``epoch_hook(epoch, val_acc)`` may raise :class:`Pruned`. ``data`` may be pre-loaded
@@ -407,8 +408,10 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
                   parent_run_id=parent_run_id, run_id=resumed_run)
     status = "FAILED"
     try:
+        if run_started is not None and tracker.run_id:
+            run_started(tracker.run_id)
         if not resumed_run:
-            params = {k: v for k, v in flatten({k: v for k, v in resolved.items() if k != "tracking"}).items()}
+            params = flatten({k: v for k, v in resolved.items() if k not in ("tracking", "trial", "hydra")})
             params.update({"model.params": report.params, "model.rf": report.rf, "model.macs": report.macs,
                            "model.spec_hash": sh, "data.n_train": len(data.x_train), "data.n_val": len(data.x_val),
                            "data.n_test": len(data.x_test)})
@@ -476,7 +479,8 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
             history.append(rec)
             is_best = val_acc > best_val
             best_val = max(best_val, val_acc)
-            tracker.log_metrics({k: v for k, v in rec.items() if k != "epoch"}, step=epoch + 1)
+            tracker.log_metrics({**{k: v for k, v in rec.items() if k != "epoch"}, "best_val_acc": best_val,
+                                 "epochs_done": epoch + 1}, step=epoch + 1)
             log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2e | %.0fs %.0f img/s",
                      epoch + 1, epochs, train_loss, train_acc, val_loss, val_acc, lr, ep_s, rec["images_per_s"])
             if tcfg.checkpoint:
@@ -495,8 +499,7 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
         test_loss, test_acc, preds = evaluate(model, data.x_test, data.y_test, device, mean_t, istd_t, amp_dtype,
                                               channels_last, int(tcfg.eval_batch_size), keep=True)
         wall = time.time() - t0
-        tracker.log_metrics({"test_acc": test_acc, "test_loss": test_loss, "best_val_acc": best_val,
-                             "wall_seconds": wall}, step=epochs)
+        tracker.log_metrics({"test_acc": test_acc, "test_loss": test_loss, "wall_seconds": wall}, step=epochs)
         if tracker.enabled:
             for p in _plots(out, history, data.classes, data.y_test, preds, data.x_test):
                 tracker.log_artifact(p)
@@ -522,15 +525,66 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
 
 
 # ------------------------------------------------------------------ Hydra entry
-def _task(cfg) -> float:
-    from hydra.core.hydra_config import HydraConfig
+_DATA_CACHE: dict[str, Any] = {}
 
-    try:
-        out_dir = HydraConfig.get().runtime.output_dir
-    except Exception:
-        out_dir = os.getcwd()
-    parent = os.environ.get("ARCHSEARCH_PARENT_RUN_ID")
-    res = train(cfg, out_dir, parent_run_id=parent)
+
+def _cached_data(cfg, base_dir: Path):
+    """A sweep process loads its dataset once and reuses it across trials."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from .data import load_data
+
+    dc = OmegaConf.to_container(cfg.data, resolve=True)
+    key = json.dumps(dc, sort_keys=True, default=str)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = load_data(dc, base_dir)
+    return _DATA_CACHE[key]
+
+
+def _multirun_parent(cfg, sweep_dir: str) -> str | None:
+    """Plain Hydra multirun (basic sweeper): one MLflow parent run per multirun directory."""
+    from omegaconf import OmegaConf
+
+    from .tracking import make_tracker
+
+    tr = make_tracker(OmegaConf.to_container(cfg.tracking, resolve=True))
+    if not tr.enabled:
+        return None
+    key = str(Path(sweep_dir).resolve())
+    found = tr.client.search_runs([tr.experiment_id], filter_string=f"tags.`archsearch.multirun` = '{key}'",
+                                  max_results=1)
+    if found:
+        return found[0].info.run_id
+    tr.start(name=f"multirun {Path(sweep_dir).name}", tags={"archsearch.multirun": key, "archsearch.role": "parent"})
+    tr.end("FINISHED")
+    return tr.run_id
+
+
+def _task(cfg) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    out_dir = hc.runtime.output_dir
+    base_dir = Path(os.environ.get("ARCHSEARCH_BASE", os.getcwd()))
+    tc = cfg.get("trial")
+    hook = started = parent = None
+    tags: dict[str, Any] = {}
+    if tc:  # launched by the archsearch sweeper
+        from .study import pruning_hook
+
+        hook, started = pruning_hook(tc, int(cfg.trainer.epochs))
+        parent = tc.get("parent_run_id")
+        tags = {"trial_number": tc.number, "study": tc.study_name}
+    elif hc.mode == RunMode.MULTIRUN:
+        gate(cfg)  # a rejected job is reported by _entry, before any MLflow parent exists
+        parent = _multirun_parent(cfg, hc.sweep.dir)
+        tags = {"multirun_job": hc.job.num}
+    res = train(cfg, out_dir, epoch_hook=hook, parent_run_id=parent, run_tags=tags,
+                data=_cached_data(cfg, base_dir) if hc.mode == RunMode.MULTIRUN else None, run_started=started)
     return res.val_acc
 
 
@@ -550,15 +604,25 @@ def main() -> None:
         sys.exit(2)
 
     @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
-    def _entry(cfg) -> float:
+    def _entry(cfg) -> float | None:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
         try:
             return _task(cfg)
         except BudgetRejected as e:
             print(f"REJECTED {e.spec.name}: {len(e.violations)} budget violation(s)", file=sys.stderr)
             for v in e.violations:
                 print(f"  - {v.message}", file=sys.stderr)
+            if multirun:
+                return None  # the other jobs of a plain multirun go on
             sys.exit(1)
+        except Pruned:
+            raise
         except (SpecError, ConfigError, BudgetError, DataError, AugError, NonFiniteLoss) as e:
+            if multirun:
+                raise  # the sweeper records the failure and goes on
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2 if not isinstance(e, NonFiniteLoss) else 3)
 

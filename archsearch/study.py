@@ -1,0 +1,131 @@
+"""Optuna pieces shared by the sweeper (``hydra_plugins/archsearch_sweeper``), the training
+job (pruning reports) and the report: storages, samplers, pruners, trial states.
+
+Trial states as archsearch records them (user attribute ``state``):
+COMPLETE / PRUNED / FAIL (trained trials, they count towards ``n_trials``),
+REJECTED (refused by the budget before launch: told to Optuna as COMPLETE with the worst
+objective value and a positive ``budget`` constraint, so the sampler learns the feasible
+region, but not counted as trained), INTERRUPTED (its process died; retried).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["TRAINED", "make_pruner", "make_sampler", "open_storage", "pruning_hook", "storage_url"]
+
+TRAINED = ("COMPLETE", "PRUNED", "FAIL")
+PRUNERS = ("hyperband", "median", "none")
+SAMPLERS = ("tpe", "random")
+
+
+class StudyError(ValueError):
+    pass
+
+
+def storage_url(storage: str | None, study_name: str, base_dir: str | Path) -> str:
+    """null -> ``journal:<base>/mlruns/optuna/<study>.journal``; other values pass through."""
+    if storage:
+        return str(storage)
+    path = Path(base_dir).resolve() / "mlruns" / "optuna" / f"{study_name}.journal"
+    return f"journal:{path}"
+
+
+def open_storage(url: str, heartbeat: bool = False):
+    import optuna
+
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(url[len("journal:"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql"):
+        kw: dict[str, Any] = {}
+        if heartbeat:  # lets another machine fail (and retry) a trial whose worker died
+            from optuna.storages import RetryFailedTrialCallback
+
+            kw = {"heartbeat_interval": 30, "grace_period": 120,
+                  "failed_trial_callback": RetryFailedTrialCallback(max_retry=1)}
+        return optuna.storages.RDBStorage(url, **kw)
+    raise StudyError(f"hydra.sweeper.storage: unsupported storage {url!r}; use null (journal file), "
+                     "journal:PATH, sqlite:///PATH or postgresql://user:pass@host/db")
+
+
+def make_sampler(conf: Mapping[str, Any], seed_offset: int = 0):
+    import optuna
+
+    name = conf.get("name", "tpe")
+    seed = conf.get("seed")
+    seed = None if seed is None else int(seed) + seed_offset
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=int(conf.get("n_startup_trials", 8)),
+                                          multivariate=bool(conf.get("multivariate", False)))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise StudyError(f"hydra.sweeper.sampler.name: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def make_pruner(conf: Mapping[str, Any] | None, max_epochs: int):
+    import optuna
+
+    conf = conf or {"name": "none"}
+    name = conf.get("name", "none")
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=int(conf.get("min_resource", 1)), max_resource=max_epochs,
+                                              reduction_factor=int(conf.get("reduction_factor", 3)))
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=int(conf.get("n_startup_trials", 4)),
+                                           n_warmup_steps=int(conf.get("n_warmup_steps", 1)))
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise StudyError(f"hydra.sweeper.pruner.name: unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def pid_alive(worker: str) -> bool | None:
+    """True/False for a worker on this host; None when it ran elsewhere (can't tell)."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def pruning_hook(trial_cfg: Mapping[str, Any], max_epochs: int):
+    """For the training job: report val accuracy to the study's storage every epoch and
+    raise :class:`archsearch.train.Pruned` when the study's pruner says so. Works from any
+    process or machine that reaches the storage."""
+    import optuna
+
+    from .train import Pruned
+
+    storage = open_storage(str(trial_cfg["storage"]))
+    study = optuna.load_study(study_name=str(trial_cfg["study_name"]), storage=storage)
+    pconf = study.user_attrs.get("archsearch.pruner") or {"name": "none"}
+    study.pruner = make_pruner(pconf, max_epochs)
+    trial = optuna.Trial(study, int(trial_cfg["trial_id"]))
+    prune = pconf.get("name", "none") != "none" and len(study.directions) == 1
+
+    def hook(epoch: int, val_acc: float) -> None:
+        if len(study.directions) != 1:
+            return  # Optuna cannot prune multi-objective studies
+        trial.report(val_acc, epoch)
+        if prune and epoch < max_epochs and trial.should_prune():  # nothing left to save at the end
+            raise Pruned(epoch, val_acc)
+
+    def run_started(run_id: str) -> None:
+        trial.set_user_attr("mlflow_run_id", run_id)
+
+    return hook, run_started

@@ -1,0 +1,65 @@
+"""archsearch's Hydra sweeper: Optuna (>= 5) ask/tell with budget rejection before launch,
+pruning from inside the job, failure-tolerant and resumable studies, MLflow parent/child runs.
+
+Select it with ``hydra/sweeper=archsearch`` (the sweep files in ``sweeps/`` do). This module
+only declares the config and a thin class: Hydra imports every installed plugin at each
+start, so the implementation (optuna, mlflow) lives in ``_impl`` and is imported lazily.
+"""
+
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.plugins.sweeper import Sweeper
+
+
+@dataclass
+class SamplerConf:
+    name: str = "tpe"  # tpe | random
+    seed: Optional[int] = 0
+    n_startup_trials: int = 8  # random trials before TPE models the space
+    multivariate: bool = False
+
+
+@dataclass
+class PrunerConf:
+    name: str = "hyperband"  # hyperband | median | none
+    min_resource: int = 1  # epochs (hyperband)
+    reduction_factor: int = 3  # hyperband
+    n_startup_trials: int = 4  # median: trials before pruning starts
+    n_warmup_steps: int = 1  # median: epochs before a trial can be pruned
+
+
+@dataclass
+class ArchsearchSweeperConf:
+    _target_: str = "hydra_plugins.archsearch_sweeper.archsearch_sweeper.ArchsearchSweeper"
+    study_name: Optional[str] = None  # default: the sweep file's name, else "archsearch"
+    # null: Optuna's journal file under mlruns/optuna/<study>.journal (safe for parallel
+    # workers on one machine); or any Optuna RDB URL (postgresql://...) for many machines
+    storage: Optional[str] = None
+    direction: Any = "maximize"  # one direction, or a list for multi-objective
+    objectives: List[str] = field(default_factory=lambda: ["val_acc"])  # val_acc | params | macs | rf
+    n_trials: int = 20  # trained trials in total (rejected candidates do not count)
+    max_failures: int = 5  # failed trials in the study before the sweep stops
+    max_rejections_in_a_row: int = 50  # budget-rejected candidates in a row before giving up
+    sampler: SamplerConf = field(default_factory=SamplerConf)
+    pruner: PrunerConf = field(default_factory=PrunerConf)
+    params: Dict[str, str] = field(default_factory=dict)  # search space, Hydra override grammar
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="archsearch", node=ArchsearchSweeperConf,
+                             provider="archsearch")
+
+
+class ArchsearchSweeper(Sweeper):
+    def __init__(self, **conf: Any) -> None:
+        from ._impl import SweeperImpl
+
+        self._impl = SweeperImpl(conf)
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        self._impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: List[str]) -> Any:
+        return self._impl.sweep(arguments)
