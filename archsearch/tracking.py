@@ -9,6 +9,7 @@ Default store: ``sqlite:///<cwd>/mlruns/mlflow.db`` with artifacts under ``mlrun
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -66,8 +67,9 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
-        self.experiment_id = ensure_experiment(self.client, uri, experiment)
+        with _db_lock(uri):  # parallel first-time schema creation on SQLite races: serialise it
+            self.client = MlflowClient(tracking_uri=uri)
+            self.experiment_id = ensure_experiment(self.client, uri, experiment)
         self.run_id: str | None = None
 
     def start(self, name: str | None = None, tags: Mapping[str, Any] | None = None,
@@ -112,6 +114,37 @@ class Tracker:
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id:
             self.client.set_terminated(self.run_id, status=status)
+
+
+def record_rejected(tracker: "Tracker", parent_run_id: str | None, name: str, reasons: list[str],
+                    params: Mapping[str, Any], tags: Mapping[str, Any] | None = None) -> str | None:
+    """An MLflow run (status KILLED, tag state=REJECTED) for a candidate the budget refused."""
+    if not tracker.enabled:
+        return None
+    t = Tracker.__new__(Tracker)
+    t.client, t.experiment_id, t.uri, t.run_id = tracker.client, tracker.experiment_id, tracker.uri, None
+    t.start(name=name, parent_run_id=parent_run_id,
+            tags={"state": "REJECTED", "reasons": "; ".join(reasons)[:4900], **(tags or {})})
+    t.log_params(params)
+    t.end("KILLED")
+    return t.run_id
+
+
+@contextlib.contextmanager
+def _db_lock(uri: str):
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / ".mlflow-db.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def ensure_experiment(client, uri: str, name: str) -> str:

@@ -563,6 +563,23 @@ def _multirun_parent(cfg, sweep_dir: str) -> str | None:
     return tr.run_id
 
 
+def _record_rejection(cfg, e: BudgetRejected) -> None:
+    """Plain multirun: the refused job still shows up under the multirun's parent run."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from .tracking import make_tracker, record_rejected
+
+    hc = HydraConfig.get()
+    tr = make_tracker(OmegaConf.to_container(cfg.tracking, resolve=True))
+    rep = analyze(e.spec)
+    overrides = dict(o.split("=", 1) for o in hc.overrides.task if "=" in o)
+    record_rejected(tr, _multirun_parent(cfg, hc.sweep.dir), f"{e.spec.name} (rejected)",
+                    [v.message for v in e.violations],
+                    {**overrides, "model.params": rep.params, "model.rf": rep.rf, "model.macs": rep.macs},
+                    {"model": e.spec.name, "multirun_job": hc.job.num})
+
+
 def _task(cfg) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -616,6 +633,7 @@ def main() -> None:
             for v in e.violations:
                 print(f"  - {v.message}", file=sys.stderr)
             if multirun:
+                _record_rejection(cfg, e)
                 return None  # the other jobs of a plain multirun go on
             sys.exit(1)
         except Pruned:
@@ -630,4 +648,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # run the canonical module, not __main__, so exception classes (Pruned, ...) are one
+    from archsearch.train import main as _main
+
+    _main()

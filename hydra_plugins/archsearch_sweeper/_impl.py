@@ -209,21 +209,15 @@ class SweeperImpl:
         return winner
 
     def _log_rejected(self, parent: str | None, trial, params: dict, report, reasons: list[str]) -> None:
-        if not self.tracker.enabled:
-            return
-        from archsearch.tracking import Tracker
+        from archsearch.tracking import record_rejected
 
-        t = Tracker.__new__(Tracker)
-        t.client, t.experiment_id, t.uri, t.run_id = self.tracker.client, self.tracker.experiment_id, self.tracker.uri, None
-        t.start(name=f"trial {trial.number} (rejected)", parent_run_id=parent,
-                tags={"state": "REJECTED", "trial_number": trial.number, "study": self.study_name,
-                      "reasons": "; ".join(reasons)[:4900]})
-        p = {f"{k}": v for k, v in params.items()}
+        p = dict(params)
         if report is not None:
             p.update({"model.params": report.params, "model.rf": report.rf, "model.macs": report.macs})
-        t.log_params(p)
-        trial.set_user_attr("mlflow_run_id", t.run_id)
-        t.end("KILLED")
+        rid = record_rejected(self.tracker, parent, f"trial {trial.number} (rejected)", reasons, p,
+                              {"trial_number": trial.number, "study": self.study_name})
+        if rid:
+            trial.set_user_attr("mlflow_run_id", rid)
 
     # -------------------------------------------------------------- the loop
     def sweep(self, arguments: list[str]) -> Any:

@@ -1,0 +1,175 @@
+"""The Optuna sweeper end to end: real Hydra multiruns in subprocesses, synthetic data,
+journal storage and MLflow (SQLite) in a temp dir."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TINY = ["data.n_train=384", "data.n_test=64", "data.val_size=96", "hydra.sweeper.sampler.n_startup_trials=100"]
+
+
+def sweep(cwd, *args, sweep_dir="multirun/s", check=True, background=False):
+    cmd = [sys.executable, "-m", "archsearch.train", "-m", "sweep=smoke", *TINY, f"hydra.sweep.dir={sweep_dir}", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if background:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
+def study(cwd, name="smoke"):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    path = Path(cwd) / "mlruns" / "optuna" / f"{name}.journal"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.create_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(path))),
+                               direction="maximize", load_if_exists=True)
+
+
+def states(st):
+    return {t.number: t.user_attrs.get("state", t.state.name) for t in st.get_trials()}
+
+
+def test_smoke_sweep_rejects_fails_prunes_and_logs_parent_child(tmp_path):
+    import mlflow
+
+    st = study(tmp_path)
+    space = {"model.wide": 32, "model.dropout": 0.0}
+    st.enqueue_trial({**space, "optim.lr": 0.05})                    # 0: trains, completes
+    st.enqueue_trial({**space, "model.wide": 72, "optim.lr": 0.05})  # 1: over budget -> rejected
+    st.enqueue_trial({**space, "optim.lr": 1e12})                    # 2: loss blows up -> FAIL
+    st.enqueue_trial({**space, "optim.lr": 1e-7})                    # 3: hopeless -> pruned
+    p = sweep(tmp_path, "model.wide=choice(32,48,72)", "optim.lr=choice(0.05,1e12,1e-7)",
+              "hydra.sweeper.n_trials=5", "trainer.epochs=3",
+              "hydra.sweeper.pruner={name:median,n_startup_trials:1,n_warmup_steps:0}")
+    s = states(study(tmp_path))
+    assert s[0] == "COMPLETE" and s[1] == "REJECTED" and s[2] == "FAIL" and s[3] == "PRUNED"
+    trained = [n for n, v in s.items() if v in ("COMPLETE", "PRUNED", "FAIL")]
+    assert len(trained) == 5  # rejections do not count towards n_trials
+    # the rejected candidate launched no job: no job directory, no metrics, no reported epoch
+    jobs = {int(d.name) for d in (tmp_path / "multirun" / "s").iterdir() if d.is_dir()}
+    assert 1 not in jobs and {0, 2, 3} <= jobs
+    t1 = study(tmp_path).trials[1]
+    assert not t1.intermediate_values and t1.constraints["budget"] > 0
+    assert "params 220,128 exceed max_params 200,000" in t1.user_attrs["reasons"][0]
+    t3 = study(tmp_path).trials[3]
+    assert len(t3.intermediate_values) < 3  # stopped before its last epoch
+    n_rej = sum(v == "REJECTED" for v in s.values())
+    assert "study smoke: 5 trained" in p.stderr and f"{n_rej} rejected before launch" in p.stderr
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["archsearch"])
+    parents = runs[runs["tags.archsearch.role"] == "parent"]
+    assert len(parents) == 1 and parents["tags.archsearch.study"].iloc[0] == "smoke"
+    pid = parents.run_id.iloc[0]
+    children = runs[runs["tags.mlflow.parentRunId"] == pid]
+    assert len(children) == len(s)  # every trial, rejected ones included
+    by_trial = {int(r["tags.trial_number"]): r for _, r in children.iterrows()}
+    assert by_trial[0]["tags.state"] == "COMPLETE" and by_trial[0].status == "FINISHED"
+    assert by_trial[1]["tags.state"] == "REJECTED" and by_trial[1]["params.model.params"] == "220128"
+    assert "exceed max_params" in by_trial[1]["tags.reasons"]
+    assert by_trial[2]["tags.state"] == "FAIL" and by_trial[2].status == "FAILED"
+    assert by_trial[3]["tags.state"] == "PRUNED"
+    assert by_trial[0]["params.model.wide"] == "32"
+    assert parents["metrics.n_rejected"].iloc[0] == n_rej
+    assert parents["metrics.n_failed"].iloc[0] == sum(v == "FAIL" for v in s.values())
+    client = mlflow.tracking.MlflowClient()
+    assert {"leaderboard.csv", "pareto.png"} <= {a.path for a in client.list_artifacts(pid)}
+
+    # the report reads the same study back
+    r = subprocess.run([sys.executable, "-m", "archsearch.report", "sweep=smoke"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "REJECTED" in r.stdout and "PRUNED" in r.stdout and "epochs saved by pruning" in r.stdout
+    assert (tmp_path / "outputs" / "reports" / "smoke" / "pareto.png").exists()
+
+
+def test_rerun_continues_to_n_trials_without_rerunning(tmp_path):
+    sweep(tmp_path, "hydra.sweeper.n_trials=2", "trainer.epochs=1")
+    first = {t.number: t.datetime_complete for t in study(tmp_path).trials}
+    p = sweep(tmp_path, "hydra.sweeper.n_trials=2", "trainer.epochs=1", sweep_dir="multirun/s2")
+    assert "2/2 trained trials so far" in p.stdout + p.stderr
+    assert not (tmp_path / "multirun" / "s2").exists() or not any((tmp_path / "multirun" / "s2").glob("[0-9]*"))
+    sweep(tmp_path, "hydra.sweeper.n_trials=3", "trainer.epochs=1", sweep_dir="multirun/s3")
+    after = {t.number: t.datetime_complete for t in study(tmp_path).trials}
+    trained = [n for n, v in states(study(tmp_path)).items() if v in ("COMPLETE", "PRUNED", "FAIL")]
+    assert len(trained) == 3
+    assert all(after[n] == first[n] for n in first)  # completed trials never re-run
+
+
+def test_sigkill_mid_trial_resumes_keeping_completed(tmp_path):
+    from optuna.trial import TrialState
+
+    proc = sweep(tmp_path, "hydra.sweeper.n_trials=3", "trainer.epochs=6", "hydra.sweeper.pruner={name:none}",
+                 background=True)
+    deadline = time.time() + 240
+    killed_trial = None
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            ts = study(tmp_path).trials
+        except Exception:
+            continue
+        done = [t for t in ts if t.state == TrialState.COMPLETE and t.user_attrs.get("state") == "COMPLETE"]
+        running = [t for t in ts if t.state == TrialState.RUNNING and t.intermediate_values]
+        if done and running:
+            killed_trial = running[0].number
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=30)
+    assert killed_trial is not None, "never saw a completed and a running trial"
+    completed_before = {t.number for t in study(tmp_path).trials if t.user_attrs.get("state") == "COMPLETE"}
+
+    sweep(tmp_path, "hydra.sweeper.n_trials=3", "trainer.epochs=6", "hydra.sweeper.pruner={name:none}",
+          sweep_dir="multirun/s2")
+    st = study(tmp_path)
+    s = states(st)
+    assert s[killed_trial] == "INTERRUPTED"
+    retry = [t for t in st.trials if t.user_attrs.get("retry_of") == killed_trial]
+    assert len(retry) == 1 and retry[0].params == st.trials[killed_trial].params
+    assert completed_before <= {n for n, v in s.items() if v == "COMPLETE"}
+    assert sum(v in ("COMPLETE", "PRUNED", "FAIL") for v in s.values()) == 3
+
+
+def test_two_workers_share_one_study(tmp_path):
+    study(tmp_path)  # create the journal up front
+    args = ["hydra.sweeper.n_trials=6", "trainer.epochs=1", "model.wide=choice(32,48)"]
+    a = sweep(tmp_path, *args, sweep_dir="multirun/a", background=True)
+    b = sweep(tmp_path, *args, sweep_dir="multirun/b", background=True)
+    out_a, _ = a.communicate(timeout=600)
+    out_b, _ = b.communicate(timeout=600)
+    assert a.returncode == 0 and b.returncode == 0, out_a[-2000:] + out_b[-2000:]
+    st = study(tmp_path)
+    trained = [t for t in st.trials if t.user_attrs.get("state") in ("COMPLETE", "PRUNED", "FAIL")]
+    assert 6 <= len(trained) <= 7  # a race at the very end may add one
+    jobs_a = {d.name for d in (tmp_path / "multirun" / "a").iterdir() if d.name.isdigit()}
+    jobs_b = {d.name for d in (tmp_path / "multirun" / "b").iterdir() if d.name.isdigit()}
+    assert jobs_a and jobs_b and not (jobs_a & jobs_b)  # both worked, no trial ran twice
+    workers = {t.user_attrs["worker"] for t in trained}
+    assert len(workers) == 2
+
+
+def test_plain_multirun_groups_jobs_under_one_parent(tmp_path):
+    import mlflow
+
+    cmd = [sys.executable, "-m", "archsearch.train", "-m", "data=synthetic", *TINY[:3], "trainer.epochs=1",
+           "trainer.progress=false", "trainer.workers=0", "model=dilated_sep,too_wide", "hydra.sweep.dir=multirun/p"]
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "REJECTED too_wide" in p.stderr
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["archsearch"])
+    parent = runs[runs["tags.archsearch.role"] == "parent"]
+    assert len(parent) == 1
+    kids = runs[runs["tags.mlflow.parentRunId"] == parent.run_id.iloc[0]]
+    assert set(kids["tags.state"]) == {"COMPLETE", "REJECTED"}
