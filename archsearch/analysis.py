@@ -16,19 +16,19 @@ Pure Python: no torch import.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .ops import OPS, OpError
-from .spec import ModelSpec, SpecError
+from .spec import LayerSpec, ModelSpec, SpecError
 
 __all__ = ["LayerReport", "Report", "analyze", "receptive_field"]
 
 
-@dataclass(frozen=True)
-class LayerReport:
+class LayerReport(NamedTuple):
     index: int
     path: str
     op: str
-    desc: str
+    layer: LayerSpec
     in_shape: tuple[int, int, int]
     out_shape: tuple[int, int, int]
     params: int
@@ -36,6 +36,11 @@ class LayerReport:
     rf: int  # receptive field of this layer's output (per axis, pixels of the input)
     jump: int  # distance in input pixels between adjacent outputs (cumulative stride)
     spatial: bool  # False once pooled to a vector
+
+    @property
+    def desc(self) -> str:
+        """Kernel, dilation, stride, padding, extras, e.g. ``3x3 d2 p2 | relu,drop0.05,bn``."""
+        return self.layer.describe()
 
     def to_dict(self) -> dict:
         return {
@@ -109,7 +114,7 @@ def analyze(spec: ModelSpec) -> Report:
             rf += (step.k_eff - 1) * jump
             jump *= step.stride
         spatial = spatial and step.spatial
-        out.append(LayerReport(layer.index, layer.path, layer.op, layer.describe(), shape, step.out,
+        out.append(LayerReport(layer.index, layer.path, layer.op, layer, shape, step.out,
                                params, step.macs, rf, jump, spatial))
         total_p += params
         total_m += step.macs

@@ -37,7 +37,7 @@ torch lazily, so analysis never does).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 __all__ = ["ACTIVATIONS", "EXTRAS", "OPS", "FieldDef", "OpDef", "Shape", "Step"]
 
@@ -72,8 +72,7 @@ class FieldDef:
         return self.default is REQUIRED
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """What one layer does, as the analysis needs it (computed by an op's rule)."""
 
     out: Shape

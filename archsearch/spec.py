@@ -78,9 +78,12 @@ class LayerSpec:
             s = "+bias" if a["bias"] else ""
         else:
             s = ""
-        ex = [x for x in (("bn" if self.bn else ""), ("" if self.act == "none" else self.act),
-                          (f"drop{self.dropout:g}" if self.dropout else "")) if x]
-        return (s + (" | " + ",".join(ex) if ex else "")).strip()
+        return (s + (" | " + ",".join(self.extras()) if self.extras() else "")).strip()
+
+    def extras(self, order: tuple[str, ...] = ("op", "act", "dropout", "bn")) -> list[str]:
+        names = {"bn": "bn" if self.bn else "", "act": "" if self.act == "none" else self.act,
+                 "dropout": f"drop{self.dropout:g}" if self.dropout else ""}
+        return [names[k] for k in order if k != "op" and names[k]]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,446 @@
+"""``python -m archsearch.bench [parts=train,breakdown,validator,sweep,memory] [key=value ...]``
+
+Side-by-side measurements in one process, on one machine, on the same data; each figure is
+the median of several repetitions after a warm-up, with its spread (min-max). Writes the
+table, with machine, device, torch version and date, to ``BENCHMARKS.md``.
+
+Options (key=value):
+  parts        comma list of: train, breakdown, validator, sweep, memory (default: all)
+  data         synthetic (default) | folder;  data.root=PATH for folder (e.g. the CIFAR-10 copy)
+  images       training images per measured epoch (default 4096)
+  reps         measured repetitions after one warm-up (default 3)
+  batch        batch size for both loops (default 128)
+  trials       sweep part: trials in the overhead sweep (default 200)
+  mem_images   memory part: training images (default 50000, CIFAR-10's size); mem_workers (default 2)
+  out          where to write the table (default BENCHMARKS.md; out=- prints only)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+__all__ = ["main", "reference_epoch"]
+
+PARTS = ("train", "breakdown", "validator", "sweep", "memory")
+
+
+def _med(xs: Sequence[float]) -> tuple[float, float, float]:
+    return statistics.median(xs), min(xs), max(xs)
+
+
+def _fmt(xs: Sequence[float], unit: str = "", digits: int = 0) -> str:
+    m, lo, hi = _med(xs)
+    f = f"{{:,.{digits}f}}"
+    return f"{f.format(m)}{unit} ({f.format(lo)}-{f.format(hi)})"
+
+
+# ------------------------------------------------------------------ data
+def _images(opts: dict) -> tuple[Any, Any]:
+    from .data import load_data, synthetic
+
+    n = int(opts.get("images", 4096))
+    if opts.get("data", "synthetic") == "folder":
+        s = load_data({"source": "folder", "root": opts["data.root"], "val_size": 0})
+        return s.x_train[:n], s.y_train[:n]
+    return synthetic(n, seed=0)
+
+
+# ------------------------------------------------------------------ the reference loop
+class _RefDataset:
+    """How the assignment's notebook feeds data: per-sample albumentations on a numpy image,
+    Normalize + ToTensorV2 on the host, in a Dataset."""
+
+    def __init__(self, x, y, tf):
+        self.x, self.y, self.tf = x, y, tf
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.tf(image=self.x[i])["image"], int(self.y[i])
+
+
+def _reference_transform(mean, std):
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    return A.Compose([
+        A.HorizontalFlip(p=0.5),
+        A.Affine(translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-45, 45), border_mode=4, p=0.5),
+        A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(16, 16), hole_width_range=(16, 16),
+                        fill=tuple(m * 255 for m in mean), p=0.5),
+        A.Normalize(mean=mean, std=std),
+        ToTensorV2(),
+    ])
+
+
+def reference_epoch(model, x, y, batch: int, workers: int, device) -> float:
+    """One epoch the reference's way (fp32, NCHW, log_softmax + NLL, .item() every step).
+    Returns images/s."""
+    import torch
+    import torch.nn.functional as F
+
+    from .data import _stats
+
+    mean, std = _stats(x)
+    loader = torch.utils.data.DataLoader(_RefDataset(x, y, _reference_transform(mean, std)), batch_size=batch,
+                                         shuffle=True, num_workers=workers, pin_memory=device.type == "cuda")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+    seen, t0 = 0, time.perf_counter()
+    for data, target in loader:
+        data, target = data.to(device), target.to(device)
+        opt.zero_grad()
+        out = F.log_softmax(model(data), dim=-1)
+        loss = F.nll_loss(out, target)
+        loss.backward()
+        opt.step()
+        _ = loss.item()  # the reference prints the loss every step (tqdm description)
+        seen += len(target)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------ parts
+def part_train(opts: dict, rows: list, notes: list) -> None:
+    """archsearch's real training path (archsearch.train.train) vs the reference loop."""
+    import torch
+
+    from . import build_model, load_spec
+    from .config import compose
+    from .data import Splits, _stats
+    from .train import _workers, pick_device, train
+
+    x, y = _images(opts)
+    reps, batch = int(opts.get("reps", 3)), int(opts.get("batch", 128))
+    device = pick_device("auto")
+    workers = _workers("auto", device)
+    mean, std = _stats(x)
+    splits = Splits(x, y, x[:256], y[:256], x[:256], y[:256], tuple(f"c{i}" for i in range(10)), mean, std)
+    # ours: the real loop; epoch 1 is the warm-up
+    cfg = compose("config", ["model=dilated_sep", "tracking=none", f"trainer.epochs={reps + 1}",
+                             f"trainer.batch_size={batch}", "trainer.progress=false", "trainer.checkpoint=false"])
+    with tempfile.TemporaryDirectory() as td:
+        res = train(cfg, td, data=splits)
+    ours = [h["images_per_s"] for h in res.history[1:]]
+    # the reference, same model, same data, same batch and workers
+    ref = []
+    model = build_model(load_spec("dilated_sep")).to(device)
+    for i in range(reps + 1):
+        v = reference_epoch(model, x, y, batch, workers, device)
+        if i:
+            ref.append(v)
+    ratio = [o / r for o, r in zip(ours, ref)]
+    rows.append(("1. training, end to end (images/s)", f"reference loop: {_fmt(ref)}", f"archsearch: {_fmt(ours)}",
+                 f"**{statistics.median(ratio):.2f}x** ({min(ratio):.2f}-{max(ratio):.2f})"))
+    notes.append(f"part 1: {len(x):,} images/epoch, batch {batch}, {workers} DataLoader worker(s) for both, "
+                 f"{reps} measured epochs after 1 warm-up; archsearch: {_amp_name(device)} autocast, channels_last, "
+                 "uint8 batches normalised on the device; reference: fp32, NCHW, Normalize+ToTensorV2 per sample, "
+                 "log_softmax+NLL, .item() every step.")
+
+
+def _amp_name(device) -> str:
+    from .train import pick_amp
+
+    d = pick_amp("auto", device)
+    return str(d).replace("torch.", "") if d is not None else "fp32"
+
+
+def _step_rate(model, device, batch: int, amp, channels_last: bool, steps: int) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+
+    def step():
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def part_breakdown(opts: dict, rows: list, notes: list) -> None:
+    """Model step alone (tensors already on the device) vs the full pipeline; augmentation rate."""
+    import numpy as np
+
+    from . import build_model, load_spec
+    from .augment import build_pipeline
+    from .config import compose
+    from .train import pick_amp, pick_device
+    from omegaconf import OmegaConf
+
+    device = pick_device("auto")
+    amp = pick_amp("auto", device)
+    reps, batch = int(opts.get("reps", 3)), int(opts.get("batch", 128))
+    steps = 8 if device.type == "cpu" else 50
+    spec = load_spec("dilated_sep")
+    fast = [_step_rate(build_model(spec).to(device), device, batch, amp, True, steps) for _ in range(reps)]
+    plain = [_step_rate(build_model(spec).to(device), device, batch, None, False, steps) for _ in range(reps)]
+    rows.append(("2a. model step alone (images/s)", f"fp32 NCHW: {_fmt(plain)}",
+                 f"{_amp_name(device)} channels_last: {_fmt(fast)}",
+                 f"{statistics.median(fast) / statistics.median(plain):.2f}x"))
+    x, _ = _images({**opts, "images": min(int(opts.get("images", 4096)), 4096)})
+    cfg = compose("config", [])
+    pipe = build_pipeline(OmegaConf.to_container(cfg.aug, resolve=True)["train"], [125.0, 123.0, 114.0])
+    rates = []
+    for r in range(reps + 1):
+        pipe.set_random_seed(r)
+        t0 = time.perf_counter()
+        for im in x:
+            pipe(image=im)
+        if r:
+            rates.append(len(x) / (time.perf_counter() - t0))
+    rows.append(("2b. era_s9 augmentation, one worker (images/s)", "", _fmt(rates), ""))
+    notes.append("part 2: the full-pipeline figure is part 1's archsearch column; the difference to 2a "
+                 "is the data pipeline's share (loading, augmentation, host-to-device copy).")
+
+
+def _long_spec():
+    from .spec import parse_spec
+
+    layers = []
+    for i in range(28):
+        layers.append({"op": "sepconv" if i % 3 == 2 else "conv", "out": 32 + 8 * (i % 4), "d": 2 if i % 5 == 4 else 1,
+                       "s": 2 if i in (6, 14, 22) else 1})
+    layers += [{"op": "gap"}, {"op": "linear", "out": 10}]
+    return parse_spec({"name": "long30", "in_channels": 3, "input_size": 32, "num_classes": 10,
+                       "layer_defaults": {"bn": True, "act": "relu"}, "layers": layers})
+
+
+def part_validator(opts: dict, rows: list, notes: list) -> None:
+    from . import analyze, build_model, check, load_budget, load_spec
+    from .config import available
+
+    budget = load_budget()
+    specs = [load_spec(m) for m in available("model")] + [_long_spec()]
+    reps = int(opts.get("reps", 3))
+    for spec in specs:
+        n = 2000
+        rates = []
+        for r in range(reps + 1):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                check(analyze(spec), budget)
+            if r:
+                rates.append(n / (time.perf_counter() - t0))
+        usual = []
+        for r in range(reps + 1):
+            t0 = time.perf_counter()
+            for _ in range(5):
+                sum(p.numel() for p in build_model(spec).parameters())
+            if r:
+                usual.append(5 / (time.perf_counter() - t0))
+        rows.append((f"3. validator: {spec.name} ({len(spec.layers)} layers), specs/s",
+                     f"build nn.Module + count: {_fmt(usual)}", f"analyze + check: {_fmt(rates)}",
+                     f"{statistics.median(rates) / statistics.median(usual):,.0f}x"))
+    notes.append("part 3: target >= 10,000 specs/s for analyze + budget check.")
+
+
+def part_sweep(opts: dict, rows: list, notes: list) -> None:
+    """A real sweep (the archsearch sweeper, MLflow on SQLite, journal storage) whose trials
+    train 1 epoch on 64 synthetic images; overhead = trial wall time minus its training loop."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from .study import open_storage
+
+    trials = int(opts.get("trials", 200))
+    with tempfile.TemporaryDirectory() as td:
+        cmd = [sys.executable, "-m", "archsearch.train", "-m", "sweep=smoke", f"hydra.sweeper.n_trials={trials}",
+               "hydra.sweeper.max_rejections_in_a_row=100000", "hydra.sweeper.pruner={name:none}",
+               "model.wide=choice(32,40,48,56,64)", "data.n_train=192", "data.val_size=64", "data.n_test=64",
+               "trainer.epochs=1", "hydra.sweep.dir=multirun/bench"]
+        t0 = time.time()
+        p = subprocess.run(cmd, cwd=td, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        wall = time.time() - t0
+        if p.returncode:
+            raise RuntimeError(p.stderr[-2000:])
+        st = optuna.load_study(study_name="smoke", storage=open_storage(f"journal:{td}/mlruns/optuna/smoke.journal"))
+        client = MlflowClient(f"sqlite:///{td}/mlruns/mlflow.db")
+        ts = sorted(st.trials, key=lambda t: t.number)
+        over = []
+        prev_end = None
+        for t in ts:
+            end = t.datetime_complete
+            start = prev_end or t.datetime_start
+            total = (end - start).total_seconds()
+            rid = t.user_attrs.get("mlflow_run_id")
+            train_s = 0.0
+            if rid and t.user_attrs.get("state") == "COMPLETE":
+                train_s = sum(m.value for m in client.get_metric_history(rid, "epoch_seconds"))
+            over.append(total - train_s)
+            prev_end = end
+    k = max(1, min(10, len(over) // 4))
+    first, last = over[1:k + 1], over[-k:]
+    rows.append((f"4. sweep overhead per trial (s), {len(over)} trials", f"trials 2-{k + 1}: {_fmt(first, digits=2)}",
+                 f"last {k}: {_fmt(last, digits=2)}", f"growth {statistics.median(last) / statistics.median(first):.2f}x"))
+    notes.append(f"part 4: {len(over)} trials in {wall:.0f}s wall; overhead = time between consecutive trial "
+                 "completions minus the trial's training-loop seconds (compose, budget gate, launch, data cache, "
+                 "model build, MLflow run with params/artifacts, evaluation, Optuna storage).")
+
+
+_MEM_CHILD = r"""
+import json, os, sys, time, threading
+from archsearch.config import compose
+from archsearch.data import Splits, synthetic, _stats
+from archsearch.train import train
+import tempfile
+x, y = synthetic(%d, seed=0)
+mean, std = _stats(x)
+s = Splits(x, y, x[:1000], y[:1000], x[:1000], y[:1000], tuple(f"c{i}" for i in range(10)), mean, std)
+cfg = compose("config", ["tracking=none", "trainer.epochs=1", "trainer.progress=false", "trainer.checkpoint=false",
+                         "trainer.workers=%d"])
+peak = {}
+def rss_tree():
+    me = os.getpid()
+    pids = [me] + [int(p) for p in open(f"/proc/{me}/task/{me}/children").read().split()]
+    out = {}
+    for p in pids:
+        try:
+            r = {}
+            for line in open(f"/proc/{p}/smaps_rollup"):
+                k, v = line.split(":", 1)
+                if k in ("Rss", "Pss", "Private_Clean", "Private_Dirty"):
+                    r[k] = int(v.split()[0]) / 1024
+            out[p] = r
+        except OSError:
+            pass
+    return out
+stop = False
+def watch():
+    while not stop:
+        t = rss_tree()
+        tot_rss = sum(v.get("Rss", 0) for v in t.values())
+        tot_pss = sum(v.get("Pss", 0) for v in t.values())
+        workers = [v for p, v in t.items() if p != os.getpid()]
+        if tot_rss > peak.get("rss", 0):
+            peak.update(rss=tot_rss, pss=tot_pss, n=len(t),
+                        worker_private=max([w.get("Private_Clean", 0) + w.get("Private_Dirty", 0) for w in workers] or [0]),
+                        worker_rss=max([w.get("Rss", 0) for w in workers] or [0]))
+        time.sleep(0.2)
+th = threading.Thread(target=watch, daemon=True); th.start()
+train(cfg, tempfile.mkdtemp(), data=s)
+stop = True; th.join()
+peak["dataset_mb"] = x.nbytes / 2**20
+print(json.dumps(peak))
+"""
+
+
+def part_memory(opts: dict, rows: list, notes: list) -> None:
+    workers = int(opts.get("mem_workers", 2))
+    n = int(opts.get("mem_images", 50_000))
+    p = subprocess.run([sys.executable, "-c", _MEM_CHILD % (n, workers)], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=3600)
+    if p.returncode:
+        raise RuntimeError(p.stderr[-2000:])
+    m = json.loads(p.stdout.strip().splitlines()[-1])
+    rows.append((f"5. peak memory, {n:,} CIFAR-sized images, {workers} workers (MB)",
+                 f"dataset {m['dataset_mb']:.0f}; per worker RSS {m['worker_rss']:.0f}, private {m['worker_private']:.0f}",
+                 f"process tree RSS {m['rss']:.0f}, PSS {m['pss']:.0f}",
+                 "shared" if m["worker_private"] < 0.5 * m["dataset_mb"] else "COPIED per worker"))
+    notes.append("part 5: RSS counts shared pages once per process; PSS splits them between the processes that "
+                 "share them, so PSS is the tree's real footprint. A worker's private (unshared) memory far below "
+                 "the dataset size shows the decoded uint8 arrays are shared with the workers (fork, copy-on-write), "
+                 "not copied.")
+
+
+def _machine() -> str:
+    import torch
+
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    return (f"{cpu}; device {dev}; torch {torch.__version__}; python {platform.python_version()}; "
+            f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip())
+        return 0
+    opts: dict[str, Any] = {}
+    for a in argv:
+        k, sep, v = a.partition("=")
+        if not sep:
+            print(f"error: expected key=value, got {a!r}; see --help", file=sys.stderr)
+            return 2
+        opts[k] = v
+    parts = [p for p in str(opts.get("parts", ",".join(PARTS))).split(",") if p]
+    bad = [p for p in parts if p not in PARTS]
+    if bad:
+        print(f"error: parts: unknown part {bad[0]!r}; choose from {', '.join(PARTS)}", file=sys.stderr)
+        return 2
+    if opts.get("data", "synthetic") not in ("synthetic", "folder"):
+        print(f"error: data: unknown data {opts['data']!r}; choose one of synthetic, folder", file=sys.stderr)
+        return 2
+    if opts.get("data") == "folder" and not opts.get("data.root"):
+        print("error: data.root: required with data=folder", file=sys.stderr)
+        return 2
+    import logging
+
+    logging.disable(logging.INFO)
+    rows: list = []
+    notes: list = []
+    fns: dict[str, Callable] = {"train": part_train, "breakdown": part_breakdown, "validator": part_validator,
+                                "sweep": part_sweep, "memory": part_memory}
+    for p in parts:
+        t0 = time.time()
+        print(f"bench: {p} ...", file=sys.stderr, flush=True)
+        fns[p](opts, rows, notes)
+        print(f"bench: {p} done in {time.time() - t0:.0f}s: {rows[-1]}", file=sys.stderr, flush=True)
+    table = ["| measurement | baseline | archsearch | ratio |", "|---|---|---|---|"]
+    table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    data = "synthetic images" if opts.get("data", "synthetic") == "synthetic" else f"image folder {opts['data.root']}"
+    text = "\n".join([
+        "# Benchmarks", "",
+        "Written by `python -m archsearch.bench " + " ".join(argv) + "`. Each cell: median (min-max) of the "
+        "measured repetitions after a warm-up; every comparison ran side by side in one invocation.", "",
+        f"- machine: {_machine()}", f"- data: {data}", "",
+        *table, "", *[f"- {n}" for n in notes], ""])
+    print(text)
+    out = opts.get("out", "BENCHMARKS.md")
+    if out != "-":
+        Path(out).write_text(text)
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
