@@ -16,7 +16,8 @@ arithmetic, less host work; see ``archsearch.train``).
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -26,8 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 __all__ = ["main", "reference_epoch"]
 
@@ -115,7 +116,6 @@ def reference_epoch(model, x, y, batch: int, workers: int, device) -> float:
 # ------------------------------------------------------------------ parts
 def part_train(opts: dict, rows: list, notes: list) -> None:
     """archsearch's real training path (archsearch.train.train) vs the reference loop."""
-    import torch
 
     from . import build_model, load_spec
     from .config import compose
@@ -191,13 +191,13 @@ def _step_rate(model, device, batch: int, amp, channels_last: bool, steps: int) 
 
 def part_breakdown(opts: dict, rows: list, notes: list) -> None:
     """Model step alone (tensors already on the device) vs the full pipeline; augmentation rate."""
-    import numpy as np
+
+    from omegaconf import OmegaConf
 
     from . import build_model, load_spec
     from .augment import build_pipeline
     from .config import compose
     from .train import pick_amp, pick_device
-    from omegaconf import OmegaConf
 
     device = pick_device("auto")
     amp = pick_amp("auto", device)

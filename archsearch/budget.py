@@ -8,8 +8,8 @@ the classifier. Every rule can be switched off or changed from the config.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Mapping
 
 from .analysis import Report
 

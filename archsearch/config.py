@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .spec import ModelSpec, SpecError, parse_spec
 
@@ -118,8 +119,9 @@ def load_spec(name: str, overrides: Sequence[str] = ()) -> ModelSpec:
 
 
 def load_budget(overrides: Sequence[str] = ()):
-    from .budget import parse_budget
     from omegaconf import OmegaConf
+
+    from .budget import parse_budget
 
     cfg = compose("validate", list(overrides))
     return parse_budget(OmegaConf.to_container(cfg.budget, resolve=True))

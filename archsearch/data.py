@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -91,9 +92,9 @@ def _listing(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]]:
 
 
 def _decode(root: Path, files: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
-    import cv2
-
     from concurrent.futures import ThreadPoolExecutor
+
+    import cv2
 
     def one(rel: str) -> np.ndarray:
         im = cv2.imread(str(root / rel), cv2.IMREAD_COLOR)

@@ -36,8 +36,9 @@ torch lazily, so analysis never does).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = ["ACTIVATIONS", "EXTRAS", "OPS", "FieldDef", "OpDef", "Shape", "Step"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
 
 __all__ = ["leaderboard", "main", "pareto_front", "summary_line", "write_outputs"]
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["TRAINED", "make_pruner", "make_sampler", "open_storage", "pruning_hook", "storage_url"]
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 __all__ = ["NullTracker", "Tracker", "default_uri", "flatten", "make_tracker"]
 
@@ -49,7 +50,7 @@ class NullTracker:
     run_id: str | None = None
     enabled = False
 
-    def start(self, *a, **k) -> "NullTracker":
+    def start(self, *a, **k) -> NullTracker:
         return self
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
@@ -73,7 +74,7 @@ class Tracker:
         self.run_id: str | None = None
 
     def start(self, name: str | None = None, tags: Mapping[str, Any] | None = None,
-              parent_run_id: str | None = None, run_id: str | None = None) -> "Tracker":
+              parent_run_id: str | None = None, run_id: str | None = None) -> Tracker:
         if run_id:  # resume an existing run
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -116,7 +117,7 @@ class Tracker:
             self.client.set_terminated(self.run_id, status=status)
 
 
-def record_rejected(tracker: "Tracker", parent_run_id: str | None, name: str, reasons: list[str],
+def record_rejected(tracker: Tracker, parent_run_id: str | None, name: str, reasons: list[str],
                     params: Mapping[str, Any], tags: Mapping[str, Any] | None = None) -> str | None:
     """An MLflow run (status KILLED, tag state=REJECTED) for a candidate the budget refused."""
     if not tracker.enabled:

@@ -14,9 +14,10 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .analysis import Report, analyze
 from .budget import BudgetError, Violation, check, parse_budget
@@ -118,7 +119,7 @@ def _cpu_bf16() -> bool:
         return False
 
 
-def pick_amp(mode: str, device) -> "Any":
+def pick_amp(mode: str, device) -> Any:
     """-> torch dtype for autocast, or None. ``auto``: bf16 where supported, fp16 on older GPUs."""
     import torch
 
@@ -515,8 +516,10 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
         tracker.set_tags({"state": "PRUNED"})
         raise
     except BaseException as e:
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            status = "KILLED"  # Ctrl-C / SIGTERM: not a failure of the spec, but not complete either
         if tracker.enabled and tracker.run_id:
-            tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:4000], "state": "FAIL"})
+            tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:4000] or "interrupted", "state": "FAIL"})
         raise
     finally:
         if status == "FINISHED":
@@ -607,13 +610,17 @@ def _task(cfg) -> float | None:
 
 def main() -> None:
     """Console entry: user mistakes -> one line on stderr; exit 1 for budget, 2 for bad input."""
+    import signal
+
     import hydra
 
+    from .augment import AugError
     from .config import CONF_DIR
     from .data import DataError
-    from .augment import AugError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # SIGTERM (kill, a scheduler's pre-emption) unwinds like Ctrl-C: the MLflow run is closed as KILLED
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         check_choices([a for a in sys.argv[1:] if not a.startswith("-")])
     except ConfigError as e:

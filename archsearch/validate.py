@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .analysis import Report, analyze
 from .budget import Budget, BudgetError, Violation, check, parse_budget

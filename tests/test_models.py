@@ -89,7 +89,8 @@ def test_dilated_sep_reproduces_the_reference_summary():
         ("Conv2d", (10, 6, 6), 5760),
         ("AvgPool2d", (10, 1, 1), 0),  # the reference's AvgPool2d(6) == our global average pool
     ]
-    spec = load_spec("dilated_sep")
+    # the reference has Dropout after its 3x3 convs; our recipe sets the rate to 0 (module omitted)
+    spec = load_spec("dilated_sep", overrides=["model.dropout=0.05"])
     model = build_model(spec).eval()
     rows = []
 

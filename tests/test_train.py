@@ -2,8 +2,6 @@
 
 import subprocess
 import sys
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +174,22 @@ def test_non_finite_loss_fails_the_run(tmp_path):
                       "trainer.amp=off"), tmp_path / "out")
     df = runs(tmp_path)
     assert df.status[0] == "FAILED" and "NonFiniteLoss" in df["tags.error"][0]
+
+
+def test_sigterm_closes_the_run_as_killed(tmp_path):
+    import os
+    import signal
+    import time
+
+
+    cmd = [sys.executable, "-m", "archsearch.train", *FAST, "trainer.epochs=50", f"hydra.run.dir={tmp_path}/out"]
+    p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "out" / "last.pt").exists():
+        time.sleep(0.3)
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=60)
+    assert p.returncode != 0
+    df = runs(tmp_path)
+    assert len(df) == 1 and df.status[0] == "KILLED"  # not left RUNNING, not looking complete

@@ -21,7 +21,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -160,12 +160,12 @@ class SweeperImpl:
     def _recover(self, study) -> None:
         """Trials left RUNNING by a worker that died (SIGKILL, power cut) on this host are
         marked failed (state INTERRUPTED, not counted) and their parameters re-queued."""
+        import warnings
+
         import optuna
         from optuna.trial import TrialState
 
         from archsearch.study import pid_alive
-
-        import warnings
 
         if getattr(study._storage, "heartbeat_interval", None):  # RDB: heartbeats stopped elsewhere
             with warnings.catch_warnings():

@@ -8,7 +8,7 @@ start, so the implementation (optuna, mlflow) lives in ``_impl`` and is imported
 
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
@@ -17,7 +17,7 @@ from hydra.plugins.sweeper import Sweeper
 @dataclass
 class SamplerConf:
     name: str = "tpe"  # tpe | random
-    seed: Optional[int] = 0
+    seed: int | None = 0
     n_startup_trials: int = 8  # random trials before TPE models the space
     multivariate: bool = False
 
@@ -34,18 +34,18 @@ class PrunerConf:
 @dataclass
 class ArchsearchSweeperConf:
     _target_: str = "hydra_plugins.archsearch_sweeper.archsearch_sweeper.ArchsearchSweeper"
-    study_name: Optional[str] = None  # default: the sweep file's name, else "archsearch"
+    study_name: str | None = None  # default: the sweep file's name, else "archsearch"
     # null: Optuna's journal file under mlruns/optuna/<study>.journal (safe for parallel
     # workers on one machine); or any Optuna RDB URL (postgresql://...) for many machines
-    storage: Optional[str] = None
+    storage: str | None = None
     direction: Any = "maximize"  # one direction, or a list for multi-objective
-    objectives: List[str] = field(default_factory=lambda: ["val_acc"])  # val_acc | params | macs | rf
+    objectives: list[str] = field(default_factory=lambda: ["val_acc"])  # val_acc | params | macs | rf
     n_trials: int = 20  # trained trials in total (rejected candidates do not count)
     max_failures: int = 5  # failed trials in the study before the sweep stops
     max_rejections_in_a_row: int = 50  # budget-rejected candidates in a row before giving up
     sampler: SamplerConf = field(default_factory=SamplerConf)
     pruner: PrunerConf = field(default_factory=PrunerConf)
-    params: Dict[str, str] = field(default_factory=dict)  # search space, Hydra override grammar
+    params: dict[str, str] = field(default_factory=dict)  # search space, Hydra override grammar
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="archsearch", node=ArchsearchSweeperConf,
@@ -61,5 +61,5 @@ class ArchsearchSweeper(Sweeper):
     def setup(self, *, hydra_context, task_function, config) -> None:
         self._impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
-    def sweep(self, arguments: List[str]) -> Any:
+    def sweep(self, arguments: list[str]) -> Any:
         return self._impl.sweep(arguments)
