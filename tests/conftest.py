@@ -17,3 +17,42 @@ def run_validate(capsys):
         return code, out.out, out.err
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL server on loopback (really started), or $ARCHSEARCH_TEST_POSTGRES.
+    Skips when PostgreSQL is not installed, unless ARCHSEARCH_REQUIRE_POSTGRES=1 (CI sets it)."""
+    import glob
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    url = os.environ.get("ARCHSEARCH_TEST_POSTGRES")
+    if url:
+        yield url
+        return
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    if not bins:
+        if os.environ.get("ARCHSEARCH_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL is required here but not installed (apt-get install postgresql)")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run does)")
+    bindir = Path(bins[-1]).parent
+    d = tempfile.mkdtemp(prefix="archsearch-pg-", dir="/tmp")
+    os.chmod(d, 0o777)
+    pre = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*pre, str(bindir / "initdb"), "-D", f"{d}/data", "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*pre, str(bindir / "pg_ctl"), "-D", f"{d}/data", "-l", f"{d}/log", "-w", "-o",
+                    f"-p {port} -k {d} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*pre, str(bindir / "pg_ctl"), "-D", f"{d}/data", "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(d, ignore_errors=True)

@@ -171,3 +171,24 @@ def test_plain_multirun_groups_jobs_under_one_parent(tmp_path):
     assert len(parent) == 1
     kids = runs[runs["tags.mlflow.parentRunId"] == parent.run_id.iloc[0]]
     assert set(kids["tags.state"]) == {"COMPLETE", "REJECTED"}
+
+
+def test_two_workers_on_postgresql(tmp_path, postgres_url):
+    """Many machines share a study through an RDB storage: a real PostgreSQL server here."""
+    import optuna
+
+    storage = f"hydra.sweeper.storage='{postgres_url}'"
+    args = [storage, "hydra.sweeper.n_trials=4", "trainer.epochs=1", "model.wide=choice(32,48)"]
+    a = sweep(tmp_path, *args, sweep_dir="multirun/a", background=True)
+    b = sweep(tmp_path, *args, sweep_dir="multirun/b", background=True)
+    out_a, _ = a.communicate(timeout=600)
+    out_b, _ = b.communicate(timeout=600)
+    assert a.returncode == 0 and b.returncode == 0, out_a[-2000:] + out_b[-2000:]
+    st = optuna.load_study(study_name="smoke", storage=postgres_url)
+    trained = [t for t in st.trials if t.user_attrs.get("state") in ("COMPLETE", "PRUNED", "FAIL")]
+    assert 4 <= len(trained) <= 5
+    assert len({t.user_attrs["worker"] for t in trained}) == 2
+    assert all(len(t.intermediate_values) == 1 for t in trained if t.user_attrs["state"] == "COMPLETE")
+    jobs_a = {d.name for d in (tmp_path / "multirun" / "a").iterdir() if d.name.isdigit()}
+    jobs_b = {d.name for d in (tmp_path / "multirun" / "b").iterdir() if d.name.isdigit()}
+    assert not (jobs_a & jobs_b)

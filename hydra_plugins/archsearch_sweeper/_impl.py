@@ -230,7 +230,10 @@ class SweeperImpl:
         from archsearch.tracking import make_tracker
         from archsearch.train import BudgetRejected, Pruned, gate
 
+        import warnings
+
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         base_dir = Path(os.environ.get("ARCHSEARCH_BASE", os.getcwd()))
         choices = self.config.hydra.runtime.choices
         self.study_name = str(self.conf.study_name or choices.get("sweep") or "archsearch")
@@ -246,7 +249,6 @@ class SweeperImpl:
         space, fixed = parse_space({**params_conf, **cli_space})
         base += fixed
         url = storage_url(self.conf.storage, self.study_name, base_dir)
-        storage = open_storage(url, heartbeat=True)
         max_epochs = int(self.config.trainer.epochs)
         pconf = OmegaConf.to_container(self.conf.pruner, resolve=True)
         if len(directions) > 1 and pconf.get("name") != "none":
@@ -254,8 +256,16 @@ class SweeperImpl:
             pconf = {"name": "none"}
         make_pruner(pconf, max_epochs)  # validate the pruner config now
         sconf = OmegaConf.to_container(self.conf.sampler, resolve=True)
-        study = optuna.create_study(study_name=self.study_name, storage=storage, directions=directions,
-                                    sampler=make_sampler(sconf), load_if_exists=True)
+        for attempt in range(5):  # workers starting together race to create the storage's tables
+            try:
+                storage = open_storage(url, heartbeat=True)
+                study = optuna.create_study(study_name=self.study_name, storage=storage, directions=directions,
+                                            sampler=make_sampler(sconf), load_if_exists=True)
+                break
+            except Exception:
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
         if list(d.name.lower() for d in study.directions) != directions:
             raise SweepConfigError(f"hydra.sweeper.direction: study {self.study_name!r} in {url} already has "
                                    f"directions {[d.name.lower() for d in study.directions]}")
@@ -357,6 +367,7 @@ class SweeperImpl:
                     study.tell(trial, state=TrialState.PRUNED)
                     log.info("trial %d PRUNED after epoch %d (val_acc %.4f)", trial.number, err.epoch, err.value)
                 else:
+                    _release(err)  # e.g. CUDA out of memory: free the failed trial's tensors first
                     msg = f"{type(err).__name__}: {err}"[:1000]
                     trial.set_user_attr("state", "FAIL")
                     trial.set_user_attr("error", msg)
@@ -400,6 +411,20 @@ class SweeperImpl:
             return self.config.budget.max_params
         except Exception:
             return None
+
+
+def _release(err: BaseException) -> None:
+    import gc
+
+    err.__traceback__ = None  # the traceback's frames hold the trial's model and batches
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
 
 
 class _Heartbeat:
