@@ -92,7 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpecError, ConfigError, BudgetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(text)
+    try:
+        print(text)
+    except BrokenPipeError:  # `... | head`
+        sys.stdout = None
     return code
 
 

@@ -93,6 +93,14 @@ def test_cli_refuses_over_budget_before_anything(tmp_path):
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "data").exists()
 
 
+def test_cli_malformed_spec_is_one_line_exit_2(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "archsearch.train", "model.layers.7.k=0", "data.root=/nonexistent"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1] == "error: model.layers[7].k: must be a positive int, got 0"
+    assert "Traceback" not in p.stderr
+
+
 def test_cli_unknown_model_lists_choices(tmp_path):
     p = subprocess.run([sys.executable, "-m", "archsearch.train", "model=nope"], capture_output=True, text=True,
                        cwd=tmp_path)
