@@ -192,3 +192,12 @@ def test_two_workers_on_postgresql(tmp_path, postgres_url):
     jobs_a = {d.name for d in (tmp_path / "multirun" / "a").iterdir() if d.name.isdigit()}
     jobs_b = {d.name for d in (tmp_path / "multirun" / "b").iterdir() if d.name.isdigit()}
     assert not (jobs_a & jobs_b)
+
+
+def test_only_rejections_stops_with_a_message(tmp_path):
+    p = sweep(tmp_path, "model.wide=choice(72,80)", "hydra.sweeper.max_rejections_in_a_row=3",
+              "hydra.sweeper.n_trials=4")
+    s = states(study(tmp_path))
+    assert list(s.values()) == ["REJECTED"] * 3
+    assert "3 candidates in a row were rejected by the budget" in p.stderr
+    assert not (tmp_path / "multirun" / "s").exists() or not any((tmp_path / "multirun" / "s").glob("[0-9]*"))
