@@ -5,7 +5,7 @@ the median of several repetitions after a warm-up, with its spread (min-max). Wr
 table, with machine, device, torch version and date, to ``BENCHMARKS.md``.
 
 Options (key=value):
-  parts        comma list of: train, breakdown, validator, sweep, memory (default: all)
+  parts        comma list of: train, breakdown, compile, validator, sweep, memory (default: all)
   data         synthetic (default) | folder;  data.root=PATH for folder (e.g. the CIFAR-10 copy)
   images       training images per measured epoch (default 4096)
   reps         measured repetitions after one warm-up (default 3)
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import statistics
@@ -32,7 +33,7 @@ from typing import Any
 
 __all__ = ["main", "reference_epoch"]
 
-PARTS = ("train", "breakdown", "validator", "sweep", "memory")
+PARTS = ("train", "breakdown", "compile", "validator", "sweep", "memory")
 
 
 def _med(xs: Sequence[float]) -> tuple[float, float, float]:
@@ -223,6 +224,37 @@ def part_breakdown(opts: dict, rows: list, notes: list) -> None:
     rows.append(("2b. era_s9 augmentation, one worker (images/s)", "", _fmt(rates), ""))
     notes.append("part 2: the full-pipeline figure is part 1's archsearch column; the difference to 2a "
                  "is the data pipeline's share (loading, augmentation, host-to-device copy).")
+
+
+def part_compile(opts: dict, rows: list, notes: list) -> None:
+    """torch.compile: what it costs up front and what it gains per step, so you know when
+    ``trainer.compile=true`` pays off within a trial."""
+    import torch
+
+    from . import build_model, load_spec
+    from .train import pick_amp, pick_device
+
+    device = pick_device("auto")
+    amp = pick_amp("auto", device)
+    batch = int(opts.get("batch", 128))
+    steps = 8 if device.type == "cpu" else 50
+    spec = load_spec("dilated_sep")
+    eager = _step_rate(build_model(spec).to(device), device, batch, amp, True, steps)
+    torch._dynamo.reset()
+    t0 = time.perf_counter()
+    compiled_model = torch.compile(build_model(spec).to(device))
+    _step_rate(compiled_model, device, batch, amp, True, 1)  # compiles forward and backward
+    compile_s = time.perf_counter() - t0
+    compiled = _step_rate(compiled_model, device, batch, amp, True, steps)
+    gain = 1 / eager - 1 / compiled  # seconds saved per image
+    breakeven = compile_s / gain if gain > 0 else float("inf")
+    rows.append(("2c. torch.compile (model step, images/s)", f"eager: {eager:,.0f}",
+                 f"compiled: {compiled:,.0f} after {compile_s:.0f}s compiling",
+                 f"{compiled / eager:.2f}x; pays off after "
+                 + (f"{breakeven:,.0f} images" if math.isfinite(breakeven) else "never")))
+    notes.append("part 2c: single measurements; break-even = compile time / per-image time saved. A trial of "
+                 "E epochs over N images trains E*N images; enable trainer.compile only when that is well above "
+                 "the break-even.")
 
 
 def _long_spec():
@@ -418,7 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.disable(logging.INFO)
     rows: list = []
     notes: list = []
-    fns: dict[str, Callable] = {"train": part_train, "breakdown": part_breakdown, "validator": part_validator,
+    fns: dict[str, Callable] = {"train": part_train, "breakdown": part_breakdown, "compile": part_compile,
+                                "validator": part_validator,
                                 "sweep": part_sweep, "memory": part_memory}
     for p in parts:
         t0 = time.time()

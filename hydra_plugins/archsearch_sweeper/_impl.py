@@ -221,6 +221,8 @@ class SweeperImpl:
 
     # -------------------------------------------------------------- the loop
     def sweep(self, arguments: list[str]) -> Any:
+        import warnings
+
         import optuna
         from hydra.core.utils import JobStatus
         from optuna.trial import TrialState
@@ -229,8 +231,6 @@ class SweeperImpl:
         from archsearch.study import make_pruner, make_sampler, open_storage, storage_url, worker_id
         from archsearch.tracking import make_tracker
         from archsearch.train import BudgetRejected, Pruned, gate
-
-        import warnings
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
