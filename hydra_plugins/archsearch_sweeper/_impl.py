@@ -228,7 +228,7 @@ class SweeperImpl:
         from optuna.trial import TrialState
 
         from archsearch.spec import SpecError
-        from archsearch.study import make_pruner, make_sampler, open_storage, storage_url, worker_id
+        from archsearch.study import forget_storage, make_pruner, make_sampler, open_storage, storage_url, worker_id
         from archsearch.tracking import make_tracker
         from archsearch.train import BudgetRejected, Pruned, gate
 
@@ -263,6 +263,7 @@ class SweeperImpl:
                                             sampler=make_sampler(sconf), load_if_exists=True)
                 break
             except Exception:
+                forget_storage(url)
                 if attempt == 4:
                     raise
                 time.sleep(0.5 * (attempt + 1))
