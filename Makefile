@@ -10,7 +10,9 @@ STAMP  := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	$(PY) -m pip install -q -e '.[dev]'
+	# the repo root on sys.path, so Hydra finds the sweeper in the hydra_plugins namespace package
+	$(PY) -c "import site, sys; open(site.getsitepackages()[0] + '/archsearch-root.pth', 'w').write(sys.argv[1] + '\n')" "$(CURDIR)"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -201,3 +201,18 @@ def test_only_rejections_stops_with_a_message(tmp_path):
     assert list(s.values()) == ["REJECTED"] * 3
     assert "3 candidates in a row were rejected by the budget" in p.stderr
     assert not (tmp_path / "multirun" / "s").exists() or not any((tmp_path / "multirun" / "s").glob("[0-9]*"))
+
+
+def test_multi_objective_gives_a_pareto_front_without_pruning(tmp_path):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    p = sweep(tmp_path, "hydra.sweeper.direction=[maximize,minimize]", "hydra.sweeper.objectives=[val_acc,params]",
+              "hydra.sweeper.n_trials=3", "trainer.epochs=2", "model.wide=choice(32,48)")
+    assert "multi-objective study: Optuna cannot prune it, so pruning is off" in p.stdout + p.stderr
+    path = tmp_path / "mlruns" / "optuna" / "smoke.journal"
+    st = optuna.load_study(study_name="smoke", storage=JournalStorage(JournalFileBackend(str(path))))
+    assert [d.name for d in st.directions] == ["MAXIMIZE", "MINIMIZE"]
+    done = [t for t in st.trials if t.user_attrs.get("state") == "COMPLETE"]
+    assert len(done) == 3 and all(t.values[1] == t.user_attrs["model.params"] for t in done)
+    assert st.best_trials  # the Pareto front
