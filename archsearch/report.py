@@ -159,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = write_outputs(df, base / "outputs" / "reports" / str(name), str(name),
                           OmegaConf.select(cfg, "budget.max_params"))
     with pd.option_context("display.max_rows", 200, "display.width", 200, "display.max_colwidth", 60):
-        print(df.drop(columns=["run_id", "note"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(df.drop(columns=["run_id", "note"]).to_string(index=False, float_format=lambda v: f"{v:.4f}",
+                                                           max_colwidth=70))
     print(summary_line(study, df))
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
