@@ -201,3 +201,12 @@ def test_sigterm_closes_the_run_as_killed(tmp_path):
     assert p.returncode != 0
     df = runs(tmp_path)
     assert len(df) == 1 and df.status[0] == "KILLED"  # not left RUNNING, not looking complete
+
+
+def test_onecycle_with_a_handful_of_steps_stays_finite(tmp_path):
+    """1 epoch of 4 steps: OneCycleLR's own arithmetic would give a NaN lr here."""
+    from archsearch.train import train
+
+    res = train(compose("config", [*FAST, "tracking=none", "data.n_train=256", "data.val_size=128",
+                                   "trainer.epochs=1"]), tmp_path / "out")
+    assert res.epochs == 1 and res.history[0]["lr"] == res.history[0]["lr"]
