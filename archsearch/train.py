@@ -250,10 +250,11 @@ def _make_scheduler(cfg, opt, lr: float, epochs: int, steps: int):
         # OneCycleLR divides by (pct_start * total_steps - 1): with a handful of steps (smoke
         # runs) that is <= 0 and the lr turns NaN, so the warm-up gets at least 2 steps
         total = max(1, epochs * steps)
-        pct = min(max(float(cfg.pct_start), 2.0 / total), 0.5) if total >= 4 else 0.5
         if total < 4:
-            raise ConfigError(f"sched: onecycle needs at least 4 steps, this run has {total}; "
-                              "use sched=constant or more data/epochs")
+            log.warning("sched: onecycle needs at least 4 steps and this run has %d: the lr stays at optim.lr "
+                        "(%g) for this run", total, lr)
+            return None, "none"
+        pct = min(max(float(cfg.pct_start), 2.0 / total), 0.5)
         return torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps, pct_start=pct,
             div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
