@@ -228,7 +228,14 @@ class SweeperImpl:
         from optuna.trial import TrialState
 
         from archsearch.spec import SpecError
-        from archsearch.study import forget_storage, make_pruner, make_sampler, open_storage, storage_url, worker_id
+        from archsearch.study import (
+            forget_storage,
+            make_pruner,
+            make_sampler,
+            open_storage,
+            storage_url,
+            worker_id,
+        )
         from archsearch.tracking import make_tracker
         from archsearch.train import BudgetRejected, Pruned, gate
 
