@@ -247,8 +247,8 @@ def _make_scheduler(cfg, opt, lr: float, epochs: int, steps: int):
 
     name = cfg.name
     if name == "onecycle":
-        # OneCycleLR divides by (pct_start * total_steps - 1): with a handful of steps (smoke
-        # runs) that is <= 0 and the lr turns NaN, so the warm-up gets at least 2 steps
+        # OneCycleLR divides by (pct_start * total_steps - 1): at 5 steps and pct_start 0.2 that
+        # is 0 (ZeroDivisionError), so the warm-up gets at least 2 steps
         total = max(1, epochs * steps)
         if total < 4:
             log.warning("sched: onecycle needs at least 4 steps and this run has %d: the lr stays at optim.lr "
