@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .study import TRAINED
+
 __all__ = ["leaderboard", "main", "pareto_front", "summary_line", "write_outputs"]
 
 COLUMNS = ["trial", "state", "val_acc", "test_acc", "params", "rf", "macs", "epochs", "duration_s", "sampled",
@@ -108,7 +110,7 @@ def write_outputs(df, out_dir: str | Path, study_name: str, budget_params: int |
     return [csv, png]
 
 
-def summary_line(study, df, counts: dict[str, int] | None = None) -> str:
+def summary_line(study, df) -> str:
     max_epochs = study.user_attrs.get("archsearch.max_epochs")
     c = df.state.value_counts().to_dict() if len(df) else {}
     pruned = df[df.state == "PRUNED"]
@@ -118,7 +120,7 @@ def summary_line(study, df, counts: dict[str, int] | None = None) -> str:
     if len(ok):
         b = ok.sort_values("val_acc", ascending=False).iloc[0]
         best = f"; best val_acc {b.val_acc:.4f} (trial {int(b.trial)}, {int(b.params):,} params) {b.sampled}"
-    trained = c.get("COMPLETE", 0) + c.get("PRUNED", 0) + c.get("FAIL", 0)
+    trained = sum(c.get(s, 0) for s in TRAINED)
     return (f"study {study.study_name}: {trained} trained ({c.get('COMPLETE', 0)} complete, {c.get('PRUNED', 0)} "
             f"pruned, {c.get('FAIL', 0)} failed), {c.get('REJECTED', 0)} rejected before launch, "
             f"{c.get('INTERRUPTED', 0)} interrupted; epochs saved by pruning: {saved}{best}")

@@ -35,21 +35,20 @@ def storage_url(storage: str | None, study_name: str, base_dir: str | Path) -> s
     return f"journal:{path}"
 
 
-_STORAGES: dict[tuple[str, bool], Any] = {}
+_STORAGES: dict[str, Any] = {}
 
 
 def open_storage(url: str, heartbeat: bool = False):
-    """One storage object per URL and process: trials launched in-process reuse it, so a
-    journal file is not replayed from the start for every trial (flat per-trial overhead)."""
-    key = (url, heartbeat)
-    if key not in _STORAGES:
-        _STORAGES[key] = _open_storage(url, heartbeat)
-    return _STORAGES[key]
+    """One storage object per URL and process: trials launched in-process reuse the sweeper's
+    (heartbeat included), so a journal file is not replayed from the start for every trial
+    (flat per-trial overhead). ``heartbeat`` applies when this call opens the storage."""
+    if url not in _STORAGES:
+        _STORAGES[url] = _open_storage(url, heartbeat)
+    return _STORAGES[url]
 
 
 def forget_storage(url: str) -> None:
-    for key in [k for k in _STORAGES if k[0] == url]:
-        del _STORAGES[key]
+    _STORAGES.pop(url, None)
 
 
 def _open_storage(url: str, heartbeat: bool):
@@ -129,8 +128,7 @@ def pruning_hook(trial_cfg: Mapping[str, Any], max_epochs: int):
 
     from .train import Pruned
 
-    url = str(trial_cfg["storage"])
-    storage = open_storage(url, heartbeat=True) if (url, True) in _STORAGES else open_storage(url)
+    storage = open_storage(str(trial_cfg["storage"]))
     study = optuna.load_study(study_name=str(trial_cfg["study_name"]), storage=storage)
     pconf = study.user_attrs.get("archsearch.pruner") or {"name": "none"}
     study.pruner = make_pruner(pconf, max_epochs)

@@ -73,6 +73,12 @@ class Tracker:
             self.experiment_id = ensure_experiment(self.client, uri, experiment)
         self.run_id: str | None = None
 
+    def for_run(self, run_id: str | None = None) -> Tracker:
+        """Another handle on the same store and experiment (no reconnect), for ``run_id`` or a new run."""
+        t = Tracker.__new__(Tracker)
+        t.uri, t.client, t.experiment_id, t.run_id = self.uri, self.client, self.experiment_id, run_id
+        return t
+
     def start(self, name: str | None = None, tags: Mapping[str, Any] | None = None,
               parent_run_id: str | None = None, run_id: str | None = None) -> Tracker:
         if run_id:  # resume an existing run
@@ -122,8 +128,7 @@ def record_rejected(tracker: Tracker, parent_run_id: str | None, name: str, reas
     """An MLflow run (status KILLED, tag state=REJECTED) for a candidate the budget refused."""
     if not tracker.enabled:
         return None
-    t = Tracker.__new__(Tracker)
-    t.client, t.experiment_id, t.uri, t.run_id = tracker.client, tracker.experiment_id, tracker.uri, None
+    t = tracker.for_run()
     t.start(name=name, parent_run_id=parent_run_id,
             tags={"state": "REJECTED", "reasons": "; ".join(reasons)[:4900], **(tags or {})})
     t.log_params(params)

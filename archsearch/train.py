@@ -625,7 +625,7 @@ def _task(cfg) -> float | None:
         parent = tc.get("parent_run_id")
         tags = {"trial_number": tc.number, "study": tc.study_name}
     elif hc.mode == RunMode.MULTIRUN:
-        gate(cfg)  # a rejected job is reported by _entry, before any MLflow parent exists
+        gate(cfg)  # refuse before _cached_data below loads the dataset (train() gates only after)
         parent = _multirun_parent(cfg, hc.sweep.dir)
         tags = {"multirun_job": hc.job.num}
     res = train(cfg, out_dir, epoch_hook=hook, parent_run_id=parent, run_tags=tags,

@@ -25,6 +25,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from archsearch.study import TRAINED
+
 log = logging.getLogger("archsearch.sweep")
 
 MEASURED = ("params", "macs", "rf")  # objectives taken from the analysis, not the job
@@ -154,7 +156,7 @@ class SweeperImpl:
             elif t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
                 st = t.user_attrs.get("state") or t.state.name
                 c[st] = c.get(st, 0) + 1
-        c["trained"] = sum(c[s] for s in ("COMPLETE", "PRUNED", "FAIL"))
+        c["trained"] = sum(c[s] for s in TRAINED)
         return c
 
     def _recover(self, study) -> None:
@@ -390,13 +392,9 @@ class SweeperImpl:
         c = self._counts(study)
         df = leaderboard(study, self.tracker if self.tracker.enabled else None, parent)
         files = write_outputs(df, sweep_dir, study.study_name, budget_params=self._budget_params())
-        line = summary_line(study, df, c)
+        line = summary_line(study, df)
         if parent and self.tracker.enabled:
-            from archsearch.tracking import Tracker
-
-            t = Tracker.__new__(Tracker)
-            t.client, t.experiment_id, t.uri, t.run_id = self.tracker.client, self.tracker.experiment_id, \
-                self.tracker.uri, parent
+            t = self.tracker.for_run(parent)
             ok = df[df.state == "COMPLETE"] if len(df) else df
             metrics = {"n_complete": c["COMPLETE"], "n_pruned": c["PRUNED"], "n_failed": c["FAIL"],
                        "n_rejected": c["REJECTED"]}
