@@ -72,18 +72,23 @@ class _RefDataset:
         return self.tf(image=self.x[i])["image"], int(self.y[i])
 
 
+def _era_s9(mean_px):
+    """The shipped default augmentation (conf/aug/era_s9.yaml), as training builds it."""
+    from omegaconf import OmegaConf
+
+    from .augment import build_pipeline
+    from .config import compose
+
+    return build_pipeline(OmegaConf.to_container(compose("config", []).aug, resolve=True)["train"], mean_px)
+
+
 def _reference_transform(mean, std):
+    """The same transforms and probabilities as ours, then Normalize + ToTensorV2 per sample."""
     import albumentations as A
     from albumentations.pytorch import ToTensorV2
 
-    return A.Compose([
-        A.HorizontalFlip(p=0.5),
-        A.Affine(translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-45, 45), border_mode=4, p=0.5),
-        A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(16, 16), hole_width_range=(16, 16),
-                        fill=tuple(m * 255 for m in mean), p=0.5),
-        A.Normalize(mean=mean, std=std),
-        ToTensorV2(),
-    ])
+    ours = _era_s9([m * 255 for m in mean])
+    return A.Compose([*ours.transforms, A.Normalize(mean=mean, std=std), ToTensorV2()])
 
 
 def reference_epoch(model, x, y, batch: int, workers: int, device) -> float:
@@ -147,7 +152,8 @@ def part_train(opts: dict, rows: list, notes: list) -> None:
                  f"**{statistics.median(ratio):.2f}x** ({min(ratio):.2f}-{max(ratio):.2f})"))
     notes.append(f"part 1: {len(x):,} images/epoch, batch {batch}, {workers} DataLoader worker(s) for both, "
                  f"{reps} measured epochs after 1 warm-up; archsearch: {_amp_name(device)} autocast, channels_last, "
-                 "uint8 batches normalised on the device; reference: fp32, NCHW, Normalize+ToTensorV2 per sample, "
+                 "uint8 batches normalised on the device; reference: the same era_s9 transforms then "
+                 "Normalize+ToTensorV2 per sample, fp32, NCHW, "
                  "log_softmax+NLL, .item() every step.")
 
 
@@ -193,11 +199,7 @@ def _step_rate(model, device, batch: int, amp, channels_last: bool, steps: int) 
 def part_breakdown(opts: dict, rows: list, notes: list) -> None:
     """Model step alone (tensors already on the device) vs the full pipeline; augmentation rate."""
 
-    from omegaconf import OmegaConf
-
     from . import build_model, load_spec
-    from .augment import build_pipeline
-    from .config import compose
     from .train import pick_amp, pick_device
 
     device = pick_device("auto")
@@ -211,8 +213,7 @@ def part_breakdown(opts: dict, rows: list, notes: list) -> None:
                  f"{_amp_name(device)} channels_last: {_fmt(fast)}",
                  f"{statistics.median(fast) / statistics.median(plain):.2f}x"))
     x, _ = _images({**opts, "images": min(int(opts.get("images", 4096)), 4096)})
-    cfg = compose("config", [])
-    pipe = build_pipeline(OmegaConf.to_container(cfg.aug, resolve=True)["train"], [125.0, 123.0, 114.0])
+    pipe = _era_s9([125.0, 123.0, 114.0])
     rates = []
     for r in range(reps + 1):
         pipe.set_random_seed(r)
