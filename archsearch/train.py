@@ -140,13 +140,16 @@ def pick_amp(mode: str, device) -> Any:
 
 
 class _BatchAug:
-    """Dataset indexed by (seed, indices): returns one augmented uint8 NHWC batch.
+    """Dataset indexed by (seed, indices, phase): returns one augmented uint8 NHWC batch.
 
     Each batch reseeds the albumentations pipeline from its own seed, so augmentation is
-    reproducible (and resumable) whatever the number of workers."""
+    reproducible (and resumable) whatever the number of workers. ``phase`` picks the
+    pipeline: 0 the main one, 1 the cool-down one (the last ``aug.cooldown_epochs``). The
+    phase travels with the index because persistent workers hold their own copy of this
+    object: switching an attribute in the main process would not reach them."""
 
-    def __init__(self, x, y, pipeline):
-        self.x, self.y, self.pipeline = x, y, pipeline
+    def __init__(self, x, y, pipeline, cooldown=None):
+        self.x, self.y, self.pipelines = x, y, (pipeline, cooldown)
 
     def __len__(self):
         return len(self.x)
@@ -155,19 +158,22 @@ class _BatchAug:
         import numpy as np
         import torch
 
-        seed, idx = item
+        seed, idx, phase = item
         xb = self.x[idx]
-        if self.pipeline is not None:
-            self.pipeline.set_random_seed(seed)
-            xb = np.stack([self.pipeline(image=im)["image"] for im in xb])
+        pipeline = self.pipelines[phase]
+        if pipeline is not None:
+            pipeline.set_random_seed(seed)
+            xb = np.stack([pipeline(image=im)["image"] for im in xb])
         return torch.from_numpy(np.ascontiguousarray(xb)), torch.from_numpy(self.y[idx])
 
 
 class _EpochBatches:
-    """Sampler of (seed, indices) with a per-epoch seeded permutation."""
+    """Sampler of (seed, indices, phase) with a per-epoch seeded permutation; phase 1 from
+    epoch ``cooldown_from`` on (0-based)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int):
+    def __init__(self, n: int, batch_size: int, seed: int, cooldown_from: int | None = None):
         self.n, self.bs, self.seed, self.epoch = n, batch_size, seed, 0
+        self.cooldown_from = cooldown_from
 
     def __len__(self):
         return (self.n + self.bs - 1) // self.bs
@@ -177,8 +183,10 @@ class _EpochBatches:
 
         rng = np.random.default_rng([self.seed, self.epoch])
         perm = rng.permutation(self.n)
+        phase = int(self.cooldown_from is not None and self.epoch >= self.cooldown_from)
         for b in range(len(self)):
-            yield (int(self.seed * 1_000_003 + self.epoch * 10_007 + b) % 2**31, perm[b * self.bs:(b + 1) * self.bs])
+            yield (int(self.seed * 1_000_003 + self.epoch * 10_007 + b) % 2**31, perm[b * self.bs:(b + 1) * self.bs],
+                   phase)
 
 
 def _workers(setting, device) -> int:
@@ -203,8 +211,12 @@ def _to_device(xb, device, mean, std, channels_last: bool):
     return x
 
 
-def evaluate(model, x_u8, y, device, mean, std, amp_dtype, channels_last, batch_size=512, keep=False):
-    """-> (loss, acc, preds or None). x_u8: uint8 NHWC numpy."""
+def evaluate(model, x_u8, y, device, mean, std, amp_dtype, channels_last, batch_size=512, keep=False,
+             tta: bool = False):
+    """-> (loss, acc, preds or None). x_u8: uint8 NHWC numpy.
+
+    ``tta``: average the class probabilities of each image and its horizontal mirror (the
+    flip the model was trained with), at twice the evaluation cost."""
     import torch
     import torch.nn.functional as F
 
@@ -219,7 +231,11 @@ def evaluate(model, x_u8, y, device, mean, std, amp_dtype, channels_last, batch_
             yb = torch.from_numpy(y[i:i + batch_size]).to(device)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 out = model(xb)
+                if tta:
+                    mirrored = model(xb.flip(3))
             out = out.float()
+            if tta:  # log of the mean probability: cross_entropy's log_softmax leaves it unchanged
+                out = torch.logsumexp(torch.stack([out.log_softmax(1), mirrored.float().log_softmax(1)]), 0) - math.log(2)
             loss_sum += F.cross_entropy(out, yb, reduction="sum")
             p = out.argmax(1)
             correct += (p == yb).sum()
@@ -228,6 +244,68 @@ def evaluate(model, x_u8, y, device, mean, std, amp_dtype, channels_last, batch_
     if n == 0:
         return float("nan"), float("nan"), None
     return (loss_sum.item() / n, correct.item() / n, torch.cat(preds).numpy() if keep else None)
+
+
+class WeightEMA:
+    """Exponential moving average of a model's weights (and float buffers: BatchNorm's running
+    statistics), updated after every optimiser step. The decay ramps up as
+    ``min(decay, (1 + n) / (10 + n))`` so the first steps are not averaged with the random
+    initialisation."""
+
+    def __init__(self, model, decay: float):
+        import copy
+
+        self.decay, self.updates = float(decay), 0
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self._pairs = None
+
+    def update(self, model) -> None:
+        import torch
+
+        if self._pairs is None:
+            src = list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]
+            dst = list(self.model.parameters()) + [b for b in self.model.buffers() if b.is_floating_point()]
+            self._pairs = (dst, src)
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        with torch.no_grad():
+            torch._foreach_lerp_(self._pairs[0], self._pairs[1], 1.0 - d)
+            for be, b in zip(self.model.buffers(), model.buffers()):
+                if not b.is_floating_point():
+                    be.copy_(b)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.updates = int(state["updates"])
+
+
+def _ema_decay(tcfg) -> float | None:
+    v = tcfg.get("ema")
+    if v in (None, False, 0):
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) < 1.0:
+        raise ConfigError(f"trainer.ema: the per-step decay must be a number in (0, 1) such as 0.999, or null to "
+                          f"turn it off; got {v!r}")
+    return float(v)
+
+
+def _tta(tcfg) -> bool:
+    v = tcfg.get("tta") or "none"
+    if v not in ("none", "flip"):
+        raise ConfigError(f"trainer.tta: unknown test-time augmentation {v!r}; choose one of none, flip")
+    return v == "flip"
+
+
+def _cooldown_epochs(acfg: dict, epochs: int) -> int:
+    v = acfg.get("cooldown_epochs") or 0
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= epochs:
+        raise ConfigError(f"aug.cooldown_epochs: must be an int from 0 to trainer.epochs ({epochs}); got {v!r}")
+    return v
 
 
 def _make_optimizer(cfg, params):
@@ -370,6 +448,10 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
         torch.backends.cudnn.benchmark = False
     device = pick_device(str(tcfg.device))
     amp_dtype = pick_amp(str(tcfg.amp), device)
+    acfg = OmegaConf.to_container(cfg.aug, resolve=True)
+    epochs = int(tcfg.epochs)
+    cool = _cooldown_epochs(acfg, epochs)
+    ema_decay, tta = _ema_decay(tcfg), _tta(tcfg)
     if device.type == "cuda" and not tcfg.deterministic:
         torch.backends.cudnn.benchmark = True
 
@@ -382,7 +464,8 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
         raise ConfigError(f"model.input_size: the model expects {spec.input_shape} images but the data has "
                           f"{data.image_shape}")
     mean_px = [m * 255 for m in data.mean]
-    pipeline = build_pipeline(OmegaConf.to_container(cfg.aug, resolve=True).get("train"), mean_px)
+    pipeline = build_pipeline(acfg.get("train"), mean_px)
+    cool_pipeline = build_pipeline(acfg.get("cooldown"), mean_px, where="aug.cooldown") if cool else None
 
     model = build_model(spec).to(device)
     channels_last = bool(tcfg.channels_last)
@@ -392,19 +475,20 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
     istd_t = (1.0 / (torch.tensor(data.std, device=device) * 255)).view(1, 3, 1, 1)
 
     bs = int(tcfg.batch_size)
-    sampler = _EpochBatches(len(data.x_train), bs, seed)
+    sampler = _EpochBatches(len(data.x_train), bs, seed, cooldown_from=epochs - cool if cool else None)
     nw = _workers(tcfg.workers, device)
     loader = torch.utils.data.DataLoader(
-        _BatchAug(data.x_train, data.y_train, pipeline), sampler=sampler, batch_size=None,
+        _BatchAug(data.x_train, data.y_train, pipeline, cool_pipeline), sampler=sampler, batch_size=None,
         num_workers=nw, pin_memory=device.type == "cuda", persistent_workers=nw > 0,
         prefetch_factor=4 if nw > 0 else None)
-    epochs = int(tcfg.epochs)
     opt = _make_optimizer(cfg.optim, model.parameters())
     sched, sched_kind = _make_scheduler(cfg.sched, opt, float(cfg.optim.lr), epochs, len(sampler))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step_fn = model
     if tcfg.get("compile"):
         step_fn = torch.compile(model)
+    ema = WeightEMA(model, ema_decay) if ema_decay else None
+    eval_model = ema.model if ema else model  # what val/test accuracy and best.pt describe
 
     start_epoch, best_val, history, resumed_run = 0, -1.0, [], None
     if tcfg.resume:
@@ -419,6 +503,10 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
         if sched is not None and ck.get("scheduler"):
             sched.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
+        if ema is not None:
+            if not ck.get("ema"):
+                raise ConfigError(f"trainer.ema: {ck_path} was trained without EMA; resume with trainer.ema=null")
+            ema.load_state_dict(ck["ema"])
         start_epoch, best_val, history = ck["epoch"] + 1, ck["best_val"], ck["history"]
         resumed_run = ck.get("run_id")
         torch.set_rng_state(ck["rng"]["torch"]); np.random.set_state(ck["rng"]["numpy"])
@@ -480,6 +568,8 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
                 scaler.update()
                 if sched_kind == "step":
                     sched.step()
+                if ema is not None:
+                    ema.update(model)
                 loss_sum += loss.detach() * len(y)
                 correct += (logits.detach().argmax(1) == y).sum()
                 seen += len(y)
@@ -495,13 +585,18 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
             bar.close()
             ep_s = time.time() - te
             train_loss, train_acc = loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
-            val_loss, val_acc, _ = evaluate(model, data.x_val, data.y_val, device, mean_t, istd_t, amp_dtype,
-                                            channels_last, int(tcfg.eval_batch_size))
+            ev = dict(device=device, mean=mean_t, std=istd_t, amp_dtype=amp_dtype, channels_last=channels_last,
+                      batch_size=int(tcfg.eval_batch_size), tta=tta)
+            val_loss, val_acc, _ = evaluate(eval_model, data.x_val, data.y_val, **ev)
+            extra = {}
+            if ema is not None:  # the live weights too: what EMA adds is visible in every run
+                extra["val_loss_raw"], extra["val_acc_raw"], _ = evaluate(model, data.x_val, data.y_val, **ev)
             if sched_kind == "plateau":
                 sched.step(val_loss)
             lr = opt.param_groups[0]["lr"]
             rec = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-                   "val_acc": val_acc, "lr": lr, "epoch_seconds": ep_s, "images_per_s": seen / max(ep_s, 1e-9)}
+                   "val_acc": val_acc, **extra, "lr": lr, "epoch_seconds": ep_s,
+                   "images_per_s": seen / max(ep_s, 1e-9)}
             history.append(rec)
             is_best = val_acc > best_val
             best_val = max(best_val, val_acc)
@@ -512,7 +607,7 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
             if tcfg.checkpoint:
                 ck = {"model": model.state_dict(), "optimizer": opt.state_dict(),
                       "scheduler": sched.state_dict() if sched is not None else None,
-                      "scaler": scaler.state_dict(), "epoch": epoch, "best_val": best_val, "history": history,
+                      "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema else None, "epoch": epoch, "best_val": best_val, "history": history,
                       "spec_hash": sh, "spec": spec.to_dict(), "run_id": tracker.run_id,
                       "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                               "python": random.getstate()}}
@@ -522,18 +617,25 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
             if epoch_hook is not None:
                 epoch_hook(epoch + 1, val_acc)  # may raise Pruned
 
-        test_loss, test_acc, preds = evaluate(model, data.x_test, data.y_test, device, mean_t, istd_t, amp_dtype,
-                                              channels_last, int(tcfg.eval_batch_size), keep=True)
+        test_loss, test_acc, preds = evaluate(eval_model, data.x_test, data.y_test, **ev, keep=True)
+        # what each evaluation-side choice contributes, measured on the same weights
+        parts = {}
+        if ema is not None:
+            parts["test_acc_raw"] = evaluate(model, data.x_test, data.y_test, **ev)[1]
+        if tta:
+            parts["test_acc_no_tta"] = evaluate(eval_model, data.x_test, data.y_test, **{**ev, "tta": False})[1]
         wall = time.time() - t0
-        tracker.log_metrics({"test_acc": test_acc, "test_loss": test_loss, "wall_seconds": wall}, step=epochs)
+        tracker.log_metrics({"test_acc": test_acc, "test_loss": test_loss, **parts, "wall_seconds": wall},
+                            step=epochs)
         if tracker.enabled:
             for p in _plots(out, history, data.classes, data.y_test, preds, data.x_test):
                 tracker.log_artifact(p)
             if tcfg.checkpoint and (out / "best.pt").exists() and cfg.tracking.get("log_checkpoint", True):
                 tracker.log_artifact(out / "best.pt", "checkpoints")
         status = "FINISHED"
-        log.info("done %s: test acc %.4f (loss %.4f), best val acc %.4f, %s params, RF %d, %d epochs, %.0fs wall",
-                 spec.name, test_acc, test_loss, best_val, f"{report.params:,}", report.rf, len(history), wall)
+        log.info("done %s: test acc %.4f (loss %.4f), best val acc %.4f, %s params, RF %d, %d epochs, %.0fs wall%s",
+                 spec.name, test_acc, test_loss, best_val, f"{report.params:,}", report.rf, len(history), wall,
+                 "".join(f" | {k} {v:.4f}" for k, v in parts.items()))
         return TrainResult(best_val, test_acc, test_loss, len(history), report.params, report.rf, report.macs,
                            wall, tracker.run_id, history)
     except Pruned:

@@ -61,12 +61,15 @@ def test_resume_continues_at_the_right_epoch(tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        train(cfg_for(tmp_path, "trainer.epochs=4"), tmp_path / "a", epoch_hook=stop_after_2)
+        train(cfg_for(tmp_path, "trainer.epochs=4", "trainer.ema=0.99"), tmp_path / "a", epoch_hook=stop_after_2)
     seen = []
-    res = train(cfg_for(tmp_path, "trainer.epochs=4", f"trainer.resume={tmp_path}/a/last.pt"), tmp_path / "b",
-                epoch_hook=lambda e, v: seen.append(e))
+    res = train(cfg_for(tmp_path, "trainer.epochs=4", "trainer.ema=0.99", f"trainer.resume={tmp_path}/a/last.pt"),
+                tmp_path / "b", epoch_hook=lambda e, v: seen.append(e))
     assert seen == [3, 4]
     assert [h["epoch"] for h in res.history] == [1, 2, 3, 4]
+    import torch
+
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["ema"]["updates"] == 4 * 21  # EMA resumed
     df = runs(tmp_path)
     assert len(df) == 1 and df.status[0] == "FINISHED"  # the same MLflow run, continued
 
@@ -210,3 +213,94 @@ def test_onecycle_with_a_handful_of_steps_runs(tmp_path):
     res = train(compose("config", [*FAST, "tracking=none", "data.n_train=288", "data.val_size=128",
                                    "trainer.epochs=1"]), tmp_path / "out")  # 160 images / batch 32 = 5 steps
     assert res.epochs == 1 and res.history[0]["lr"] == res.history[0]["lr"]
+
+
+def test_ema_tta_and_cooldown_train_and_report_their_share(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from archsearch.train import train
+
+    res = train(cfg_for(tmp_path, "trainer.epochs=3", "trainer.ema=0.99", "trainer.tta=flip",
+                        "aug.cooldown_epochs=1"), tmp_path / "out")
+    assert res.test_acc > 0.3
+    row = runs(tmp_path).iloc[0]
+    # the evaluated (EMA, mirrored) model and the parts it is made of, from the same run
+    for key in ("test_acc", "test_acc_raw", "test_acc_no_tta"):
+        assert 0.1 < row[f"metrics.{key}"] <= 1.0, key
+    assert row["params.trainer.ema"] == "0.99" and row["params.aug.cooldown_epochs"] == "1"
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert [m.step for m in client.get_metric_history(row.run_id, "val_acc_raw")] == [1, 2, 3]
+    import torch
+
+    ck = torch.load(tmp_path / "out" / "last.pt", weights_only=False)
+    assert ck["ema"]["updates"] == 3 * 21  # one update per optimiser step (672 images / 32)
+
+
+def test_cooldown_epochs_switch_to_the_light_pipeline():
+    from archsearch.augment import build_pipeline
+    from archsearch.train import _BatchAug, _EpochBatches
+
+    x = np.full((8, 32, 32, 3), 200, np.uint8)
+    y = np.zeros(8, np.int64)
+    blackout = build_pipeline([{"CoarseDropout": {"num_holes_range": [1, 1], "hole_height_range": [32, 32],
+                                                  "hole_width_range": [32, 32], "fill": 0, "p": 1.0}}])
+    ds = _BatchAug(x, y, blackout, None)  # cool-down: no augmentation
+    sampler = _EpochBatches(8, 4, seed=0, cooldown_from=2)
+    for epoch, expect in ((0, 0), (1, 0), (2, 200), (3, 200)):
+        sampler.epoch = epoch
+        for item in sampler:
+            xb, _ = ds[item]
+            assert int(xb.max()) == expect, epoch
+
+
+def test_flip_tta_averages_the_probabilities_of_image_and_mirror():
+    import torch
+
+    from archsearch.train import evaluate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 10))
+    x = np.random.default_rng(0).integers(0, 255, (6, 4, 4, 3), dtype=np.uint8)
+    y = np.arange(6) % 10
+    mean, std = torch.zeros(1, 3, 1, 1), torch.full((1, 3, 1, 1), 1 / 255)  # evaluate() multiplies
+    loss, acc, pred = evaluate(model, x, y, torch.device("cpu"), mean, std, None, False, keep=True, tta=True)
+    t = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        prob = (model(t).softmax(1) + model(t.flip(3)).softmax(1)) / 2
+    assert pred.tolist() == prob.argmax(1).tolist()
+    assert loss == pytest.approx(-prob.log()[torch.arange(6), torch.from_numpy(y)].mean().item(), rel=1e-5)
+    assert acc == (prob.argmax(1).numpy() == y).mean()
+
+
+def test_ema_follows_the_weights_with_a_ramped_decay():
+    import torch
+
+    from archsearch.train import WeightEMA
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = WeightEMA(model, 0.9)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(0.0)
+        ema_w = ema.model[0].weight.clone()
+        model[1].running_mean.fill_(1.0)
+    ema.update(model)  # decay min(0.9, 2/11)
+    d = 2 / 11
+    assert torch.allclose(ema.model[0].weight, ema_w * d)
+    assert torch.allclose(ema.model[1].running_mean, torch.full((2,), 1 - d))
+    for _ in range(200):
+        ema.update(model)
+    assert ema.model[0].weight.abs().max() < 1e-6 and ema.updates == 201
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.ema=1.5", "error: trainer.ema: the per-step decay must be a number in (0, 1)"),
+    ("trainer.tta=rotate", "error: trainer.tta: unknown test-time augmentation 'rotate'; choose one of none, flip"),
+    ("aug.cooldown_epochs=99", "error: aug.cooldown_epochs: must be an int from 0 to trainer.epochs (30); got 99"),
+])
+def test_cli_bad_ema_tta_cooldown_is_one_line_before_any_data(tmp_path, override, message):
+    p = subprocess.run([sys.executable, "-m", "archsearch.train", override, "data.root=/nonexistent"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith(message)
+    assert "Traceback" not in p.stderr and not (tmp_path / "data").exists()
