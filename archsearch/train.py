@@ -308,10 +308,24 @@ def _cooldown_epochs(acfg: dict, epochs: int) -> int:
     return v
 
 
-def _make_optimizer(cfg, params):
+def _param_groups(cfg, model) -> list[dict]:
+    """Weight decay on conv/linear weights; on BatchNorm scales/shifts and biases (1-d tensors)
+    only if ``optim.decay_norm_and_bias`` (default true, plain torch behaviour)."""
+    flag = cfg.get("decay_norm_and_bias", True)
+    if not isinstance(flag, bool):
+        raise ConfigError(f"optim.decay_norm_and_bias: must be true or false, got {flag!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if flag:
+        return [{"params": params}]
+    return [{"params": [p for p in params if p.ndim > 1]},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
+def _make_optimizer(cfg, model):
     import torch
 
     name = cfg.name
+    params = _param_groups(cfg, model)
     if name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=bool(cfg.nesterov),
                                weight_decay=cfg.weight_decay)
@@ -481,7 +495,7 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
         _BatchAug(data.x_train, data.y_train, pipeline, cool_pipeline), sampler=sampler, batch_size=None,
         num_workers=nw, pin_memory=device.type == "cuda", persistent_workers=nw > 0,
         prefetch_factor=4 if nw > 0 else None)
-    opt = _make_optimizer(cfg.optim, model.parameters())
+    opt = _make_optimizer(cfg.optim, model)
     sched, sched_kind = _make_scheduler(cfg.sched, opt, float(cfg.optim.lr), epochs, len(sampler))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step_fn = model

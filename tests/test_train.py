@@ -304,3 +304,18 @@ def test_cli_bad_ema_tta_cooldown_is_one_line_before_any_data(tmp_path, override
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith(message)
     assert "Traceback" not in p.stderr and not (tmp_path / "data").exists()
+
+
+def test_weight_decay_can_spare_norm_and_bias():
+    from archsearch.build import build_model
+    from archsearch.config import spec_from_cfg
+    from archsearch.train import _make_optimizer
+
+    cfg = compose("config", ["optim.decay_norm_and_bias=false"])
+    model = build_model(spec_from_cfg(cfg.model))
+    opt = _make_optimizer(cfg.optim, model)
+    decayed, spared = opt.param_groups
+    assert decayed["weight_decay"] == 5e-4 and spared["weight_decay"] == 0.0
+    assert all(p.ndim == 4 or p.ndim == 2 for p in decayed["params"])  # conv and linear weights
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == 181_984
+    assert len(_make_optimizer(compose("config", []).optim, model).param_groups) == 1
