@@ -616,8 +616,9 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
             best_val = max(best_val, val_acc)
             tracker.log_metrics({**{k: v for k, v in rec.items() if k != "epoch"}, "best_val_acc": best_val,
                                  "epochs_done": epoch + 1}, step=epoch + 1)
-            log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2e | %.0fs %.0f img/s",
-                     epoch + 1, epochs, train_loss, train_acc, val_loss, val_acc, lr, ep_s, rec["images_per_s"])
+            log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | lr %.2e | %.0fs %.0f img/s",
+                     epoch + 1, epochs, train_loss, train_acc, val_loss, val_acc,
+                     f" (live weights {extra['val_acc_raw']:.4f})" if extra else "", lr, ep_s, rec["images_per_s"])
             if tcfg.checkpoint:
                 ck = {"model": model.state_dict(), "optimizer": opt.state_dict(),
                       "scheduler": sched.state_dict() if sched is not None else None,
