@@ -211,15 +211,35 @@ def _to_device(xb, device, mean, std, channels_last: bool):
     return x
 
 
+# test-time augmentation: views as (dx, dy, mirrored); shifted views pad by reflection
+TTA_VIEWS = {
+    "none": ((0, 0, False),),
+    "flip": ((0, 0, False), (0, 0, True)),
+    "flip_shift": tuple((dx, dy, m) for m in (False, True) for dx, dy in ((0, 0), (1, 1), (-1, -1), (1, -1), (-1, 1))),
+}
+
+
+def _view(x, dx: int, dy: int, mirrored: bool):
+    import torch.nn.functional as F
+
+    if dx or dy:
+        p = max(abs(dx), abs(dy))
+        h, w = x.shape[-2:]
+        x = F.pad(x, (p, p, p, p), mode="reflect")[..., p + dy:p + dy + h, p + dx:p + dx + w]
+    return x.flip(3) if mirrored else x
+
+
 def evaluate(model, x_u8, y, device, mean, std, amp_dtype, channels_last, batch_size=512, keep=False,
-             tta: bool = False):
+             tta: str = "none"):
     """-> (loss, acc, preds or None). x_u8: uint8 NHWC numpy.
 
-    ``tta``: average the class probabilities of each image and its horizontal mirror (the
-    flip the model was trained with), at twice the evaluation cost."""
+    ``tta`` (a key of :data:`TTA_VIEWS`): average the class probabilities over the views of
+    each image: ``flip`` the image and its mirror (2 passes), ``flip_shift`` those two at
+    five 1-px diagonal offsets (10 passes)."""
     import torch
     import torch.nn.functional as F
 
+    views = TTA_VIEWS[tta]
     model.eval()
     n = len(x_u8)
     loss_sum = torch.zeros((), device=device)
@@ -229,13 +249,17 @@ def evaluate(model, x_u8, y, device, mean, std, amp_dtype, channels_last, batch_
         for i in range(0, n, batch_size):
             xb = _to_device(torch.from_numpy(x_u8[i:i + batch_size]), device, mean, std, channels_last)
             yb = torch.from_numpy(y[i:i + batch_size]).to(device)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                out = model(xb)
-                if tta:
-                    mirrored = model(xb.flip(3))
-            out = out.float()
-            if tta:  # log of the mean probability: cross_entropy's log_softmax leaves it unchanged
-                out = torch.logsumexp(torch.stack([out.log_softmax(1), mirrored.float().log_softmax(1)]), 0) - math.log(2)
+            outs = []
+            for dx, dy, mirrored in views:
+                v = _view(xb, dx, dy, mirrored)
+                if channels_last:
+                    v = v.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    outs.append(model(v).float())
+            if len(outs) == 1:
+                out = outs[0]
+            else:  # log of the mean probability: cross_entropy's log_softmax leaves it unchanged
+                out = torch.logsumexp(torch.stack([o.log_softmax(1) for o in outs]), 0) - math.log(len(outs))
             loss_sum += F.cross_entropy(out, yb, reduction="sum")
             p = out.argmax(1)
             correct += (p == yb).sum()
@@ -294,11 +318,11 @@ def _ema_decay(tcfg) -> float | None:
     return float(v)
 
 
-def _tta(tcfg) -> bool:
+def _tta(tcfg) -> str:
     v = tcfg.get("tta") or "none"
-    if v not in ("none", "flip"):
-        raise ConfigError(f"trainer.tta: unknown test-time augmentation {v!r}; choose one of none, flip")
-    return v == "flip"
+    if v not in TTA_VIEWS:
+        raise ConfigError(f"trainer.tta: unknown test-time augmentation {v!r}; choose one of {', '.join(TTA_VIEWS)}")
+    return v
 
 
 def _cooldown_epochs(acfg: dict, epochs: int) -> int:
@@ -637,8 +661,8 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
         parts = {}
         if ema is not None:
             parts["test_acc_raw"] = evaluate(model, data.x_test, data.y_test, **ev)[1]
-        if tta:
-            parts["test_acc_no_tta"] = evaluate(eval_model, data.x_test, data.y_test, **{**ev, "tta": False})[1]
+        if tta != "none":
+            parts["test_acc_no_tta"] = evaluate(eval_model, data.x_test, data.y_test, **{**ev, "tta": "none"})[1]
         wall = time.time() - t0
         tracker.log_metrics({"test_acc": test_acc, "test_loss": test_loss, **parts, "wall_seconds": wall},
                             step=epochs)
