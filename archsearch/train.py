@@ -584,6 +584,10 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
                  spec.name, "" if not resumed_run else " (resumed)", f"{report.params:,}", report.rf,
                  f"{report.macs:,}", data.summary(), device, tags["amp"], nw, bs)
 
+        # per-epoch validation is single-view (cheap, comparable across runs: it picks best.pt and
+        # feeds sweeps); trainer.tta applies to the final test evaluation
+        ev = dict(device=device, mean=mean_t, std=istd_t, amp_dtype=amp_dtype, channels_last=channels_last,
+                  batch_size=int(tcfg.eval_batch_size))
         log_every = max(1, int(tcfg.log_every))
         show_bar = bool(tcfg.get("progress", True))
         for epoch in range(start_epoch, epochs):
@@ -623,8 +627,6 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
             bar.close()
             ep_s = time.time() - te
             train_loss, train_acc = loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
-            ev = dict(device=device, mean=mean_t, std=istd_t, amp_dtype=amp_dtype, channels_last=channels_last,
-                      batch_size=int(tcfg.eval_batch_size), tta=tta)
             val_loss, val_acc, _ = evaluate(eval_model, data.x_val, data.y_val, **ev)
             extra = {}
             if ema is not None:  # the live weights too: what EMA adds is visible in every run
@@ -646,7 +648,8 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
             if tcfg.checkpoint:
                 ck = {"model": model.state_dict(), "optimizer": opt.state_dict(),
                       "scheduler": sched.state_dict() if sched is not None else None,
-                      "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema else None, "epoch": epoch, "best_val": best_val, "history": history,
+                      "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema else None, "epoch": epoch,
+                      "best_val": best_val, "history": history,
                       "spec_hash": sh, "spec": spec.to_dict(), "run_id": tracker.run_id,
                       "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                               "python": random.getstate()}}
@@ -656,13 +659,13 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
             if epoch_hook is not None:
                 epoch_hook(epoch + 1, val_acc)  # may raise Pruned
 
-        test_loss, test_acc, preds = evaluate(eval_model, data.x_test, data.y_test, **ev, keep=True)
+        test_loss, test_acc, preds = evaluate(eval_model, data.x_test, data.y_test, **ev, keep=True, tta=tta)
         # what each evaluation-side choice contributes, measured on the same weights
         parts = {}
         if ema is not None:
-            parts["test_acc_raw"] = evaluate(model, data.x_test, data.y_test, **ev)[1]
+            parts["test_acc_raw"] = evaluate(model, data.x_test, data.y_test, **ev, tta=tta)[1]
         if tta != "none":
-            parts["test_acc_no_tta"] = evaluate(eval_model, data.x_test, data.y_test, **{**ev, "tta": "none"})[1]
+            parts["test_acc_no_tta"] = evaluate(eval_model, data.x_test, data.y_test, **ev)[1]
         wall = time.time() - t0
         tracker.log_metrics({"test_acc": test_acc, "test_loss": test_loss, **parts, "wall_seconds": wall},
                             step=epochs)
@@ -672,9 +675,14 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
             if tcfg.checkpoint and (out / "best.pt").exists() and cfg.tracking.get("log_checkpoint", True):
                 tracker.log_artifact(out / "best.pt", "checkpoints")
         status = "FINISHED"
-        log.info("done %s: test acc %.4f (loss %.4f), best val acc %.4f, %s params, RF %d, %d epochs, %.0fs wall%s",
-                 spec.name, test_acc, test_loss, best_val, f"{report.params:,}", report.rf, len(history), wall,
-                 "".join(f" | {k} {v:.4f}" for k, v in parts.items()))
+        how = []
+        if tta != "none":
+            how.append(f"{tta} TTA, single view {parts['test_acc_no_tta']:.4f}")
+        if ema is not None:
+            how.append(f"EMA weights, live weights {parts['test_acc_raw']:.4f}")
+        log.info("done %s: test acc %.4f%s (loss %.4f), best val acc %.4f, %s params, RF %d, %d epochs, %.0fs wall",
+                 spec.name, test_acc, f" ({'; '.join(how)})" if how else "", test_loss, best_val,
+                 f"{report.params:,}", report.rf, len(history), wall)
         return TrainResult(best_val, test_acc, test_loss, len(history), report.params, report.rf, report.macs,
                            wall, tracker.run_id, history)
     except Pruned:
