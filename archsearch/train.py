@@ -144,7 +144,7 @@ class _BatchAug:
 
     Each batch reseeds the albumentations pipeline from its own seed, so augmentation is
     reproducible (and resumable) whatever the number of workers. ``phase`` picks the
-    pipeline: 0 the main one, 1 the cool-down one (the last ``aug.cooldown_epochs``). The
+    pipeline: 0 the main one, 1 the cool-down one (the last ``aug.cooldown_fraction`` of the epochs). The
     phase travels with the index because persistent workers hold their own copy of this
     object: switching an attribute in the main process would not reach them."""
 
@@ -326,10 +326,13 @@ def _tta(tcfg) -> str:
 
 
 def _cooldown_epochs(acfg: dict, epochs: int) -> int:
-    v = acfg.get("cooldown_epochs") or 0
-    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= epochs:
-        raise ConfigError(f"aug.cooldown_epochs: must be an int from 0 to trainer.epochs ({epochs}); got {v!r}")
-    return v
+    """Epochs at the end of the run on the cool-down pipeline: ``aug.cooldown_fraction`` of the
+    run, rounded (a fraction, like OneCycle's warm-up, so a short run gets a short cool-down)."""
+    v = acfg.get("cooldown_fraction") or 0
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+        raise ConfigError(f"aug.cooldown_fraction: must be a number in [0, 1) (the share of the epochs, at the end, "
+                          f"trained on aug.cooldown); got {v!r}")
+    return int(math.floor(v * epochs + 0.5))
 
 
 def _param_groups(cfg, model) -> list[dict]:

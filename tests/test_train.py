@@ -221,13 +221,13 @@ def test_ema_tta_and_cooldown_train_and_report_their_share(tmp_path):
     from archsearch.train import train
 
     res = train(cfg_for(tmp_path, "trainer.epochs=3", "trainer.ema=0.99", "trainer.tta=flip",
-                        "aug.cooldown_epochs=1"), tmp_path / "out")
+                        "aug.cooldown_fraction=0.34"), tmp_path / "out")  # 1 of 3 epochs
     assert res.test_acc > 0.3
     row = runs(tmp_path).iloc[0]
     # the evaluated (EMA, mirrored) model and the parts it is made of, from the same run
     for key in ("test_acc", "test_acc_raw", "test_acc_no_tta"):
         assert 0.1 < row[f"metrics.{key}"] <= 1.0, key
-    assert row["params.trainer.ema"] == "0.99" and row["params.aug.cooldown_epochs"] == "1"
+    assert row["params.trainer.ema"] == "0.99" and row["params.aug.cooldown_fraction"] == "0.34"
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     assert [m.step for m in client.get_metric_history(row.run_id, "val_acc_raw")] == [1, 2, 3]
     import torch
@@ -310,7 +310,7 @@ def test_ema_follows_the_weights_with_a_ramped_decay():
 @pytest.mark.parametrize("override, message", [
     ("trainer.ema=1.5", "error: trainer.ema: the per-step decay must be a number in (0, 1)"),
     ("trainer.tta=rotate", "error: trainer.tta: unknown test-time augmentation 'rotate'; choose one of none, flip, flip_shift"),
-    ("aug.cooldown_epochs=99", "error: aug.cooldown_epochs: must be an int from 0 to trainer.epochs (30); got 99"),
+    ("aug.cooldown_fraction=1.5", "error: aug.cooldown_fraction: must be a number in [0, 1)"),
 ])
 def test_cli_bad_ema_tta_cooldown_is_one_line_before_any_data(tmp_path, override, message):
     p = subprocess.run([sys.executable, "-m", "archsearch.train", override, "data.root=/nonexistent"],
@@ -333,3 +333,10 @@ def test_weight_decay_can_spare_norm_and_bias():
     assert all(p.ndim == 4 or p.ndim == 2 for p in decayed["params"])  # conv and linear weights
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == 181_984
     assert len(_make_optimizer(compose("config", []).optim, model).param_groups) == 1
+
+
+def test_cooldown_scales_with_the_run_length():
+    from archsearch.train import _cooldown_epochs
+
+    assert [_cooldown_epochs({"cooldown_fraction": 0.167}, e) for e in (1, 2, 3, 6, 15, 30)] == [0, 0, 1, 1, 3, 5]
+    assert _cooldown_epochs({}, 30) == 0
