@@ -136,7 +136,9 @@ def part_train(opts: dict, rows: list, notes: list) -> None:
     splits = Splits(x, y, x[:256], y[:256], x[:256], y[:256], tuple(f"c{i}" for i in range(10)), mean, std)
     # ours: the real loop; epoch 1 is the warm-up
     cfg = compose("config", ["model=dilated_sep", "tracking=none", f"trainer.epochs={reps + 1}",
-                             f"trainer.batch_size={batch}", "trainer.progress=false", "trainer.checkpoint=false"])
+                             f"trainer.batch_size={batch}", "trainer.progress=false", "trainer.checkpoint=false",
+                             # every measured epoch does the full era_s9 work, as the reference does
+                             "aug.cooldown_fraction=0", "trainer.tta=none"])
     with tempfile.TemporaryDirectory() as td:
         res = train(cfg, td, data=splits)
     ours = [h["images_per_s"] for h in res.history[1:]]
@@ -315,7 +317,7 @@ def part_sweep(opts: dict, rows: list, notes: list) -> None:
         cmd = [sys.executable, "-m", "archsearch.train", "-m", "sweep=smoke", f"hydra.sweeper.n_trials={trials}",
                "hydra.sweeper.max_rejections_in_a_row=100000", "hydra.sweeper.pruner={name:none}",
                "hydra.sweeper.max_failures=100000", "model.wide=choice(32,48,56,64)", "data.n_train=192", "data.val_size=64", "data.n_test=64",
-               "trainer.epochs=1", "hydra.sweep.dir=multirun/bench"]
+               "trainer.epochs=1", "trainer.tta=none", "hydra.sweep.dir=multirun/bench"]
         t0 = time.time()
         p = subprocess.run(cmd, cwd=td, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         wall = time.time() - t0
@@ -355,7 +357,7 @@ x, y = synthetic(%d, seed=0)
 mean, std = _stats(x)
 s = Splits(x, y, x[:1000], y[:1000], x[:1000], y[:1000], tuple(f"c{i}" for i in range(10)), mean, std)
 cfg = compose("config", ["tracking=none", "trainer.epochs=1", "trainer.progress=false", "trainer.checkpoint=false",
-                         "trainer.workers=%d"])
+                         "trainer.workers=%d", "trainer.tta=none"])
 peak = {}
 def rss_tree():
     me = os.getpid()
