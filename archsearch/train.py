@@ -504,6 +504,9 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
     if data.image_shape != spec.input_shape:
         raise ConfigError(f"model.input_size: the model expects {spec.input_shape} images but the data has "
                           f"{data.image_shape}")
+    has_val = len(data.x_val) > 0  # data.val_size=0: train on every training image, best.pt = the last epoch
+    if not has_val and epoch_hook is not None:
+        raise ConfigError("data.val_size: a sweep trial is judged on validation accuracy; set data.val_size > 0")
     mean_px = [m * 255 for m in data.mean]
     pipeline = build_pipeline(acfg.get("train"), mean_px)
     cool_pipeline = build_pipeline(acfg.get("cooldown"), mean_px, where="aug.cooldown") if cool else None
@@ -641,8 +644,8 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
                    "val_acc": val_acc, **extra, "lr": lr, "epoch_seconds": ep_s,
                    "images_per_s": seen / max(ep_s, 1e-9)}
             history.append(rec)
-            is_best = val_acc > best_val
-            best_val = max(best_val, val_acc)
+            is_best = val_acc > best_val if has_val else True
+            best_val = max(best_val, val_acc) if has_val else float("nan")
             tracker.log_metrics({**{k: v for k, v in rec.items() if k != "epoch"}, "best_val_acc": best_val,
                                  "epochs_done": epoch + 1}, step=epoch + 1)
             log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | lr %.2e | %.0fs %.0f img/s",
@@ -683,8 +686,9 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
             how.append(f"{tta} TTA, single view {parts['test_acc_no_tta']:.4f}")
         if ema is not None:
             how.append(f"EMA weights, live weights {parts['test_acc_raw']:.4f}")
-        log.info("done %s: test acc %.4f%s (loss %.4f), best val acc %.4f, %s params, RF %d, %d epochs, %.0fs wall",
-                 spec.name, test_acc, f" ({'; '.join(how)})" if how else "", test_loss, best_val,
+        log.info("done %s: test acc %.4f%s (loss %.4f), %s, %s params, RF %d, %d epochs, %.0fs wall",
+                 spec.name, test_acc, f" ({'; '.join(how)})" if how else "", test_loss,
+                 f"best val acc {best_val:.4f}" if has_val else "no validation split (data.val_size=0)",
                  f"{report.params:,}", report.rf, len(history), wall)
         return TrainResult(best_val, test_acc, test_loss, len(history), report.params, report.rf, report.macs,
                            wall, tracker.run_id, history)

@@ -340,3 +340,13 @@ def test_cooldown_scales_with_the_run_length():
 
     assert [_cooldown_epochs({"cooldown_fraction": 0.167}, e) for e in (1, 2, 3, 6, 15, 30)] == [0, 0, 1, 1, 3, 5]
     assert _cooldown_epochs({}, 30) == 0
+
+
+def test_no_validation_split_trains_on_everything_and_keeps_the_last_epoch(tmp_path):
+    import math
+
+    from archsearch.train import train
+
+    res = train(cfg_for(tmp_path, "trainer.epochs=2", "data.val_size=0", "trainer.tta=none"), tmp_path / "out")
+    assert math.isnan(res.val_acc) and res.test_acc > 0.1
+    assert (tmp_path / "out" / "best.pt").exists()  # the last epoch's weights, not "never better than -1"
