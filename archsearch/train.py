@@ -283,22 +283,21 @@ class WeightEMA:
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self._pairs = None
+        # the (average, live) tensor pairs, paired once: update() runs after every optimiser step
+        self._floats = ([*self.model.parameters(), *(b for b in self.model.buffers() if b.is_floating_point())],
+                        [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())])
+        self._counters = [(be, b) for be, b in zip(self.model.buffers(), model.buffers()) if not b.is_floating_point()]
 
-    def update(self, model) -> None:
+    def update(self) -> None:
+        """Move the average towards the live model it was made from."""
         import torch
 
-        if self._pairs is None:
-            src = list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]
-            dst = list(self.model.parameters()) + [b for b in self.model.buffers() if b.is_floating_point()]
-            self._pairs = (dst, src)
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         with torch.no_grad():
-            torch._foreach_lerp_(self._pairs[0], self._pairs[1], 1.0 - d)
-            for be, b in zip(self.model.buffers(), model.buffers()):
-                if not b.is_floating_point():
-                    be.copy_(b)
+            torch._foreach_lerp_(self._floats[0], self._floats[1], 1.0 - d)
+            for be, b in self._counters:
+                be.copy_(b)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "updates": self.updates}
@@ -617,7 +616,7 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
                 if sched_kind == "step":
                     sched.step()
                 if ema is not None:
-                    ema.update(model)
+                    ema.update()
                 loss_sum += loss.detach() * len(y)
                 correct += (logits.detach().argmax(1) == y).sum()
                 seen += len(y)

@@ -298,12 +298,12 @@ def test_ema_follows_the_weights_with_a_ramped_decay():
             p.fill_(0.0)
         ema_w = ema.model[0].weight.clone()
         model[1].running_mean.fill_(1.0)
-    ema.update(model)  # decay min(0.9, 2/11)
+    ema.update()  # decay min(0.9, 2/11)
     d = 2 / 11
     assert torch.allclose(ema.model[0].weight, ema_w * d)
     assert torch.allclose(ema.model[1].running_mean, torch.full((2,), 1 - d))
     for _ in range(200):
-        ema.update(model)
+        ema.update()
     assert ema.model[0].weight.abs().max() < 1e-6 and ema.updates == 201
 
 
