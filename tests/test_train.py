@@ -140,6 +140,29 @@ def test_era_s9_pipeline_matches_the_assignment():
     assert (out[..., 0] == 125).sum() == 16 * 16  # exactly one 16x16 hole in the dataset mean
 
 
+def test_era_s9_cooldown_shifts_by_at_most_two_pixels():
+    """The shipped cool-down is flips plus a random shift of up to 2 px: a lone bright pixel
+    at the centre lands within 2 px of where a flip may put it, and not always in one place."""
+    from omegaconf import OmegaConf
+
+    from archsearch.augment import build_pipeline
+
+    aug = OmegaConf.to_container(compose("config", []).aug, resolve=True)
+    pipe = build_pipeline(aug["cooldown"], where="aug.cooldown")
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[16, 16] = 255
+    seen = set()
+    for seed in range(60):
+        pipe.set_random_seed(seed)
+        out = pipe(image=img)["image"]
+        assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+        ys, xs = np.nonzero(out[..., 0])
+        assert len(ys) == 1  # moved, never duplicated by the reflect padding
+        assert abs(ys[0] - 16) <= 2 and (abs(xs[0] - 16) <= 2 or abs(xs[0] - 15) <= 2)
+        seen.add((int(ys[0]), int(xs[0])))
+    assert len(seen) > 10
+
+
 def test_folder_loader_reads_and_caches(tmp_path, monkeypatch):
     from PIL import Image
 
