@@ -362,6 +362,7 @@ def test_cooldown_scales_with_the_run_length():
     from archsearch.train import _cooldown_epochs
 
     assert [_cooldown_epochs({"cooldown_fraction": 0.167}, e) for e in (1, 2, 3, 6, 15, 30)] == [0, 0, 1, 1, 3, 5]
+    assert _cooldown_epochs({"cooldown_fraction": 0.267}, 30) == 8  # the shipped share
     assert _cooldown_epochs({}, 30) == 0
 
 
