@@ -5,6 +5,7 @@ training on CIFAR-10 with albumentations, Optuna sweeps and MLflow tracking.
     spec = load_spec("dilated_sep", overrides=["model.layers.2.d=1"])
     report = analyze(spec)      # report.params, report.rf, report.macs, report.out_shape, report.layers
     model = build_model(spec)   # torch.nn.Module (torch is imported only here)
+    result = fit(overrides=["model=compact", "trainer.epochs=5"])   # a training run, as the CLI's
 """
 
 from .analysis import LayerReport, Report, analyze, receptive_field
@@ -15,7 +16,7 @@ from .spec import LayerSpec, ModelSpec, SpecError, parse_spec, spec_hash
 __all__ = [
     "Budget", "LayerReport", "LayerSpec", "ModelSpec", "Report", "SpecError", "Violation",
     "analyze", "build_model", "check", "load_budget", "load_spec", "parse_budget", "parse_spec",
-    "receptive_field", "spec_from_cfg", "spec_hash",
+    "fit", "receptive_field", "spec_from_cfg", "spec_hash",
 ]
 
 
@@ -24,3 +25,11 @@ def build_model(spec: ModelSpec):
     from .build import build_model as _build
 
     return _build(spec)
+
+
+def fit(cfg=None, overrides=(), out_dir=None, **kw):
+    """Train as ``python -m archsearch.train`` does (same MLflow run) -> TrainResult;
+    see :func:`archsearch.job.fit`."""
+    from .job import fit as _fit
+
+    return _fit(cfg, overrides, out_dir, **kw)

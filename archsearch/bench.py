@@ -124,9 +124,11 @@ def part_train(opts: dict, rows: list, notes: list) -> None:
     """archsearch's real training path (archsearch.train.train) vs the reference loop."""
 
     from . import build_model, load_spec
+    from .batches import worker_count as _workers
     from .config import compose
     from .data import Splits, _stats
-    from .train import _workers, pick_device, train
+    from .job import train
+    from .precision import pick_device
 
     x, y = _images(opts)
     reps, batch = int(opts.get("reps", 3)), int(opts.get("batch", 128))
@@ -351,7 +353,7 @@ _MEM_CHILD = r"""
 import json, os, sys, time, threading
 from archsearch.config import compose
 from archsearch.data import Splits, synthetic, _stats
-from archsearch.train import train
+from archsearch.job import train
 import tempfile
 x, y = synthetic(%d, seed=0)
 mean, std = _stats(x)

@@ -1,5 +1,5 @@
 """Optuna pieces shared by the sweeper (``hydra_plugins/archsearch_sweeper``), the training
-job (pruning reports) and the report: storages, samplers, pruners, trial states.
+job (pruning reports, through :mod:`archsearch.trial`) and the report: storages, samplers, pruners, trial states.
 
 Trial states as archsearch records them (user attribute ``state``):
 COMPLETE / PRUNED / FAIL (trained trials, they count towards ``n_trials``),
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TRAINED", "make_pruner", "make_sampler", "open_storage", "pruning_hook", "storage_url"]
+__all__ = ["TRAINED", "make_pruner", "make_sampler", "open_storage", "storage_url"]
 
 TRAINED = ("COMPLETE", "PRUNED", "FAIL")
 PRUNERS = ("hyperband", "median", "none")
@@ -118,31 +118,3 @@ def pid_alive(worker: str) -> bool | None:
     except PermissionError:
         return True
     return True
-
-
-def pruning_hook(trial_cfg: Mapping[str, Any], max_epochs: int):
-    """For the training job: report val accuracy to the study's storage every epoch and
-    raise :class:`archsearch.train.Pruned` when the study's pruner says so. Works from any
-    process or machine that reaches the storage."""
-    import optuna
-
-    from .train import Pruned
-
-    storage = open_storage(str(trial_cfg["storage"]))
-    study = optuna.load_study(study_name=str(trial_cfg["study_name"]), storage=storage)
-    pconf = study.user_attrs.get("archsearch.pruner") or {"name": "none"}
-    study.pruner = make_pruner(pconf, max_epochs)
-    trial = optuna.Trial(study, int(trial_cfg["trial_id"]))
-    prune = pconf.get("name", "none") != "none" and len(study.directions) == 1
-
-    def hook(epoch: int, val_acc: float) -> None:
-        if len(study.directions) != 1:
-            return  # Optuna cannot prune multi-objective studies
-        trial.report(val_acc, epoch)
-        if prune and epoch < max_epochs and trial.should_prune():  # nothing left to save at the end
-            raise Pruned(epoch, val_acc)
-
-    def run_started(run_id: str) -> None:
-        trial.set_user_attr("mlflow_run_id", run_id)
-
-    return hook, run_started

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NullTracker", "Tracker", "default_uri", "flatten", "make_tracker"]
+__all__ = ["NullTracker", "Tracker", "default_uri", "flatten", "make_tracker", "run_lifecycle"]
 
 STATUSES = ("FINISHED", "FAILED", "KILLED")
 
@@ -121,6 +121,34 @@ class Tracker:
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id:
             self.client.set_terminated(self.run_id, status=status)
+
+
+@contextlib.contextmanager
+def run_lifecycle(tracker, name: str, tags: Mapping[str, Any], parent_run_id: str | None = None,
+                  run_id: str | None = None):
+    """Open (or, with ``run_id``, reopen) a run and always close it with what happened:
+    FINISHED + state COMPLETE when the block ends normally; KILLED + state PRUNED when the
+    pruner stops it; KILLED on Ctrl-C / SIGTERM; FAILED + the error as a tag otherwise."""
+    from .trial import Pruned
+
+    tracker.start(name=name, tags=tags, parent_run_id=parent_run_id, run_id=run_id)
+    status = "FAILED"
+    try:
+        yield tracker
+        status = "FINISHED"
+        tracker.set_tags({"state": "COMPLETE"})
+    except Pruned:
+        status = "KILLED"
+        tracker.set_tags({"state": "PRUNED"})
+        raise
+    except BaseException as e:
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            status = "KILLED"  # not a failure of the spec, but not complete either
+        if tracker.enabled and tracker.run_id:
+            tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:4000] or "interrupted", "state": "FAIL"})
+        raise
+    finally:
+        tracker.end(status)
 
 
 def record_rejected(tracker: Tracker, parent_run_id: str | None, name: str, reasons: list[str],

@@ -4,6 +4,11 @@ import pytest
 
 # tests run on CPU with synthetic data only, and never need ../shared
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# the precision probe's cache: one per test session (shared by its subprocesses), never the user's
+if "ARCHSEARCH_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["ARCHSEARCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="archsearch-test-cache-")
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ def runs(tmp_path):
 def test_train_end_to_end_logs_everything(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from archsearch.train import train
+    from archsearch.job import train
 
     res = train(cfg_for(tmp_path, "trainer.epochs=3"), tmp_path / "out")
     assert res.epochs == 3 and res.params == 181_984 and res.rf == 61
@@ -51,7 +51,7 @@ def test_train_end_to_end_logs_everything(tmp_path):
 
 
 def test_resume_continues_at_the_right_epoch(tmp_path):
-    from archsearch.train import train
+    from archsearch.job import train
 
     class Stop(Exception):
         pass
@@ -76,7 +76,8 @@ def test_resume_continues_at_the_right_epoch(tmp_path):
 
 def test_over_budget_spec_loads_no_data(tmp_path, monkeypatch):
     import archsearch.data
-    from archsearch.train import BudgetRejected, train
+    from archsearch.gate import BudgetRejected
+    from archsearch.job import train
 
     def boom(*a, **k):
         raise AssertionError("data was loaded for a rejected spec")
@@ -201,7 +202,8 @@ def test_offline_cifar10_gives_one_line_advice(tmp_path, monkeypatch):
 
 
 def test_non_finite_loss_fails_the_run(tmp_path):
-    from archsearch.train import NonFiniteLoss, train
+    from archsearch.job import train
+    from archsearch.trial import NonFiniteLoss
 
     with pytest.raises(NonFiniteLoss, match="lower optim.lr"):
         train(cfg_for(tmp_path, "trainer.epochs=1", "optim.lr=1e12", "sched=constant", "trainer.log_every=1",
@@ -231,7 +233,7 @@ def test_sigterm_closes_the_run_as_killed(tmp_path):
 
 def test_onecycle_with_a_handful_of_steps_runs(tmp_path):
     """1 epoch of 5 steps: OneCycleLR with pct_start 0.2 divides by zero here."""
-    from archsearch.train import train
+    from archsearch.job import train
 
     res = train(compose("config", [*FAST, "tracking=none", "data.n_train=288", "data.val_size=128",
                                    "trainer.epochs=1"]), tmp_path / "out")  # 160 images / batch 32 = 5 steps
@@ -241,7 +243,7 @@ def test_onecycle_with_a_handful_of_steps_runs(tmp_path):
 def test_ema_tta_and_cooldown_train_and_report_their_share(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from archsearch.train import train
+    from archsearch.job import train
 
     res = train(cfg_for(tmp_path, "trainer.epochs=3", "trainer.ema=0.99", "trainer.tta=flip",
                         "aug.cooldown_fraction=0.34"), tmp_path / "out")  # 1 of 3 epochs
@@ -261,7 +263,8 @@ def test_ema_tta_and_cooldown_train_and_report_their_share(tmp_path):
 
 def test_cooldown_epochs_switch_to_the_light_pipeline():
     from archsearch.augment import build_pipeline
-    from archsearch.train import _BatchAug, _EpochBatches
+    from archsearch.batches import BatchAug as _BatchAug
+    from archsearch.batches import EpochBatches as _EpochBatches
 
     x = np.full((8, 32, 32, 3), 200, np.uint8)
     y = np.zeros(8, np.int64)
@@ -279,7 +282,7 @@ def test_cooldown_epochs_switch_to_the_light_pipeline():
 def test_flip_tta_averages_the_probabilities_of_image_and_mirror():
     import torch
 
-    from archsearch.train import evaluate
+    from archsearch.evaluate import evaluate
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 10))
@@ -298,7 +301,8 @@ def test_flip_tta_averages_the_probabilities_of_image_and_mirror():
 def test_shifted_tta_views_move_the_image_by_one_pixel():
     import torch
 
-    from archsearch.train import TTA_VIEWS, _view
+    from archsearch.evaluate import TTA_VIEWS
+    from archsearch.evaluate import view as _view
 
     x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
     assert len(TTA_VIEWS["flip_shift"]) == 10 and len(set(TTA_VIEWS["flip_shift"])) == 10
@@ -312,7 +316,7 @@ def test_shifted_tta_views_move_the_image_by_one_pixel():
 def test_ema_follows_the_weights_with_a_ramped_decay():
     import torch
 
-    from archsearch.train import WeightEMA
+    from archsearch.optim import WeightEMA
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     ema = WeightEMA(model, 0.9)
@@ -346,7 +350,7 @@ def test_cli_bad_ema_tta_cooldown_is_one_line_before_any_data(tmp_path, override
 def test_weight_decay_can_spare_norm_and_bias():
     from archsearch.build import build_model
     from archsearch.config import spec_from_cfg
-    from archsearch.train import _make_optimizer
+    from archsearch.optim import make_optimizer as _make_optimizer
 
     cfg = compose("config", ["optim.decay_norm_and_bias=false"])
     model = build_model(spec_from_cfg(cfg.model))
@@ -359,7 +363,7 @@ def test_weight_decay_can_spare_norm_and_bias():
 
 
 def test_cooldown_scales_with_the_run_length():
-    from archsearch.train import _cooldown_epochs
+    from archsearch.job import _cooldown_epochs
 
     assert [_cooldown_epochs({"cooldown_fraction": 0.167}, e) for e in (1, 2, 3, 6, 15, 30)] == [0, 0, 1, 1, 3, 5]
     assert _cooldown_epochs({"cooldown_fraction": 0.267}, 30) == 8  # the shipped share
@@ -369,7 +373,7 @@ def test_cooldown_scales_with_the_run_length():
 def test_no_validation_split_trains_on_everything_and_keeps_the_last_epoch(tmp_path):
     import math
 
-    from archsearch.train import train
+    from archsearch.job import train
 
     res = train(cfg_for(tmp_path, "trainer.epochs=2", "data.val_size=0", "trainer.tta=none"), tmp_path / "out")
     assert math.isnan(res.val_acc) and res.test_acc > 0.1

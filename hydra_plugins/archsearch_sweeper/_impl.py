@@ -229,6 +229,7 @@ class SweeperImpl:
         from hydra.core.utils import JobStatus
         from optuna.trial import TrialState
 
+        from archsearch.gate import BudgetRejected, gate
         from archsearch.spec import SpecError
         from archsearch.study import (
             forget_storage,
@@ -239,7 +240,7 @@ class SweeperImpl:
             worker_id,
         )
         from archsearch.tracking import make_tracker
-        from archsearch.train import BudgetRejected, Pruned, gate
+        from archsearch.trial import Pruned, TrialRef
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
@@ -345,10 +346,7 @@ class SweeperImpl:
             trial.set_user_attr("model.params", report.params)
             trial.set_user_attr("model.rf", report.rf)
             trial.set_user_attr("model.macs", report.macs)
-            coords = [f"+trial.study_name={_fmt(self.study_name)}", f"+trial.storage={_fmt(url)}",
-                      f"+trial.number={trial.number}", f"+trial.trial_id={trial._trial_id}"]
-            if parent:
-                coords.append(f"+trial.parent_run_id={parent}")
+            coords = TrialRef(self.study_name, url, trial.number, trial._trial_id, parent).overrides(_fmt)
             t0 = time.time()
             hb = _Heartbeat(storage, trial._trial_id)
             try:

@@ -1,0 +1,103 @@
+"""Training batches: uint8 images augmented in DataLoader workers, normalised on the device.
+
+Each batch is an index ``(seed, indices, phase)``: the albumentations pipeline is reseeded
+per batch, so augmentation is reproducible (and resumable) whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["BatchAug", "EpochBatches", "make_loader", "to_device", "worker_count"]
+
+
+class BatchAug:
+    """Dataset indexed by (seed, indices, phase): returns one augmented uint8 NHWC batch.
+
+    ``phase`` picks the pipeline: 0 the main one, 1 the cool-down one (the last
+    ``aug.cooldown_fraction`` of the epochs). The phase travels with the index because
+    persistent workers hold their own copy of this object: switching an attribute in the
+    main process would not reach them."""
+
+    def __init__(self, x, y, pipeline, cooldown=None):
+        self.x, self.y, self.pipelines = x, y, (pipeline, cooldown)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, item):
+        import numpy as np
+        import torch
+
+        seed, idx, phase = item
+        xb = self.x[idx]
+        pipeline = self.pipelines[phase]
+        if pipeline is not None:
+            pipeline.set_random_seed(seed)
+            xb = np.stack([pipeline(image=im)["image"] for im in xb])
+        return torch.from_numpy(np.ascontiguousarray(xb)), torch.from_numpy(self.y[idx])
+
+
+class EpochBatches:
+    """Sampler of (seed, indices, phase) with a per-epoch seeded permutation; phase 1 from
+    epoch ``cooldown_from`` on (0-based). Set ``epoch`` before iterating."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, cooldown_from: int | None = None):
+        self.n, self.bs, self.seed, self.epoch = n, batch_size, seed, 0
+        self.cooldown_from = cooldown_from
+
+    def __len__(self):
+        return (self.n + self.bs - 1) // self.bs
+
+    def __iter__(self):
+        import numpy as np
+
+        rng = np.random.default_rng([self.seed, self.epoch])
+        perm = rng.permutation(self.n)
+        phase = int(self.cooldown_from is not None and self.epoch >= self.cooldown_from)
+        for b in range(len(self)):
+            yield (int(self.seed * 1_000_003 + self.epoch * 10_007 + b) % 2**31, perm[b * self.bs:(b + 1) * self.bs],
+                   phase)
+
+
+def worker_count(setting, device) -> int:
+    """``trainer.workers``: a number, or auto (1 on a small CPU box: the model needs the cores)."""
+    if setting not in (None, "auto"):
+        return int(setting)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.type == "cuda":
+        return min(8, max(1, cpus - 1))
+    return 1 if cpus <= 4 else min(4, cpus // 4)
+
+
+def _worker_init(_: int) -> None:
+    """A worker augments with OpenCV on one thread: it shares the machine with the model's
+    threads, and OpenCV's own pool on a few small images only adds contention."""
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def make_loader(dataset: BatchAug, sampler: EpochBatches, workers: int, device):
+    import torch
+
+    return torch.utils.data.DataLoader(
+        dataset, sampler=sampler, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=_worker_init if workers > 0 else None)
+
+
+def to_device(xb, device, mean, istd, channels_last: bool):
+    """uint8 NHWC on the host -> normalised float NCHW on the device. ``mean`` holds
+    255*mean, ``istd`` 1/(255*std), both shaped (1, 3, 1, 1)."""
+    import torch
+
+    x = xb.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+    x = (x - mean) * istd
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

@@ -1,0 +1,291 @@
+"""One training run, from a composed config to a :class:`TrainResult`.
+
+    gate (spec, analysis, budget: refuse here, nothing loaded)
+      -> setup (seed, device, data, augmentation, model, precision) -> engine
+      -> MLflow run: epochs (train, validate, checkpoint, pruning hook) -> test -> artifacts
+
+``train(cfg, out_dir)`` is what the CLI, the sweeper's jobs and the benchmark run;
+``fit(overrides=[...])`` is the same from a notebook.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import checkpoint
+from .analysis import Report
+from .config import ConfigError
+from .engine import Engine, TrainState
+from .gate import gate
+from .spec import ModelSpec, spec_hash
+
+__all__ = ["TrainResult", "fit", "train"]
+
+log = logging.getLogger("archsearch")
+
+
+@dataclass
+class TrainResult:
+    val_acc: float  # best validation accuracy (what sweeps optimise)
+    test_acc: float | None
+    test_loss: float | None
+    epochs: int
+    params: int
+    rf: int
+    macs: int
+    seconds: float
+    run_id: str | None = None
+    history: list[dict] = field(default_factory=list)
+    precision: str = ""  # what the run computed in, and why
+
+
+def fit(cfg: Any = None, overrides: Sequence[str] = (), out_dir: str | Path | None = None, **kw) -> TrainResult:
+    """Train from a notebook: ``fit(overrides=["model=compact", "trainer.epochs=5"])`` or
+    ``fit(cfg)`` with a composed config. Same run, same MLflow logging and the same result
+    as ``python -m archsearch.train``; output under ``outputs/fit/<time>_<model>/`` unless
+    ``out_dir`` is given."""
+    from .config import compose
+
+    if cfg is None:
+        cfg = compose("config", list(overrides))
+    elif overrides:
+        raise ConfigError("fit: pass either a composed cfg or overrides, not both")
+    if out_dir is None:
+        stamp = time.strftime("%Y-%m-%d/%H-%M-%S") + f"-{int(time.time() * 1e6) % 1_000_000:06d}"
+        out_dir = Path("outputs") / "fit" / f"{stamp}_{cfg.model.name}"
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return train(cfg, out_dir, **kw)
+
+
+# ------------------------------------------------------------------ setup
+@dataclass
+class _Setup:
+    spec: ModelSpec
+    report: Report
+    data: Any
+    engine: Engine
+    epochs: int
+    tta: str
+    out: Path
+    base_dir: Path
+    pipeline: Any
+
+
+def _seed_all(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _cooldown_epochs(acfg: dict, epochs: int) -> int:
+    """Epochs at the end of the run on the cool-down pipeline: ``aug.cooldown_fraction`` of the
+    run, rounded (a fraction, like OneCycle's warm-up, so a short run gets a short cool-down)."""
+    v = acfg.get("cooldown_fraction") or 0
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+        raise ConfigError(f"aug.cooldown_fraction: must be a number in [0, 1) (the share of the epochs, at the end, "
+                          f"trained on aug.cooldown); got {v!r}")
+    return int(math.floor(v * epochs + 0.5))
+
+
+def _check_data(data, spec: ModelSpec, sweep_trial: bool) -> None:
+    if data.num_classes != spec.num_classes:
+        raise ConfigError(f"model.num_classes: the model outputs {spec.num_classes} classes but the data has "
+                          f"{data.num_classes} ({', '.join(data.classes[:5])}...)")
+    if data.image_shape != spec.input_shape:
+        raise ConfigError(f"model.input_size: the model expects {spec.input_shape} images but the data has "
+                          f"{data.image_shape}")
+    if sweep_trial and len(data.x_val) == 0:
+        raise ConfigError("data.val_size: a sweep trial is judged on validation accuracy; set data.val_size > 0")
+
+
+def _setup(cfg, spec: ModelSpec, report: Report, out_dir, data, sweep_trial: bool) -> _Setup:
+    """Everything before the first epoch, in an order that keeps runs reproducible: the
+    global RNGs are seeded first and only the model's initialisation draws from them."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from .augment import build_pipeline
+    from .build import build_model
+    from .data import load_data
+    from .evaluate import parse_tta
+    from .optim import parse_ema
+    from .precision import choose_precision, pick_device
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tcfg, base_dir = cfg.trainer, Path(os.environ.get("ARCHSEARCH_BASE", os.getcwd()))
+    _seed_all(int(cfg.seed))
+    if tcfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    device = pick_device(str(tcfg.device))
+    acfg = OmegaConf.to_container(cfg.aug, resolve=True)
+    epochs = int(tcfg.epochs)
+    cool, ema_decay, tta = _cooldown_epochs(acfg, epochs), parse_ema(tcfg), parse_tta(tcfg)
+    if device.type == "cuda" and not tcfg.deterministic:
+        torch.backends.cudnn.benchmark = True
+    if data is None:
+        data = load_data(OmegaConf.to_container(cfg.data, resolve=True), base_dir)
+    _check_data(data, spec, sweep_trial)
+    mean_px = [m * 255 for m in data.mean]
+    pipeline = build_pipeline(acfg.get("train"), mean_px)
+    cool_pipeline = build_pipeline(acfg.get("cooldown"), mean_px, where="aug.cooldown") if cool else None
+    model = build_model(spec)
+    precision = choose_precision(tcfg, device, model, spec_hash(spec), int(tcfg.batch_size), spec.input_shape,
+                                 spec.num_classes)
+    model = model.to(device)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    engine = Engine(cfg, model, data, precision, (pipeline, cool_pipeline), epochs, cool, ema_decay)
+    return _Setup(spec, report, data, engine, epochs, tta, out, base_dir, pipeline)
+
+
+# ------------------------------------------------------------------ the run
+def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | None = None,
+          parent_run_id: str | None = None, tracker=None, data=None, run_tags: dict | None = None,
+          run_started: Callable[[str], None] | None = None) -> TrainResult:
+    """Train ``cfg`` (a composed config); refuses over-budget specs before touching data.
+
+    ``epoch_hook(epoch, val_acc)`` may raise :class:`~archsearch.trial.Pruned`. ``data`` may be
+    pre-loaded :class:`~archsearch.data.Splits` (a sweep loads its dataset once per process).
+    """
+    from omegaconf import OmegaConf
+
+    from .tracking import make_tracker, run_lifecycle
+
+    t0 = time.time()
+    spec, report = gate(cfg)  # may raise: nothing loaded yet
+    s = _setup(cfg, spec, report, out_dir, data, sweep_trial=epoch_hook is not None)
+    tcfg = cfg.trainer
+    state = checkpoint.load(str(tcfg.resume), s.engine, spec_hash(spec)) if tcfg.resume else TrainState()
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    tracker = tracker or make_tracker(resolved.get("tracking"), s.base_dir)
+    tags = {"model": spec.name, "spec_hash": spec_hash(spec), "git_commit": _git_sha(s.base_dir),
+            "device": str(s.engine.precision.device), **s.engine.precision.tags(), "seed": int(cfg.seed),
+            "data": resolved["data"].get("source"), **(run_tags or {})}
+    resumed = state.run_id
+    with run_lifecycle(tracker, name=cfg.get("run_name") or f"{spec.name}-{spec_hash(spec)[:6]}", tags=tags,
+                       parent_run_id=parent_run_id, run_id=resumed) as run:
+        state.run_id = run.run_id
+        if run_started is not None and run.run_id:
+            run_started(run.run_id)
+        if not resumed:
+            _log_inputs(run, cfg, resolved, s)
+        _log_start(s, resumed is not None)
+        for epoch in range(state.epoch, s.epochs):
+            _run_epoch(s, state, run, epoch, bool(tcfg.checkpoint))
+            if epoch_hook is not None:
+                epoch_hook(epoch + 1, state.history[-1]["val_acc"])  # may raise Pruned
+        return _finish(s, state, run, cfg, t0)
+
+
+def _run_epoch(s: _Setup, state: TrainState, run, epoch: int, save: bool) -> None:
+    """Train, validate, step the schedule, record, log, checkpoint: one epoch."""
+    eng = s.engine
+    rec = eng.train_epoch(epoch)
+    val = eng.validate()
+    lr = eng.end_epoch(val["val_loss"])
+    rec = {"epoch": rec["epoch"], "train_loss": rec["train_loss"], "train_acc": rec["train_acc"], **val, "lr": lr,
+           "epoch_seconds": rec["epoch_seconds"], "images_per_s": rec["images_per_s"]}
+    has_val = len(s.data.x_val) > 0
+    is_best = state.record(rec, has_val)
+    run.log_metrics({**{k: v for k, v in rec.items() if k != "epoch"}, "best_val_acc": state.best_val,
+                     "epochs_done": epoch + 1}, step=epoch + 1)
+    raw = f" (live weights {rec['val_acc_raw']:.4f})" if "val_acc_raw" in rec else ""
+    log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | lr %.2e | %.0fs %.0f img/s",
+             epoch + 1, s.epochs, rec["train_loss"], rec["train_acc"], rec["val_loss"], rec["val_acc"], raw, lr,
+             rec["epoch_seconds"], rec["images_per_s"])
+    if save:
+        sh = spec_hash(s.spec)
+        checkpoint.save(s.out / "last.pt", eng, state, s.spec, sh)
+        if is_best:
+            checkpoint.save(s.out / "best.pt", eng, state, s.spec, sh)
+
+
+def _finish(s: _Setup, state: TrainState, run, cfg, t0: float) -> TrainResult:
+    """The final test evaluation, its metrics and artifacts, and the run's one closing line."""
+    from .plots import write_plots
+
+    test_loss, test_acc, preds, parts = s.engine.test(s.tta)
+    wall = time.time() - t0
+    run.log_metrics({"test_acc": test_acc, "test_loss": test_loss, **parts, "wall_seconds": wall}, step=s.epochs)
+    if run.enabled:
+        for p in write_plots(s.out, state.history, s.data.classes, s.data.y_test, preds, s.data.x_test):
+            run.log_artifact(p)
+        if cfg.trainer.checkpoint and (s.out / "best.pt").exists() and cfg.tracking.get("log_checkpoint", True):
+            run.log_artifact(s.out / "best.pt", "checkpoints")
+    how = []
+    if s.tta != "none":
+        how.append(f"{s.tta} TTA, single view {parts['test_acc_no_tta']:.4f}")
+    if s.engine.ema is not None:
+        how.append(f"EMA weights, live weights {parts['test_acc_raw']:.4f}")
+    has_val = len(s.data.x_val) > 0
+    r = s.report
+    log.info("done %s: test acc %.4f%s (loss %.4f), %s, %s params, RF %d, %d epochs, %.0fs wall",
+             s.spec.name, test_acc, f" ({'; '.join(how)})" if how else "", test_loss,
+             f"best val acc {state.best_val:.4f}" if has_val else "no validation split (data.val_size=0)",
+             f"{r.params:,}", r.rf, len(state.history), wall)
+    return TrainResult(state.best_val, test_acc, test_loss, len(state.history), r.params, r.rf, r.macs, wall,
+                       run.run_id, state.history, s.engine.precision.describe())
+
+
+# ------------------------------------------------------------------ what the run records
+def _git_sha(cwd: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        sha = out.stdout.strip()
+        if sha:
+            dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=cwd, capture_output=True,
+                                   text=True, timeout=5).stdout.strip()
+            return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def _log_inputs(run, cfg, resolved: dict, s: _Setup) -> None:
+    """Parameters, the resolved config, the analysis table and a grid of augmented samples."""
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from .augment import save_grid
+    from .budget import parse_budget
+    from .tracking import flatten
+    from .validate import format_table
+
+    r, d = s.report, s.data
+    params = flatten({k: v for k, v in resolved.items() if k not in ("tracking", "trial", "hydra")})
+    params.update({"model.params": r.params, "model.rf": r.rf, "model.macs": r.macs,
+                   "model.spec_hash": spec_hash(s.spec), "data.n_train": len(d.x_train),
+                   "data.n_val": len(d.x_val), "data.n_test": len(d.x_test)})
+    run.log_params(params)
+    (s.out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (s.out / "analysis.txt").write_text(format_table(r, parse_budget(resolved["budget"]), []) + "\n")
+    run.log_artifact(s.out / "config.yaml")
+    run.log_artifact(s.out / "analysis.txt")
+    if s.pipeline is not None and run.enabled:
+        seed = int(cfg.seed)
+        idx = np.random.default_rng(seed).choice(len(d.x_train), size=min(32, len(d.x_train)), replace=False)
+        s.pipeline.set_random_seed(seed)
+        aug = np.stack([s.pipeline(image=im)["image"] for im in d.x_train[idx]])
+        run.log_artifact(save_grid(aug, str(s.out / "augmented_samples.png"), [d.classes[i] for i in d.y_train[idx]]))
+
+
+def _log_start(s: _Setup, resumed: bool) -> None:
+    r, eng = s.report, s.engine
+    log.info("%s:%s params %s, RF %d, %s MACs | %s | device %s, %s, %d workers, batch %d",
+             s.spec.name, " (resumed)" if resumed else "", f"{r.params:,}", r.rf, f"{r.macs:,}", s.data.summary(),
+             eng.precision.device, eng.precision.describe(), eng.workers, eng.batch_size)

@@ -1,0 +1,118 @@
+"""Optimiser, learning-rate schedule and the weight average (EMA), from the config groups
+``optim``, ``sched`` and ``trainer.ema``."""
+
+from __future__ import annotations
+
+import logging
+
+from .config import ConfigError
+
+__all__ = ["WeightEMA", "make_optimizer", "make_scheduler", "parse_ema"]
+
+log = logging.getLogger("archsearch")
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("onecycle", "reduce_on_plateau", "cosine", "constant")
+
+
+def _param_groups(cfg, model) -> list[dict]:
+    """Weight decay on conv/linear weights; on BatchNorm scales/shifts and biases (1-d tensors)
+    only if ``optim.decay_norm_and_bias`` (default true, plain torch behaviour)."""
+    flag = cfg.get("decay_norm_and_bias", True)
+    if not isinstance(flag, bool):
+        raise ConfigError(f"optim.decay_norm_and_bias: must be true or false, got {flag!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if flag:
+        return [{"params": params}]
+    return [{"params": [p for p in params if p.ndim > 1]},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
+def make_optimizer(cfg, model):
+    """``cfg``: the ``optim`` group."""
+    import torch
+
+    name = cfg.name
+    params = _param_groups(cfg, model)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=bool(cfg.nesterov),
+                               weight_decay=cfg.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    raise ConfigError(f"optim.name: unknown optimiser {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def make_scheduler(cfg, opt, lr: float, epochs: int, steps: int):
+    """``cfg``: the ``sched`` group -> (scheduler or None, when it steps: step | plateau | none)."""
+    import torch
+
+    name = cfg.name
+    if name == "onecycle":
+        # OneCycleLR divides by (pct_start * total_steps - 1): at 5 steps and pct_start 0.2 that
+        # is 0 (ZeroDivisionError), so the warm-up gets at least 2 steps
+        total = max(1, epochs * steps)
+        if total < 4:
+            log.warning("sched: onecycle needs at least 4 steps and this run has %d: the lr stays at optim.lr "
+                        "(%g) for this run", total, lr)
+            return None, "none"
+        pct = min(max(float(cfg.pct_start), 2.0 / total), 0.5)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps, pct_start=pct,
+            div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
+            anneal_strategy=cfg.anneal, three_phase=bool(cfg.get("three_phase", False))), "step"
+    if name == "reduce_on_plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=cfg.factor, patience=cfg.patience, min_lr=cfg.min_lr), "plateau"
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps, eta_min=cfg.min_lr), "step"
+    if name == "constant":
+        return None, "none"
+    raise ConfigError(f"sched.name: unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def parse_ema(tcfg) -> float | None:
+    """``trainer.ema``: the per-step decay, or None (off)."""
+    v = tcfg.get("ema")
+    if v in (None, False, 0):
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) < 1.0:
+        raise ConfigError(f"trainer.ema: the per-step decay must be a number in (0, 1) such as 0.999, or null to "
+                          f"turn it off; got {v!r}")
+    return float(v)
+
+
+class WeightEMA:
+    """Exponential moving average of a model's weights (and float buffers: BatchNorm's running
+    statistics), updated after every optimiser step. The decay ramps up as
+    ``min(decay, (1 + n) / (10 + n))`` so the first steps are not averaged with the random
+    initialisation."""
+
+    def __init__(self, model, decay: float):
+        import copy
+
+        self.decay, self.updates = float(decay), 0
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        # the (average, live) tensor pairs, paired once: update() runs after every optimiser step
+        self._floats = ([*self.model.parameters(), *(b for b in self.model.buffers() if b.is_floating_point())],
+                        [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())])
+        self._counters = [(be, b) for be, b in zip(self.model.buffers(), model.buffers()) if not b.is_floating_point()]
+
+    def update(self) -> None:
+        """Move the average towards the live model it was made from."""
+        import torch
+
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        with torch.no_grad():
+            torch._foreach_lerp_(self._floats[0], self._floats[1], 1.0 - d)
+            for be, b in self._counters:
+                be.copy_(b)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.updates = int(state["updates"])

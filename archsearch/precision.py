@@ -1,0 +1,263 @@
+"""Device and numeric precision: where the model runs, in which dtype, in which memory layout.
+
+``trainer.amp`` and ``trainer.channels_last`` may be set (``off``/``bf16``/``fp16``,
+``true``/``false``) or ``auto``: then a short timed probe of the model's real training step
+decides, on the machine the run is on. Whether a CPU "supports" bf16 says nothing about
+speed (oneDNN reports bf16 on CPUs that only emulate it, where it runs at half the fp32
+rate), so the probe times each candidate:
+
+- CPU: fp32 and bf16 autocast, each NCHW and channels_last;
+- CUDA: fp32, fp16 autocast with a gradient scaler, and bf16 where the GPU has it, each
+  NCHW and channels_last.
+
+The fastest candidate whose loss and gradients stay finite wins; fp32 NCHW is always a
+candidate, so ``auto`` never picks something slower than it (up to timing noise). The
+choice is cached per machine, torch version, device, thread count, spec hash and batch size
+(``$ARCHSEARCH_CACHE_DIR``, default ``~/.cache/archsearch``, file ``precision.json``): a
+sweep pays for the probe once per architecture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError
+
+__all__ = ["Precision", "cache_path", "choose_precision", "machine_id", "pick_amp", "pick_device", "probe"]
+
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+LAYOUTS = ("auto", "true", "false")
+_DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
+
+
+def pick_device(name: str):
+    """``trainer.device`` -> torch.device (auto: CUDA if available, else CPU)."""
+    import torch
+
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device: {name!r} requested but CUDA is not available; use auto or cpu")
+    if not (name == "cpu" or name.startswith("cuda") or name == "mps"):
+        raise ConfigError(f"trainer.device: unknown device {name!r}; choose one of auto, cpu, cuda, cuda:N")
+    return torch.device(name)
+
+
+def pick_amp(mode: str, device=None) -> Any:
+    """An explicit ``trainer.amp`` -> autocast dtype or None (``auto`` is :func:`choose_precision`'s)."""
+    import torch
+
+    if mode not in AMP_MODES:
+        raise ConfigError(f"trainer.amp: unknown mode {mode!r}; choose one of {', '.join(AMP_MODES)}")
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+
+
+def _layout(value) -> bool | None:
+    """``trainer.channels_last``: True / False, or None for auto."""
+    if isinstance(value, bool):
+        return value
+    v = str(value).lower()
+    if v not in LAYOUTS:
+        raise ConfigError(f"trainer.channels_last: must be one of {', '.join(LAYOUTS)}; got {value!r}")
+    return None if v == "auto" else v == "true"
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What the run uses, and why (``source``: set, probe or cache; ``rates``: the probe's img/s)."""
+
+    device: Any
+    amp: Any  # torch dtype for autocast, or None (fp32)
+    channels_last: bool
+    source: str = "set"
+    rates: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def amp_name(self) -> str:
+        return str(self.amp).replace("torch.", "") if self.amp is not None else "off"
+
+    def describe(self) -> str:
+        layout = "channels_last" if self.channels_last else "NCHW"
+        what = f"amp {self.amp_name}, {layout}"
+        if not self.rates:
+            return f"{what} (set)"
+        probe = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(self.rates.items(), key=lambda kv: -kv[1]))
+        return f"{what} ({self.source}: training-step img/s {probe})"
+
+    def tags(self) -> dict[str, str]:
+        return {"amp": self.amp_name, "channels_last": str(self.channels_last).lower(),
+                "precision.source": self.source, "precision.why": self.describe()}
+
+
+# ------------------------------------------------------------------ the probe
+def _candidates(device, amp_setting: str, layout: bool | None) -> list[tuple[str, bool]]:
+    import torch
+
+    if amp_setting != "auto":
+        amps = ["fp32" if amp_setting == "off" else amp_setting]
+    elif device.type == "cuda":
+        amps = ["fp32", "fp16"] + (["bf16"] if torch.cuda.is_bf16_supported() else [])
+    elif device.type == "cpu":
+        amps = ["fp32", "bf16"]
+    else:
+        amps = ["fp32"]
+    layouts = [layout] if layout is not None else [False, True]
+    return [(a, cl) for a in amps for cl in layouts]
+
+
+def _label(amp: str, cl: bool) -> str:
+    return f"{amp} {'channels_last' if cl else 'NCHW'}"
+
+
+class _Stepper:
+    """One candidate's training step on its own copy of the model, with a fixed random batch."""
+
+    def __init__(self, model, device, amp: str, cl: bool, batch, num_classes: int):
+        import torch
+
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        self.model = copy.deepcopy(model).to(device).to(memory_format=fmt).train()
+        self.x = batch.to(device).contiguous(memory_format=fmt)
+        self.y = torch.arange(len(batch), device=device) % num_classes
+        self.dtype = getattr(torch, _DTYPES[amp]) if _DTYPES[amp] else None
+        self.device = device
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.finite = True
+
+    def step(self) -> float:
+        import torch
+        import torch.nn.functional as F
+
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            logits = self.model(self.x)
+        loss = F.cross_entropy(logits.float(), self.y)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        sync()
+        dt = time.perf_counter() - t0
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        ok = torch.isfinite(loss) and all(bool(torch.isfinite(g).all()) for g in grads)
+        self.finite = self.finite and bool(ok)
+        return dt
+
+
+def probe(model, device, candidates: list[tuple[str, bool]], batch_size: int, input_shape: tuple[int, int, int],
+          num_classes: int, steps: int = 3) -> dict[str, float]:
+    """Training-step images/s of each candidate (median of ``steps`` timed steps after one
+    warm-up, candidates interleaved so drift hits all alike); non-finite candidates get 0.
+    Leaves ``model`` and the global RNG untouched."""
+    import torch
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        g = torch.Generator().manual_seed(0)
+        batch = torch.randn(batch_size, *input_shape, generator=g)
+        steppers = {_label(a, cl): _Stepper(model, device, a, cl, batch, num_classes) for a, cl in candidates}
+        times: dict[str, list[float]] = {k: [] for k in steppers}
+        for s in steppers.values():
+            s.step()  # warm-up: oneDNN / cuDNN pick their kernels here
+        for _ in range(steps):
+            for k, s in steppers.items():
+                times[k].append(s.step())
+    return {k: (0.0 if not steppers[k].finite else batch_size / sorted(t)[len(t) // 2]) for k, t in times.items()}
+
+
+# ------------------------------------------------------------------ the cache
+def cache_path() -> Path:
+    base = os.environ.get("ARCHSEARCH_CACHE_DIR") or Path.home() / ".cache" / "archsearch"
+    return Path(base) / "precision.json"
+
+
+def machine_id(device) -> str:
+    """The hardware a probe's result holds for: CPU model and bf16/AMX flags, or the GPU's name."""
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    model, flags, named = platform.machine(), "", False
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not named:
+                model, named = line.split(":", 1)[1].strip(), True
+            elif line.startswith("flags") and not flags:
+                have = set(line.split(":", 1)[1].split())
+                flags = "+".join(f for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f in have)
+    return f"cpu:{model}:{flags}:{os.cpu_count()}"
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}  # absent or damaged: probe again and rewrite it
+
+
+def _write_cache(path: Path, key: str, entry: dict) -> None:
+    with contextlib.suppress(OSError), _locked(path):
+        data = _read_cache(path)
+        data[key] = entry
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------ the choice
+MARGIN = 1.03  # a candidate must beat the first (fp32 NCHW under auto) by 3%: timing noise is not a reason
+
+
+def _fastest(cands: list[tuple[str, bool]], rates: dict[str, float]) -> tuple[str, bool]:
+    base = cands[0]
+    best = max(cands, key=lambda c: rates.get(_label(*c), 0.0))
+    return best if rates.get(_label(*best), 0.0) > MARGIN * rates.get(_label(*base), 0.0) else base
+def choose_precision(tcfg, device, model, spec_key: str, batch_size: int, input_shape: tuple[int, int, int],
+                     num_classes: int, probe_fn: Callable[..., dict[str, float]] = probe) -> Precision:
+    """``trainer.amp`` / ``trainer.channels_last`` -> :class:`Precision`; probes (or reads the
+    cache) for whatever is ``auto``."""
+    import torch
+
+    amp_setting, layout = str(tcfg.amp), _layout(tcfg.channels_last)
+    pick_amp(amp_setting)  # validates
+    cands = _candidates(device, amp_setting, layout)
+    if len(cands) == 1:
+        a, cl = cands[0]
+        return Precision(device, getattr(torch, _DTYPES[a]) if _DTYPES[a] else None, cl)
+    key = "|".join([machine_id(device), f"torch {torch.__version__}", str(device), f"threads {torch.get_num_threads()}",
+                    spec_key, f"batch {batch_size}", ",".join(_label(a, cl) for a, cl in cands)])
+    path = cache_path()
+    entry = _read_cache(path).get(key)
+    source = "cache"
+    if not entry or not isinstance(entry.get("rates"), dict):
+        rates = probe_fn(model, device, cands, batch_size, input_shape, num_classes)
+        entry, source = {"rates": rates, "when": time.strftime("%Y-%m-%d %H:%M:%S")}, "probe"
+        _write_cache(path, key, entry)
+    rates = {str(k): float(v) for k, v in entry["rates"].items()}
+    a, cl = _fastest(cands, rates)
+    return Precision(device, getattr(torch, _DTYPES[a]) if _DTYPES[a] else None, cl, source, rates)
