@@ -144,6 +144,7 @@ def part_train(opts: dict, rows: list, notes: list) -> None:
     with tempfile.TemporaryDirectory() as td:
         res = train(cfg, td, data=splits)
     ours = [h["images_per_s"] for h in res.history[1:]]
+    opts["_chosen"] = res.precision
     # the reference, same model, same data, same batch and workers
     ref = []
     model = build_model(load_spec("dilated_sep")).to(device)
@@ -155,17 +156,24 @@ def part_train(opts: dict, rows: list, notes: list) -> None:
     rows.append(("1. training, end to end (images/s)", f"reference loop: {_fmt(ref)}", f"archsearch: {_fmt(ours)}",
                  f"**{statistics.median(ratio):.2f}x** ({min(ratio):.2f}-{max(ratio):.2f})"))
     notes.append(f"part 1: {len(x):,} images/epoch, batch {batch}, {workers} DataLoader worker(s) for both, "
-                 f"{reps} measured epochs after 1 warm-up; archsearch: {_amp_name(device)} autocast, channels_last, "
+                 f"{reps} measured epochs after 1 warm-up; archsearch with its defaults (trainer.amp=auto, "
+                 f"trainer.channels_last=auto chose {res.precision}), "
                  "uint8 batches normalised on the device; reference: the same era_s9 transforms then "
                  "Normalize+ToTensorV2 per sample, fp32, NCHW, "
                  "log_softmax+NLL, .item() every step.")
 
 
-def _amp_name(device) -> str:
-    from .train import pick_amp
+def _auto_precision(device, batch: int):
+    """What trainer.amp=auto / channels_last=auto pick for dilated_sep here (the cached probe)."""
+    from omegaconf import OmegaConf
 
-    d = pick_amp("auto", device)
-    return str(d).replace("torch.", "") if d is not None else "fp32"
+    from . import build_model, load_spec
+    from .precision import choose_precision
+    from .spec import spec_hash
+
+    spec = load_spec("dilated_sep")
+    return choose_precision(OmegaConf.create({"amp": "auto", "channels_last": "auto"}), device, build_model(spec),
+                            spec_hash(spec), batch, spec.input_shape, spec.num_classes)
 
 
 def _step_rate(model, device, batch: int, amp, channels_last: bool, steps: int) -> float:
@@ -201,21 +209,28 @@ def _step_rate(model, device, batch: int, amp, channels_last: bool, steps: int) 
 
 
 def part_breakdown(opts: dict, rows: list, notes: list) -> None:
-    """Model step alone (tensors already on the device) vs the full pipeline; augmentation rate."""
+    """Model step alone (tensors already on the device) for every precision/layout candidate
+    the probe times; augmentation rate."""
 
     from . import build_model, load_spec
-    from .train import pick_amp, pick_device
+    from .precision import _candidates, pick_device, probe
 
     device = pick_device("auto")
-    amp = pick_amp("auto", device)
     reps, batch = int(opts.get("reps", 3)), int(opts.get("batch", 128))
     steps = 8 if device.type == "cpu" else 50
     spec = load_spec("dilated_sep")
-    fast = [_step_rate(build_model(spec).to(device), device, batch, amp, True, steps) for _ in range(reps)]
-    plain = [_step_rate(build_model(spec).to(device), device, batch, None, False, steps) for _ in range(reps)]
-    rows.append(("2a. model step alone (images/s)", f"fp32 NCHW: {_fmt(plain)}",
-                 f"{_amp_name(device)} channels_last: {_fmt(fast)}",
-                 f"{statistics.median(fast) / statistics.median(plain):.2f}x"))
+    cands = _candidates(device, "auto", None)
+    runs = [probe(build_model(spec), device, cands, batch, spec.input_shape, spec.num_classes, steps=steps)
+            for _ in range(reps)]
+    base = [r["fp32 NCHW"] for r in runs]
+    chosen = _auto_precision(device, batch)
+    for label in runs[0]:
+        if label == "fp32 NCHW":
+            continue
+        rates = [r[label] for r in runs]
+        mark = " (auto's choice)" if chosen.label == label else ""
+        rows.append((f"2a. model step alone, {label}{mark} (images/s)", f"fp32 NCHW: {_fmt(base)}", _fmt(rates),
+                     f"{statistics.median(rates) / statistics.median(base):.2f}x"))
     x, _ = _images({**opts, "images": min(int(opts.get("images", 4096)), 4096)})
     pipe = _era_s9([125.0, 123.0, 114.0])
     rates = []
@@ -237,23 +252,24 @@ def part_compile(opts: dict, rows: list, notes: list) -> None:
     import torch
 
     from . import build_model, load_spec
-    from .train import pick_amp, pick_device
+    from .precision import pick_device
 
     device = pick_device("auto")
-    amp = pick_amp("auto", device)
     batch = int(opts.get("batch", 128))
+    chosen = _auto_precision(device, batch)
+    amp, cl = chosen.amp, chosen.channels_last
     steps = 8 if device.type == "cpu" else 50
     spec = load_spec("dilated_sep")
-    eager = _step_rate(build_model(spec).to(device), device, batch, amp, True, steps)
+    eager = _step_rate(build_model(spec).to(device), device, batch, amp, cl, steps)
     torch._dynamo.reset()
     import torch._inductor.config as inductor_config
 
     inductor_config.force_disable_caches = True  # measure a cold compile, as a new trial process pays it
     t0 = time.perf_counter()
     compiled_model = torch.compile(build_model(spec).to(device))
-    _step_rate(compiled_model, device, batch, amp, True, 1)  # compiles forward and backward
+    _step_rate(compiled_model, device, batch, amp, cl, 1)  # compiles forward and backward
     compile_s = time.perf_counter() - t0
-    compiled = _step_rate(compiled_model, device, batch, amp, True, steps)
+    compiled = _step_rate(compiled_model, device, batch, amp, cl, steps)
     gain = 1 / eager - 1 / compiled  # seconds saved per image
     breakeven = compile_s / gain if gain > 0 else float("inf")
     rows.append(("2c. torch.compile (model step, images/s)", f"eager: {eager:,.0f}",
@@ -426,7 +442,16 @@ def _machine() -> str:
     except OSError:
         pass
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    return (f"{cpu}; device {dev}; torch {torch.__version__}; python {platform.python_version()}; "
+    try:
+        flags = set(next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        flags = set()
+    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    bf16 = f"native bf16 ({', '.join(native)})" if native else "no native bf16"
+    limits = [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k)]
+    if limits:
+        bf16 += f", limited by {' '.join(limits)}"
+    return (f"{cpu}, {bf16}; device {dev}; torch {torch.__version__}; python {platform.python_version()}; "
             f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC")
 
 

@@ -85,6 +85,12 @@ class Precision:
     def amp_name(self) -> str:
         return str(self.amp).replace("torch.", "") if self.amp is not None else "off"
 
+    @property
+    def label(self) -> str:
+        """As the probe names candidates: ``fp32 NCHW``, ``bf16 channels_last``, ..."""
+        short = {"off": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(self.amp_name, self.amp_name)
+        return _label(short, self.channels_last)
+
     def describe(self) -> str:
         layout = "channels_last" if self.channels_last else "NCHW"
         what = f"amp {self.amp_name}, {layout}"
@@ -196,7 +202,9 @@ def machine_id(device) -> str:
             elif line.startswith("flags") and not flags:
                 have = set(line.split(":", 1)[1].split())
                 flags = "+".join(f for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f in have)
-    return f"cpu:{model}:{flags}:{os.cpu_count()}"
+    # oneDNN / ATen limited to a lower instruction set (e.g. to reproduce a CPU without bf16) time differently
+    limits = ",".join(f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k))
+    return f"cpu:{model}:{flags}:{os.cpu_count()}:{limits}"
 
 
 @contextlib.contextmanager

@@ -61,3 +61,27 @@ def postgres_url():
         subprocess.run([*pre, str(bindir / "pg_ctl"), "-D", f"{d}/data", "-m", "immediate", "stop"],
                        capture_output=True)
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def _mlflow_schema_template(tmp_path_factory):
+    """An empty MLflow database with its schema, created once: creating the tables costs
+    seconds, copying the file milliseconds."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_db_ready(request):
+    """Tests that work in ``tmp_path`` find ``tmp_path/mlruns/mlflow.db`` with MLflow's schema in
+    place (the default store of a run started there); archsearch creates its experiment as usual."""
+    if "tmp_path" not in request.fixturenames:
+        return
+    import shutil
+
+    tmp_path = request.getfixturevalue("tmp_path")
+    (tmp_path / "mlruns").mkdir(exist_ok=True)
+    shutil.copyfile(request.getfixturevalue("_mlflow_schema_template"), tmp_path / "mlruns" / "mlflow.db")

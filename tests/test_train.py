@@ -10,10 +10,24 @@ from archsearch.config import compose
 
 FAST = ["data=synthetic", "data.n_train=800", "data.n_test=200", "data.val_size=128", "trainer.batch_size=32", "optim.lr=0.05",
         "trainer.progress=false", "trainer.workers=0"]
+# dilated_sep's layers at a fraction of the width: what a test needs of the model, in a fraction of the time
+TINY_MODEL = ["model.wide=16", "model.narrow=8"]
 
 
 def cfg_for(tmp_path, *extra):
     return compose("config", [*FAST, f"tracking.uri=sqlite:///{tmp_path}/mlruns/mlflow.db", *extra])
+
+
+def no_mlflow_record(tmp_path):
+    """Nothing was written to the run's MLflow store (the tests start it as an empty schema)."""
+    import sqlite3
+
+    db = tmp_path / "mlruns" / "mlflow.db"
+    if not db.exists():
+        return True
+    with sqlite3.connect(db) as con:
+        return not con.execute("select count(*) from runs").fetchone()[0] and not any(
+            r[0] == "archsearch" for r in con.execute("select name from experiments"))
 
 
 def runs(tmp_path):
@@ -28,13 +42,13 @@ def test_train_end_to_end_logs_everything(tmp_path):
 
     from archsearch.job import train
 
-    res = train(cfg_for(tmp_path, "trainer.epochs=3"), tmp_path / "out")
-    assert res.epochs == 3 and res.params == 181_984 and res.rf == 61
+    res = train(cfg_for(tmp_path, *TINY_MODEL, "trainer.epochs=3"), tmp_path / "out")
+    assert res.epochs == 3 and res.params == 12_856 and res.rf == 61
     assert res.test_acc > 0.3  # chance is 0.1
     df = runs(tmp_path)
     assert len(df) == 1 and df.status[0] == "FINISHED"
     row = df.iloc[0]
-    assert row["params.model.params"] == "181984" and row["params.model.rf"] == "61"
+    assert row["params.model.params"] == "12856" and row["params.model.rf"] == "61"
     assert row["params.optim.lr"] == "0.05" and row["params.budget.max_params"] == "200000"
     assert row["tags.model"] == "dilated_sep" and row["tags.device"] == "cpu" and row["tags.git_commit"]
     assert 0.3 < row["metrics.test_acc"] <= 1.0
@@ -61,9 +75,9 @@ def test_resume_continues_at_the_right_epoch(tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        train(cfg_for(tmp_path, "trainer.epochs=4", "trainer.ema=0.99"), tmp_path / "a", epoch_hook=stop_after_2)
+        train(cfg_for(tmp_path, *TINY_MODEL, "trainer.epochs=4", "trainer.ema=0.99"), tmp_path / "a", epoch_hook=stop_after_2)
     seen = []
-    res = train(cfg_for(tmp_path, "trainer.epochs=4", "trainer.ema=0.99", f"trainer.resume={tmp_path}/a/last.pt"),
+    res = train(cfg_for(tmp_path, *TINY_MODEL, "trainer.epochs=4", "trainer.ema=0.99", f"trainer.resume={tmp_path}/a/last.pt"),
                 tmp_path / "b", epoch_hook=lambda e, v: seen.append(e))
     assert seen == [3, 4]
     assert [h["epoch"] for h in res.history] == [1, 2, 3, 4]
@@ -85,7 +99,7 @@ def test_over_budget_spec_loads_no_data(tmp_path, monkeypatch):
     monkeypatch.setattr(archsearch.data, "load_data", boom)
     with pytest.raises(BudgetRejected, match="params 220,128 exceed max_params 200,000"):
         train(cfg_for(tmp_path, "model=too_wide"), tmp_path / "out")
-    assert not (tmp_path / "mlruns").exists()
+    assert no_mlflow_record(tmp_path)
 
 
 def test_cli_refuses_over_budget_before_anything(tmp_path):
@@ -94,7 +108,7 @@ def test_cli_refuses_over_budget_before_anything(tmp_path):
     assert p.returncode == 1
     assert "REJECTED too_wide" in p.stderr and "params 220,128 exceed max_params 200,000 (by 20,128)" in p.stderr
     assert "Traceback" not in p.stderr
-    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "data").exists()
+    assert no_mlflow_record(tmp_path) and not (tmp_path / "data").exists()
 
 
 def test_cli_malformed_spec_is_one_line_exit_2(tmp_path):
@@ -206,7 +220,7 @@ def test_non_finite_loss_fails_the_run(tmp_path):
     from archsearch.trial import NonFiniteLoss
 
     with pytest.raises(NonFiniteLoss, match="lower optim.lr"):
-        train(cfg_for(tmp_path, "trainer.epochs=1", "optim.lr=1e12", "sched=constant", "trainer.log_every=1",
+        train(cfg_for(tmp_path, *TINY_MODEL, "trainer.epochs=1", "optim.lr=1e12", "sched=constant", "trainer.log_every=1",
                       "trainer.amp=off"), tmp_path / "out")
     df = runs(tmp_path)
     assert df.status[0] == "FAILED" and "NonFiniteLoss" in df["tags.error"][0]
@@ -218,7 +232,7 @@ def test_sigterm_closes_the_run_as_killed(tmp_path):
     import time
 
 
-    cmd = [sys.executable, "-m", "archsearch.train", *FAST, "trainer.epochs=50", f"hydra.run.dir={tmp_path}/out"]
+    cmd = [sys.executable, "-m", "archsearch.train", *FAST, *TINY_MODEL, "trainer.epochs=50", f"hydra.run.dir={tmp_path}/out"]
     p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
@@ -235,7 +249,7 @@ def test_onecycle_with_a_handful_of_steps_runs(tmp_path):
     """1 epoch of 5 steps: OneCycleLR with pct_start 0.2 divides by zero here."""
     from archsearch.job import train
 
-    res = train(compose("config", [*FAST, "tracking=none", "data.n_train=288", "data.val_size=128",
+    res = train(compose("config", [*FAST, *TINY_MODEL, "tracking=none", "data.n_train=288", "data.val_size=128",
                                    "trainer.epochs=1"]), tmp_path / "out")  # 160 images / batch 32 = 5 steps
     assert res.epochs == 1 and res.history[0]["lr"] == res.history[0]["lr"]
 
@@ -245,7 +259,7 @@ def test_ema_tta_and_cooldown_train_and_report_their_share(tmp_path):
 
     from archsearch.job import train
 
-    res = train(cfg_for(tmp_path, "trainer.epochs=3", "trainer.ema=0.99", "trainer.tta=flip",
+    res = train(cfg_for(tmp_path, *TINY_MODEL, "trainer.epochs=3", "trainer.ema=0.99", "trainer.tta=flip",
                         "aug.cooldown_fraction=0.34"), tmp_path / "out")  # 1 of 3 epochs
     assert res.test_acc > 0.3
     row = runs(tmp_path).iloc[0]
@@ -375,6 +389,46 @@ def test_no_validation_split_trains_on_everything_and_keeps_the_last_epoch(tmp_p
 
     from archsearch.job import train
 
-    res = train(cfg_for(tmp_path, "trainer.epochs=2", "data.val_size=0", "trainer.tta=none"), tmp_path / "out")
+    res = train(cfg_for(tmp_path, *TINY_MODEL, "trainer.epochs=2", "data.val_size=0", "trainer.tta=none"), tmp_path / "out")
     assert math.isnan(res.val_acc) and res.test_acc > 0.1
     assert (tmp_path / "out" / "best.pt").exists()  # the last epoch's weights, not "never better than -1"
+
+
+def test_fit_from_a_notebook_is_the_cli_run(tmp_path, monkeypatch):
+    """``from archsearch import fit``: the same run, result and MLflow record as the CLI."""
+    from archsearch import fit
+
+    monkeypatch.chdir(tmp_path)
+    res = fit(overrides=[*FAST, *TINY_MODEL, "trainer.epochs=1", "trainer.tta=none",
+                         f"tracking.uri=sqlite:///{tmp_path}/mlruns/mlflow.db"])
+    assert res.epochs == 1 and 0.0 <= res.test_acc <= 1.0 and res.run_id
+    row = runs(tmp_path).iloc[0]
+    assert row.run_id == res.run_id and row.status == "FINISHED"
+    assert row["metrics.test_acc"] == pytest.approx(res.test_acc)
+    # what the run computed in, and why, is on the run
+    assert row["tags.amp"] in ("off", "bfloat16") and row["tags.channels_last"] in ("true", "false")
+    assert row["tags.precision.source"] in ("probe", "cache") and "img/s" in row["tags.precision.why"]
+    assert list((tmp_path / "outputs" / "fit").glob("*/*/last.pt"))
+    with pytest.raises(Exception, match="either a composed cfg or overrides"):
+        fit(cfg_for(tmp_path), overrides=["trainer.epochs=1"])
+
+
+def test_resume_refuses_a_file_that_is_not_our_checkpoint(tmp_path):
+    import torch
+
+    from archsearch.config import ConfigError
+    from archsearch.job import train
+
+    train(cfg_for(tmp_path, *TINY_MODEL, "trainer.epochs=1", "trainer.tta=none"), tmp_path / "a")
+    ck = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    torch.save({**ck, "surprise": 1}, tmp_path / "odd.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    for f, msg in (("odd.pt", r"not an archsearch checkpoint \(missing \[\], unknown \['surprise'\]\)"),
+                   ("junk.pt", "is not a readable checkpoint"), ("nope.pt", "no checkpoint at")):
+        with pytest.raises(ConfigError, match=msg):
+            train(cfg_for(tmp_path, *TINY_MODEL, "trainer.epochs=2",
+                          f"trainer.resume={tmp_path}/{f}"), tmp_path / "b")
+    with pytest.raises(ConfigError, match="different architecture"):
+        train(cfg_for(tmp_path, "trainer.epochs=2", "trainer.amp=off", "trainer.channels_last=false",
+                      f"trainer.resume={tmp_path}/a/last.pt"),
+              tmp_path / "c")
