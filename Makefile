@@ -21,12 +21,12 @@ install: $(STAMP)
 train: $(STAMP)
 	$(PY) -m archsearch.train $(ARGS)
 
-## the fast suite (CPU, synthetic data); slow tests: make test-all
+## the fast suite (CPU, synthetic data), one pytest worker per core; slow tests too: make test-all
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -n auto --dist worksteal -m "not slow" $(ARGS)
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n auto --dist worksteal $(ARGS)
 
 validate: $(STAMP)
 	$(PY) -m archsearch.validate $(ARGS)

@@ -375,7 +375,7 @@ x, y = synthetic(%d, seed=0)
 mean, std = _stats(x)
 s = Splits(x, y, x[:1000], y[:1000], x[:1000], y[:1000], tuple(f"c{i}" for i in range(10)), mean, std)
 cfg = compose("config", ["tracking=none", "trainer.epochs=1", "trainer.progress=false", "trainer.checkpoint=false",
-                         "trainer.workers=%d", "trainer.tta=none"])
+                         "trainer.workers=%d", "trainer.tta=none", "trainer.batch_size=%d"])
 peak = {}
 def rss_tree():
     me = os.getpid()
@@ -415,7 +415,8 @@ print(json.dumps(peak))
 def part_memory(opts: dict, rows: list, notes: list) -> None:
     workers = int(opts.get("mem_workers", 2))
     n = int(opts.get("mem_images", 50_000))
-    p = subprocess.run([sys.executable, "-c", _MEM_CHILD % (n, workers)], capture_output=True, text=True,
+    batch = int(opts.get("batch", 128))
+    p = subprocess.run([sys.executable, "-c", _MEM_CHILD % (n, workers, batch)], capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=3600)
     if p.returncode:
         raise RuntimeError(p.stderr[-2000:])

@@ -4,6 +4,9 @@ import pytest
 
 # tests run on CPU with synthetic data only, and never need ../shared
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# one compute thread per test process: `make test` runs one pytest worker per core (pytest-xdist),
+# and the sweep tests' subprocesses inherit this too; more threads than cores only adds spinning
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # the precision probe's cache: one per test session (shared by its subprocesses), never the user's
 if "ARCHSEARCH_CACHE_DIR" not in os.environ:
     import tempfile

@@ -10,7 +10,7 @@ def test_bench_runs_all_parts_and_writes_the_table(tmp_path, capsys, monkeypatch
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "B.md"
     parts = "parts=train,breakdown,validator,sweep,memory"  # compile (minutes of C++ builds) is left to the real bench
-    code = main([parts, "images=96", "reps=1", "batch=32", "trials=3", "mem_images=256", "mem_workers=1",
+    code = main([parts, "images=96", "reps=1", "batch=32", "trials=2", "mem_images=256", "mem_workers=1",
                  f"out={out}"])
     assert code == 0
     text = out.read_text()

@@ -8,11 +8,16 @@ import sys
 import time
 from pathlib import Path
 
-TINY = ["data.n_train=384", "data.n_test=64", "data.val_size=96", "hydra.sweeper.sampler.n_startup_trials=100"]
+TINY = ["data.n_train=384", "data.n_test=64", "data.val_size=96", "hydra.sweeper.sampler.n_startup_trials=100",
+        # dilated_sep at a quarter of its width (wide 32: 39,224 params; wide 72: 165,624, over this budget)
+        "model.narrow=8", "budget.max_params=100000"]
+# the precision probe is exercised by the smoke test; elsewhere a fixed setting saves its seconds
+FIXED = ["trainer.amp=off", "trainer.channels_last=true"]
 
 
-def sweep(cwd, *args, sweep_dir="multirun/s", check=True, background=False):
-    cmd = [sys.executable, "-m", "archsearch.train", "-m", "sweep=smoke", *TINY, f"hydra.sweep.dir={sweep_dir}", *args]
+def sweep(cwd, *args, sweep_dir="multirun/s", check=True, background=False, probe=False):
+    cmd = [sys.executable, "-m", "archsearch.train", "-m", "sweep=smoke", *TINY, *([] if probe else FIXED),
+           f"hydra.sweep.dir={sweep_dir}", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if background:
         return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -48,7 +53,7 @@ def test_smoke_sweep_rejects_fails_prunes_and_logs_parent_child(tmp_path):
     st.enqueue_trial({**space, "optim.lr": 1e-7})                    # 3: hopeless -> pruned
     p = sweep(tmp_path, "model.wide=choice(32,48,72)", "optim.lr=choice(0.05,1e12,1e-7)",
               "hydra.sweeper.n_trials=5", "trainer.epochs=3",
-              "hydra.sweeper.pruner={name:median,n_startup_trials:1,n_warmup_steps:0}")
+              "hydra.sweeper.pruner={name:median,n_startup_trials:1,n_warmup_steps:0}", probe=True)
     s = states(study(tmp_path))
     assert s[0] == "COMPLETE" and s[1] == "REJECTED" and s[2] == "FAIL" and s[3] == "PRUNED"
     trained = [n for n, v in s.items() if v in ("COMPLETE", "PRUNED", "FAIL")]
@@ -58,7 +63,7 @@ def test_smoke_sweep_rejects_fails_prunes_and_logs_parent_child(tmp_path):
     assert 1 not in jobs and {0, 2, 3} <= jobs
     t1 = study(tmp_path).trials[1]
     assert not t1.intermediate_values and t1.constraints["budget"] > 0
-    assert "params 220,128 exceed max_params 200,000" in t1.user_attrs["reasons"][0]
+    assert "params 165,624 exceed max_params 100,000" in t1.user_attrs["reasons"][0]
     t3 = study(tmp_path).trials[3]
     assert len(t3.intermediate_values) < 3  # stopped before its last epoch
     n_rej = sum(v == "REJECTED" for v in s.values())
@@ -73,7 +78,7 @@ def test_smoke_sweep_rejects_fails_prunes_and_logs_parent_child(tmp_path):
     assert len(children) == len(s)  # every trial, rejected ones included
     by_trial = {int(r["tags.trial_number"]): r for _, r in children.iterrows()}
     assert by_trial[0]["tags.state"] == "COMPLETE" and by_trial[0].status == "FINISHED"
-    assert by_trial[1]["tags.state"] == "REJECTED" and by_trial[1]["params.model.params"] == "220128"
+    assert by_trial[1]["tags.state"] == "REJECTED" and by_trial[1]["params.model.params"] == "165624"
     assert "exceed max_params" in by_trial[1]["tags.reasons"]
     assert by_trial[2]["tags.state"] == "FAIL" and by_trial[2].status == "FAILED"
     assert by_trial[3]["tags.state"] == "PRUNED"
@@ -82,6 +87,10 @@ def test_smoke_sweep_rejects_fails_prunes_and_logs_parent_child(tmp_path):
     assert parents["metrics.n_failed"].iloc[0] == sum(v == "FAIL" for v in s.values())
     client = mlflow.tracking.MlflowClient()
     assert {"leaderboard.csv", "pareto.png"} <= {a.path for a in client.list_artifacts(pid)}
+    # trainer.amp=auto: the first trial of an architecture probes, later ones read the cache
+    trained_runs = [by_trial[n] for n in sorted(by_trial) if by_trial[n]["tags.state"] != "REJECTED"]
+    sources = [r["tags.precision.source"] for r in trained_runs]
+    assert sources[0] == "probe" and "cache" in sources and all(r["tags.precision.why"] for r in trained_runs)
 
     # the report reads the same study back
     r = subprocess.run([sys.executable, "-m", "archsearch.report", "sweep=smoke"], cwd=tmp_path,
@@ -90,17 +99,15 @@ def test_smoke_sweep_rejects_fails_prunes_and_logs_parent_child(tmp_path):
     assert "REJECTED" in r.stdout and "PRUNED" in r.stdout and "epochs saved by pruning" in r.stdout
     assert (tmp_path / "outputs" / "reports" / "smoke" / "pareto.png").exists()
 
-
-def test_rerun_continues_to_n_trials_without_rerunning(tmp_path):
-    sweep(tmp_path, "hydra.sweeper.n_trials=2", "trainer.epochs=1")
+    # the same command again continues the study to n_trials: nothing left to run, finished trials kept
     first = {t.number: t.datetime_complete for t in study(tmp_path).trials}
-    p = sweep(tmp_path, "hydra.sweeper.n_trials=2", "trainer.epochs=1", sweep_dir="multirun/s2")
-    assert "2/2 trained trials so far" in p.stdout + p.stderr
+    same_space = ["model.wide=choice(32,48,72)", "optim.lr=choice(0.05,1e12,1e-7)"]
+    p = sweep(tmp_path, *same_space, "hydra.sweeper.n_trials=5", "trainer.epochs=1", sweep_dir="multirun/s2")
+    assert "5/5 trained trials so far" in p.stdout + p.stderr
     assert not (tmp_path / "multirun" / "s2").exists() or not any((tmp_path / "multirun" / "s2").glob("[0-9]*"))
-    sweep(tmp_path, "hydra.sweeper.n_trials=3", "trainer.epochs=1", sweep_dir="multirun/s3")
+    sweep(tmp_path, *same_space, "hydra.sweeper.n_trials=6", "trainer.epochs=1", sweep_dir="multirun/s3")
     after = {t.number: t.datetime_complete for t in study(tmp_path).trials}
-    trained = [n for n, v in states(study(tmp_path)).items() if v in ("COMPLETE", "PRUNED", "FAIL")]
-    assert len(trained) == 3
+    assert sum(v in ("COMPLETE", "PRUNED", "FAIL") for v in states(study(tmp_path)).values()) == 6
     assert all(after[n] == first[n] for n in first)  # completed trials never re-run
 
 
@@ -160,7 +167,8 @@ def test_plain_multirun_groups_jobs_under_one_parent(tmp_path):
     import mlflow
 
     cmd = [sys.executable, "-m", "archsearch.train", "-m", "data=synthetic", *TINY[:3], "trainer.epochs=1",
-           "trainer.progress=false", "trainer.workers=0", "model=dilated_sep,too_wide", "hydra.sweep.dir=multirun/p"]
+           "trainer.progress=false", "trainer.workers=0", *FIXED, "model=dilated_sep,too_wide",
+           "hydra.sweep.dir=multirun/p"]
     p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]

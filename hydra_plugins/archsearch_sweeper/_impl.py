@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from archsearch.study import TRAINED
 
@@ -114,6 +114,7 @@ class SweeperImpl:
 
         self.hydra_context = hydra_context
         self.config = config
+        self.task_function = task_function
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
 
@@ -138,6 +139,28 @@ class SweeperImpl:
 
     def _compose(self, overrides: list[str]):
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+
+    def _launch(self, cfg, overrides: list[str], idx: int):
+        """Run one trial's job -> Hydra's JobReturn. With Hydra's basic (in-process) launcher the
+        job runs on the config the budget gate already composed: composing is the largest part
+        of a trial's overhead, and this saves the second one. Any other launcher (submitit,
+        joblib, ...) gets the overrides and composes on its side."""
+        from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+        from hydra.core.utils import configure_log, run_job, setup_globals
+
+        if not isinstance(self.launcher, BasicLauncher):
+            return self.launcher.launch([overrides], initial_job_idx=idx)[0]
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        log.info("trial %d: launching in this process: %s", idx, " ".join(overrides))
+        with open_dict(cfg):
+            cfg.hydra.job.id = idx
+            cfg.hydra.job.num = idx
+        ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
+                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return ret
 
     def _worst(self, direction: str, name: str, report) -> float:
         if name in MEASURED and report is not None:
@@ -311,7 +334,8 @@ class SweeperImpl:
                 study.tell(trial, state=TrialState.FAIL)
                 raise
             overrides = base + [f"{k}={_fmt(v)}" for k, v in values.items()]
-            report, reasons = None, []
+            overrides += TrialRef(self.study_name, url, trial.number, trial._trial_id, parent).overrides(_fmt)
+            report, reasons, cfg = None, [], None
             try:
                 cfg = self._compose(overrides)
                 spec, report = gate(cfg)
@@ -346,11 +370,10 @@ class SweeperImpl:
             trial.set_user_attr("model.params", report.params)
             trial.set_user_attr("model.rf", report.rf)
             trial.set_user_attr("model.macs", report.macs)
-            coords = TrialRef(self.study_name, url, trial.number, trial._trial_id, parent).overrides(_fmt)
             t0 = time.time()
             hb = _Heartbeat(storage, trial._trial_id)
             try:
-                ret = self.launcher.launch([overrides + coords], initial_job_idx=trial.number)[0]
+                ret = self._launch(cfg, overrides, trial.number)
             finally:
                 hb.stop()
             dur = time.time() - t0
