@@ -8,6 +8,11 @@ Receptive field (per axis), with effective kernel ``k_eff = d*(k-1)+1``::
 
 The model's RF is the RF of the **last spatial feature map before global pooling**
 (counting GAP as covering the whole image would let every network pass).
+
+Blocks (residual, branches) run their paths from the same input; where the paths merge
+they must agree on H, W (``add``: and C) and on their jump; the merged map's RF is the
+**maximum** over the paths (a shortcut is a path; identity leaves the RF as it was);
+params and MACs add up over the paths.
 Parameters include BatchNorm's weight and bias (2 per channel) as torch counts them;
 MACs count conv / linear multiply-accumulates (BN, activations and pooling excluded).
 Pure Python: no torch import.
@@ -19,7 +24,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .ops import OPS, OpError
-from .spec import LayerSpec, ModelSpec, SpecError
+from .spec import BlockSpec, LayerSpec, ModelSpec, SpecError, walk
 
 __all__ = ["LayerReport", "Report", "analyze", "receptive_field"]
 
@@ -28,14 +33,20 @@ class LayerReport(NamedTuple):
     index: int
     path: str
     op: str
-    layer: LayerSpec
+    layer: LayerSpec | BlockSpec
     in_shape: tuple[int, int, int]
     out_shape: tuple[int, int, int]
-    params: int
+    params: int  # a block's: the sum over its paths
     macs: int
     rf: int  # receptive field of this layer's output (per axis, pixels of the input)
     jump: int  # distance in input pixels between adjacent outputs (cumulative stride)
     spatial: bool  # False once pooled to a vector
+    depth: int = 0  # nesting level (0: an entry of the model's layer list)
+    children: tuple = ()  # a block's rows, one tuple per path
+
+    @property
+    def is_block(self) -> bool:
+        return isinstance(self.layer, BlockSpec)
 
     @property
     def desc(self) -> str:
@@ -43,43 +54,54 @@ class LayerReport(NamedTuple):
         return self.layer.describe()
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "index": self.index, "path": self.path, "op": self.op, "desc": self.desc,
             "in_shape": list(self.in_shape), "out_shape": list(self.out_shape),
             "params": self.params, "macs": self.macs, "rf": self.rf, "jump": self.jump,
             "spatial": self.spatial,
         }
+        if self.is_block:
+            d["merge"] = self.layer.merge
+            d["paths"] = [[r.to_dict() for r in p] for p in self.children]
+        return d
 
 
 @dataclass(frozen=True)
 class Report:
     spec: ModelSpec
-    layers: tuple[LayerReport, ...]
+    layers: tuple[LayerReport, ...]  # every row, blocks and their insides, in reading order
     params: int
     macs: int
     rf: int  # RF of the last spatial map before global pooling
     out_shape: tuple[int, int, int]
+    top: tuple[LayerReport, ...] = ()  # the rows of the model's own list (blocks hold their children)
+
+    @property
+    def leaves(self) -> tuple[LayerReport, ...]:
+        """The rows of layers (not blocks), inside blocks too: what the budget's rules look at."""
+        return tuple(r for r in self.layers if not r.is_block)
 
     @property
     def n_maxpool(self) -> int:
-        return sum(1 for l in self.spec.layers if l.op == "maxpool")
+        return sum(1 for r in self.leaves if r.op == "maxpool")
 
     @property
     def n_separable(self) -> int:
         """sepconv layers, plus convs that are depthwise (groups == in channels > 1)."""
         n = 0
-        for l, r in zip(self.spec.layers, self.layers):
-            if l.op == "sepconv" or (l.op == "conv" and l.args["groups"] > 1 and l.args["groups"] == r.in_shape[0]):
+        for r in self.leaves:
+            a = r.layer.args
+            if r.op == "sepconv" or (r.op == "conv" and a["groups"] > 1 and a["groups"] == r.in_shape[0]):
                 n += 1
         return n
 
     @property
     def n_dilated(self) -> int:
-        return sum(1 for l in self.spec.layers if l.op in ("conv", "sepconv") and l.args["d"] > 1)
+        return sum(1 for r in self.leaves if r.op in ("conv", "sepconv") and r.layer.args["d"] > 1)
 
     @property
     def has_gap(self) -> bool:
-        return any(l.op == "gap" for l in self.spec.layers)
+        return any(l.op == "gap" for l in walk(self.spec.layers))
 
     def to_dict(self) -> dict:
         return {
@@ -90,48 +112,104 @@ class Report:
             "macs": self.macs,
             "rf": self.rf,
             "out_shape": list(self.out_shape),
-            "layers": [l.to_dict() for l in self.layers],
+            "layers": [l.to_dict() for l in (self.top or self.layers)],
         }
 
 
+class _State(NamedTuple):
+    shape: tuple[int, int, int]
+    rf: int
+    jump: int
+    spatial: bool
+    rf_before_pool: int | None
+
+
+def _layer(layer: LayerSpec, st: _State, depth: int) -> tuple[LayerReport, _State]:
+    try:
+        step = OPS[layer.op].analyze(layer.args, st.shape)
+    except OpError as e:
+        raise SpecError(f"{layer.path}.{e.field}" if e.field else layer.path, e.message) from None
+    params = step.params + (2 * step.out[0] if layer.bn else 0)
+    rf, jump, before = st.rf, st.jump, st.rf_before_pool
+    if st.spatial and not step.spatial:
+        before = rf
+    if step.spatial and st.spatial:
+        rf += (step.k_eff - 1) * jump
+        jump *= step.stride
+    spatial = st.spatial and step.spatial
+    row = LayerReport(layer.index, layer.path, layer.op, layer, st.shape, step.out, params, step.macs, rf, jump,
+                      spatial, depth)
+    return row, _State(step.out, rf, jump, spatial, before)
+
+
+def _merge(block: BlockSpec, ends: list[_State]) -> tuple[int, int, int]:
+    """The merged map's shape; paths that cannot merge -> SpecError naming the block and both shapes."""
+    names = block.path_names
+    first = ends[0]
+    for name, e in zip(names[1:], ends[1:]):
+        a, b = "x".join(map(str, first.shape)), "x".join(map(str, e.shape))
+        if not (first.spatial and e.spatial):
+            raise SpecError(block.path, "gap/linear cannot sit inside a block: its paths must end in spatial maps")
+        same = first.shape == e.shape if block.merge == "add" else first.shape[1:] == e.shape[1:]
+        if not same:
+            need = "C, H and W" if block.merge == "add" else "H and W"
+            raise SpecError(block.path, f"{block.merge} needs the same {need} on every path: {names[0]} gives {a}, "
+                                        f"{name} gives {b}")
+        if e.jump != first.jump:
+            raise SpecError(block.path, f"the paths stride differently ({names[0]} jump {first.jump}, {name} jump "
+                                        f"{e.jump}); strides must agree where paths merge")
+    c = sum(e.shape[0] for e in ends) if block.merge == "concat" else first.shape[0]
+    return (c, *first.shape[1:])
+
+
+def _block(block: BlockSpec, st: _State, depth: int) -> tuple[list[LayerReport], _State]:
+    if not st.spatial:
+        raise SpecError(block.path, f"{block.op} needs a spatial input; it comes after global pooling here")
+    children, ends = [], []
+    for p in block.paths:
+        rows, end = _walk(p, st, depth + 1)
+        children.append(tuple(rows))
+        ends.append(end)
+    shape = _merge(block, ends)
+    nested = [r for rows in children for r in rows]
+    top_rows = [r for rows in children for r in rows if r.depth == depth + 1]
+    params, macs = sum(r.params for r in top_rows), sum(r.macs for r in top_rows)
+    rf, jump = max(e.rf for e in ends), ends[0].jump
+    row = LayerReport(block.index, block.path, block.op, block, st.shape, shape, params, macs, rf, jump, True,
+                      depth, tuple(tuple(r for r in rows if r.depth == depth + 1) for rows in children))
+    return [row, *nested], _State(shape, rf, jump, True, st.rf_before_pool)
+
+
+def _walk(nodes, st: _State, depth: int) -> tuple[list[LayerReport], _State]:
+    rows: list[LayerReport] = []
+    for node in nodes:
+        if isinstance(node, BlockSpec):
+            more, st = _block(node, st, depth)
+            rows.extend(more)
+        else:
+            row, st = _layer(node, st, depth)
+            rows.append(row)
+    return rows, st
+
+
 def analyze(spec: ModelSpec) -> Report:
-    """Walk the layers; raise :class:`SpecError` (with the layer's path) on impossible shapes."""
-    shape = spec.input_shape
-    rf, jump, spatial = 1, 1, True
-    rf_before_pool = None
-    total_p = total_m = 0
-    out = []
-    for layer in spec.layers:
-        od = OPS[layer.op]
-        try:
-            step = od.analyze(layer.args, shape)
-        except OpError as e:
-            raise SpecError(f"{layer.path}.{e.field}" if e.field else layer.path, e.message) from None
-        params = step.params + (2 * step.out[0] if layer.bn else 0)
-        if spatial and not step.spatial:
-            rf_before_pool = rf
-        if step.spatial and spatial:
-            rf += (step.k_eff - 1) * jump
-            jump *= step.stride
-        spatial = spatial and step.spatial
-        out.append(LayerReport(layer.index, layer.path, layer.op, layer, shape, step.out,
-                               params, step.macs, rf, jump, spatial))
-        total_p += params
-        total_m += step.macs
-        shape = step.out
+    """Walk the layers and blocks; raise :class:`SpecError` (with the YAML path) on impossible shapes."""
+    rows, end = _walk(spec.layers, _State(spec.input_shape, 1, 1, True, None), 0)
+    shape = end.shape
     if shape[1:] != (1, 1):
         c, h, w = shape
         raise SpecError(
-            f"model.layers[{len(spec.layers) - 1}]",
+            spec.layers[-1].path,
             f"the model ends with a {c}x{h}x{w} map, not a vector of class scores; "
             "end with gap (global average pooling) or reduce the map to 1x1",
         )
     if shape[0] != spec.num_classes:
-        with_out = [l for l in spec.layers if "out" in l.args]
+        with_out = [l for l in walk(spec.layers) if "out" in l.args]
         where = f"{with_out[-1].path}.out" if with_out else spec.layers[-1].path
         raise SpecError(where, f"the model outputs {shape[0]} classes but model.num_classes is {spec.num_classes}")
-    model_rf = rf_before_pool if rf_before_pool is not None else rf
-    return Report(spec, tuple(out), total_p, total_m, model_rf, shape)
+    top = tuple(r for r in rows if r.depth == 0)
+    model_rf = end.rf_before_pool if end.rf_before_pool is not None else end.rf
+    return Report(spec, tuple(rows), sum(r.params for r in top), sum(r.macs for r in top), model_rf, shape, top)
 
 
 def receptive_field(spec: ModelSpec) -> int:

@@ -2,35 +2,72 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from .analysis import analyze
+from .analysis import LayerReport, analyze
 from .ops import ACTIVATIONS, OPS
 from .spec import ModelSpec
 
-__all__ = ["Net", "build_model"]
+__all__ = ["Merge", "Net", "build_model"]
+
+
+class Merge(nn.Module):
+    """Parallel paths from one input (an empty path is the identity), added or concatenated,
+    then an optional activation: a residual block or a branches block."""
+
+    def __init__(self, paths: list[nn.Module], merge: str, act: nn.Module | None):
+        super().__init__()
+        self.paths = nn.ModuleList(paths)
+        self.merge = merge
+        self.act = act if act is not None else nn.Identity()
+
+    def forward(self, x):
+        outs = [p(x) for p in self.paths]
+        if self.merge == "add":
+            y = outs[0]
+            for o in outs[1:]:
+                y = y + o
+        else:
+            y = torch.cat(outs, dim=1)
+        return self.act(y)
+
+
+def _act(name: str) -> nn.Module | None:
+    cls = ACTIVATIONS[name]
+    return getattr(nn, cls)() if cls else None
 
 
 class Net(nn.Module):
-    """``features`` (one ``nn.Sequential`` per spec layer, named ``layer{i}``) then flatten."""
+    """``features`` (one module per entry of the model's layer list: an ``nn.Sequential`` of op
+    and extras for a layer, a :class:`Merge` for a block) then flatten. ``modules_by_path``
+    maps every analysis row's YAML path to the module that computes it."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
         report = analyze(spec)  # raises SpecError before any module exists
         self.spec = spec
-        blocks = []
-        for layer, lr in zip(spec.layers, report.layers):
-            cin, cout = lr.in_shape[0], lr.out_shape[0]
-            parts = {"op": OPS[layer.op].build(dict(layer.args), cin)}
-            parts["bn"] = [nn.BatchNorm2d(cout)] if layer.bn else []
-            act = ACTIVATIONS[layer.act]
-            parts["act"] = [getattr(nn, act)()] if act else []
-            parts["dropout"] = [nn.Dropout(layer.dropout)] if layer.dropout > 0 else []
-            mods = [m for key in spec.order for m in parts[key]]
-            blocks.append(nn.Sequential(*mods))
-        self.features = nn.Sequential(*blocks)
-        # index of the last layer whose output is still a spatial map (for RF checks)
-        self.last_spatial = max((i for i, lr in enumerate(report.layers) if lr.spatial), default=-1)
+        self._by_path: dict[str, nn.Module] = {}
+        self.features = nn.Sequential(*[self._node(r) for r in report.top])
+        # index of the last top-level entry whose output is still a spatial map (for RF checks)
+        self.last_spatial = max((i for i, lr in enumerate(report.top) if lr.spatial), default=-1)
+
+    def _node(self, row: LayerReport) -> nn.Module:
+        if row.is_block:
+            paths = [nn.Sequential(*[self._node(r) for r in rows]) for rows in row.children]
+            mod: nn.Module = Merge(paths, row.layer.merge, _act(row.layer.act))
+        else:
+            layer, cout = row.layer, row.out_shape[0]
+            parts = {"op": OPS[layer.op].build(dict(layer.args), row.in_shape[0]),
+                     "bn": [nn.BatchNorm2d(cout)] if layer.bn else [],
+                     "act": [a] if (a := _act(layer.act)) else [],
+                     "dropout": [nn.Dropout(layer.dropout)] if layer.dropout > 0 else []}
+            mod = nn.Sequential(*[m for key in self.spec.order for m in parts[key]])
+        self._by_path[row.path] = mod
+        return mod
+
+    def modules_by_path(self) -> dict[str, nn.Module]:
+        return dict(self._by_path)
 
     def forward(self, x):
         return self.features(x).flatten(1)

@@ -26,12 +26,15 @@ def _shape(s) -> str:
 
 def format_table(report: Report, budget: Budget, violations: list[Violation]) -> str:
     spec = report.spec
-    rows = [("#", "op", "details", "output", "params", "MACs", "RF", "jump")]
-    for l in report.layers:
-        rows.append((str(l.index), l.op, l.desc, _shape(l.out_shape), f"{l.params:,}", f"{l.macs:,}",
+    rows = [("path", "op", "details", "output", "params", "MACs", "RF", "jump")]
+    for l in report.layers:  # a block's row, then its paths' rows indented under it
+        path = "  " * l.depth + l.path.removeprefix("model.")
+        params = f"({l.params:,})" if l.is_block else f"{l.params:,}"  # a block's: the sum of its rows
+        macs = f"({l.macs:,})" if l.is_block else f"{l.macs:,}"
+        rows.append((path, l.op, l.desc, _shape(l.out_shape), params, macs,
                      str(l.rf) if l.spatial else "-", str(l.jump) if l.spatial else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    right = {4, 5, 6, 7, 0}
+    right = {4, 5, 6, 7}
     lines = [f"{spec.name}: input {_shape(spec.input_shape)}, {spec.num_classes} classes, order {'->'.join(spec.order)}"]
     for j, r in enumerate(rows):
         lines.append("  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())

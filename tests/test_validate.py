@@ -12,7 +12,7 @@ def test_dilated_sep_passes_with_a_table(run_validate):
     assert code == 0
     assert "total: 181,984 params" in out and "receptive field 61" in out
     assert "OK dilated_sep" in out
-    assert len([l for l in out.splitlines() if l.strip()[:2].strip().isdigit()]) == 13  # one row per layer
+    assert len([l for l in out.splitlines() if l.startswith("layers[")]) == 13  # one row per layer, by YAML path
 
 
 def test_too_wide_is_rejected_with_measured_value_and_limit(run_validate):
@@ -41,7 +41,8 @@ def test_json_format(run_validate):
 
 BAD = [
     ("unknown op", ["model.layers.7.op=sepcov"],
-     "model.layers[7].op: unknown op 'sepcov'; choose one of conv, sepconv, maxpool, gap, linear"),
+     "model.layers[7].op: unknown op 'sepcov'; choose one of conv, sepconv, maxpool, gap, linear, residual, "
+     "branches, repeat"),
     ("non-positive kernel", ["model.layers.7.k=0"], "model.layers[7].k: must be a positive int, got 0"),
     ("wrong type", ["model.layers.0.out='wide'"], "model.layers[0].out: must be a positive int, got 'wide'"),
     ("missing field", ["~model.layers.4.out"], "model.layers[4].out: missing (required by op 'conv')"),
@@ -57,7 +58,7 @@ BAD = [
     ("unknown model field", ["+model.widht=3"], "model.widht: unknown field"),
     ("bad budget", ["budget.max_params=lots"], "budget.max_params: must be a non-negative int"),
     ("bad format", ["format=xml"], "format: unknown format 'xml'; choose one of table, json"),
-    ("unknown model", ["model=nonexistent"], "model: no config 'nonexistent'; available: compact, dilated_sep"),
+    ("unknown model", ["model=nonexistent"], "model: no config 'nonexistent'; available: branchy, compact, dilated_sep"),
     ("bad override key", ["model.layers.99.d=1"], "Error merging override model.layers.99.d=1; list index out of range"),
     ("field not in the yaml needs +", ["model.layers.0.d=2"], "use +model.layers.0.d=2"),
 ]
