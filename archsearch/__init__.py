@@ -11,10 +11,10 @@ training on CIFAR-10 with albumentations, Optuna sweeps and MLflow tracking.
 from .analysis import LayerReport, Report, analyze, receptive_field
 from .budget import Budget, Violation, check, parse_budget
 from .config import load_budget, load_spec, spec_from_cfg
-from .spec import LayerSpec, ModelSpec, SpecError, parse_spec, spec_hash
+from .spec import BlockSpec, LayerSpec, ModelSpec, SpecError, parse_spec, spec_hash
 
 __all__ = [
-    "Budget", "LayerReport", "LayerSpec", "ModelSpec", "Report", "SpecError", "Violation",
+    "BlockSpec", "Budget", "LayerReport", "LayerSpec", "ModelSpec", "Report", "SpecError", "Violation",
     "analyze", "build_model", "check", "load_budget", "load_spec", "parse_budget", "parse_spec",
     "fit", "receptive_field", "spec_from_cfg", "spec_hash",
 ]

@@ -13,7 +13,8 @@ from typing import Any
 
 from .spec import ModelSpec, SpecError, parse_spec
 
-__all__ = ["CONF_DIR", "ConfigError", "available", "compose", "load_spec", "spec_from_cfg"]
+__all__ = ["CONF_DIR", "ConfigError", "available", "check_choices", "compose", "load_spec", "search_dirs",
+           "spec_from_cfg"]
 
 CONF_DIR = Path(os.environ.get("ARCHSEARCH_CONF", Path(__file__).resolve().parent.parent / "conf"))
 
@@ -22,31 +23,78 @@ class ConfigError(ValueError):
     """A user mistake in overrides or config choices; ``str()`` is one line."""
 
 
-def available(group: str) -> list[str]:
-    d = CONF_DIR / group
-    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+def search_dirs(overrides: Sequence[str] = ()) -> list[Path]:
+    """Where config groups are looked up: the user's own folders first (the override
+    ``hydra.searchpath=[file:///path/to/conf]``, Hydra's own setting, which ``train`` and the
+    sweeper honour natively), then archsearch's ``conf/``."""
+    dirs: list[Path] = []
+    for ov in overrides:
+        key, _, value = ov.lstrip("+~").partition("=")
+        if key != "hydra.searchpath":
+            continue
+        for item in value.strip().strip("[]").split(","):
+            item = item.strip().strip("'\"")
+            if item.startswith("file://"):
+                item = item[len("file://"):]
+            if item and not item.startswith("pkg://"):
+                d = Path(item).expanduser()
+                if not d.is_dir():
+                    raise ConfigError(f"hydra.searchpath: {item} is not a folder (expected file:///path/to/conf "
+                                      "holding model/, sweep/, ... subfolders)")
+                dirs.append(d)
+    return [*dirs, CONF_DIR]
 
 
-def _groups() -> list[str]:
-    return sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+def available(group: str, dirs: Sequence[Path] | None = None) -> list[str]:
+    found = set()
+    for base in dirs or [CONF_DIR]:
+        d = base / group
+        if d.is_dir():
+            found.update(p.stem for p in d.glob("*.yaml"))
+    return sorted(found)
+
+
+def config_file(group: str, option: str, dirs: Sequence[Path] | None = None) -> Path | None:
+    """The file Hydra will read for ``group=option`` (the first folder of the search path that has it)."""
+    for base in dirs or [CONF_DIR]:
+        f = base / group / f"{option}.yaml"
+        if f.is_file():
+            return f
+    return None
+
+
+def _groups(dirs: Sequence[Path] | None = None) -> list[str]:
+    return sorted({p.name for base in dirs or [CONF_DIR] if base.is_dir() for p in base.iterdir() if p.is_dir()})
 
 
 _GROUP_CHOICE = re.compile(r"^([a-z_]+)=([^=]*)$")
+_SWEEPS = ("choice(", "range(", "interval(", "tag(", "glob(")
 
 
-def check_choices(overrides: Sequence[str]) -> None:
-    """``model=nonexistent`` -> ConfigError listing the available options (before Hydra's own)."""
-    groups = set(_groups())
+def group_choices(overrides: Sequence[str], dirs: Sequence[Path] | None = None) -> list[tuple[str, str]]:
+    """The ``group=option`` choices an override list makes (each option of a multirun list)."""
+    groups = set(_groups(dirs))
+    out = []
     for ov in overrides:
         m = _GROUP_CHOICE.match(ov.lstrip("+~"))
         if not m or m.group(1) not in groups:
             continue
         group, value = m.groups()
-        opts = available(group)
-        for v in value.split(","):  # multirun lists
-            v = v.strip()
-            if v and not v.startswith(("choice(", "range(", "interval(", "tag(", "glob(")) and v not in opts:
-                raise ConfigError(f"{group}: no config {v!r}; available: {', '.join(opts)}")
+        out += [(group, v.strip()) for v in value.split(",") if v.strip() and not v.strip().startswith(_SWEEPS)]
+    return out
+
+
+def check_choices(overrides: Sequence[str], config_name: str = "config") -> None:
+    """``model=nonexistent`` -> ConfigError listing the available options (before Hydra's own);
+    a chosen file that is not well-formed YAML -> ConfigError naming the file, line and column."""
+    from .yamlcheck import check_config_files
+
+    dirs = search_dirs(overrides)
+    for group, v in group_choices(overrides, dirs):
+        opts = available(group, dirs)
+        if v not in opts:
+            raise ConfigError(f"{group}: no config {v!r}; available: {', '.join(opts)}")
+    check_config_files(overrides, dirs, config_name)
 
 
 def compose_with_hydra(config_name: str, overrides: Sequence[str] = ()) -> Any:
@@ -62,7 +110,7 @@ def compose(config_name: str, overrides: Sequence[str] = (), return_hydra_config
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    check_choices(overrides)
+    check_choices(overrides, config_name)
     gh = GlobalHydra.instance()
     was = gh.is_initialized()
     try:

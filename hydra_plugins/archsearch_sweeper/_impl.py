@@ -138,6 +138,9 @@ class SweeperImpl:
         return dirs
 
     def _compose(self, overrides: list[str]):
+        from archsearch.config import check_choices
+
+        check_choices(overrides)  # a candidate's model file that Hydra's loader would choke on: one line
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
 
     def _launch(self, cfg, overrides: list[str], idx: int):
