@@ -43,10 +43,7 @@ class LayerReport(NamedTuple):
     spatial: bool  # False once pooled to a vector
     depth: int = 0  # nesting level (0: an entry of the model's layer list)
     children: tuple = ()  # a block's rows, one tuple per path
-
-    @property
-    def is_block(self) -> bool:
-        return isinstance(self.layer, BlockSpec)
+    is_block: bool = False
 
     @property
     def desc(self) -> str:
@@ -75,11 +72,7 @@ class Report:
     rf: int  # RF of the last spatial map before global pooling
     out_shape: tuple[int, int, int]
     top: tuple[LayerReport, ...] = ()  # the rows of the model's own list (blocks hold their children)
-
-    @property
-    def leaves(self) -> tuple[LayerReport, ...]:
-        """The rows of layers (not blocks), inside blocks too: what the budget's rules look at."""
-        return tuple(r for r in self.layers if not r.is_block)
+    leaves: tuple[LayerReport, ...] = ()  # the rows of layers (not blocks), inside blocks too: what the rules see
 
     @property
     def n_maxpool(self) -> int:
@@ -101,7 +94,7 @@ class Report:
 
     @property
     def has_gap(self) -> bool:
-        return any(l.op == "gap" for l in walk(self.spec.layers))
+        return any(r.op == "gap" for r in self.leaves)
 
     def to_dict(self) -> dict:
         return {
@@ -122,24 +115,6 @@ class _State(NamedTuple):
     jump: int
     spatial: bool
     rf_before_pool: int | None
-
-
-def _layer(layer: LayerSpec, st: _State, depth: int) -> tuple[LayerReport, _State]:
-    try:
-        step = OPS[layer.op].analyze(layer.args, st.shape)
-    except OpError as e:
-        raise SpecError(f"{layer.path}.{e.field}" if e.field else layer.path, e.message) from None
-    params = step.params + (2 * step.out[0] if layer.bn else 0)
-    rf, jump, before = st.rf, st.jump, st.rf_before_pool
-    if st.spatial and not step.spatial:
-        before = rf
-    if step.spatial and st.spatial:
-        rf += (step.k_eff - 1) * jump
-        jump *= step.stride
-    spatial = st.spatial and step.spatial
-    row = LayerReport(layer.index, layer.path, layer.op, layer, st.shape, step.out, params, step.macs, rf, jump,
-                      spatial, depth)
-    return row, _State(step.out, rf, jump, spatial, before)
 
 
 def _merge(block: BlockSpec, ends: list[_State]) -> tuple[int, int, int]:
@@ -176,20 +151,36 @@ def _block(block: BlockSpec, st: _State, depth: int) -> tuple[list[LayerReport],
     params, macs = sum(r.params for r in top_rows), sum(r.macs for r in top_rows)
     rf, jump = max(e.rf for e in ends), ends[0].jump
     row = LayerReport(block.index, block.path, block.op, block, st.shape, shape, params, macs, rf, jump, True,
-                      depth, tuple(tuple(r for r in rows if r.depth == depth + 1) for rows in children))
+                      depth, tuple(tuple(r for r in rows if r.depth == depth + 1) for rows in children), True)
     return [row, *nested], _State(shape, rf, jump, True, st.rf_before_pool)
 
 
 def _walk(nodes, st: _State, depth: int) -> tuple[list[LayerReport], _State]:
+    """Rows of ``nodes`` from state ``st``. Plain layers are handled inline (the validator's
+    speed is this loop's): one Step from the op's rule, one row."""
     rows: list[LayerReport] = []
+    shape, rf, jump, spatial, before = st
     for node in nodes:
         if isinstance(node, BlockSpec):
-            more, st = _block(node, st, depth)
+            more, (shape, rf, jump, spatial, before) = _block(node, _State(shape, rf, jump, spatial, before), depth)
             rows.extend(more)
-        else:
-            row, st = _layer(node, st, depth)
-            rows.append(row)
-    return rows, st
+            continue
+        try:
+            step = OPS[node.op].analyze(node.args, shape)
+        except OpError as e:
+            raise SpecError(f"{node.path}.{e.field}" if e.field else node.path, e.message) from None
+        out, k_eff, stride, step_spatial = step.out, step.k_eff, step.stride, step.spatial
+        params = step.params + (2 * out[0] if node.bn else 0)
+        if spatial:
+            if step_spatial:
+                rf += (k_eff - 1) * jump
+                jump *= stride
+            else:
+                before, spatial = rf, False
+        rows.append(LayerReport(node.index, node.where, node.op, node, shape, out, params, step.macs, rf, jump,
+                                spatial, depth, (), False))
+        shape = out
+    return rows, _State(shape, rf, jump, spatial, before)
 
 
 def analyze(spec: ModelSpec) -> Report:
@@ -209,7 +200,8 @@ def analyze(spec: ModelSpec) -> Report:
         raise SpecError(where, f"the model outputs {shape[0]} classes but model.num_classes is {spec.num_classes}")
     top = tuple(r for r in rows if r.depth == 0)
     model_rf = end.rf_before_pool if end.rf_before_pool is not None else end.rf
-    return Report(spec, tuple(rows), sum(r.params for r in top), sum(r.macs for r in top), model_rf, shape, top)
+    return Report(spec, tuple(rows), sum(r.params for r in top), sum(r.macs for r in top), model_rf, shape, top,
+                  tuple(r for r in rows if not r.is_block))
 
 
 def receptive_field(spec: ModelSpec) -> int:

@@ -10,6 +10,7 @@ Options (key=value):
   images       training images per measured epoch (default 4096)
   reps         measured repetitions after one warm-up (default 3)
   batch        batch size for both loops (default 128)
+  workers      DataLoader workers for both loops in part train (default auto, as training uses)
   trials       sweep part: trials in the overhead sweep (default 200)
   mem_images   memory part: training images (default 50000, CIFAR-10's size); mem_workers (default 2)
   out          where to write the table (default BENCHMARKS.md; out=- prints only)
@@ -133,12 +134,13 @@ def part_train(opts: dict, rows: list, notes: list) -> None:
     x, y = _images(opts)
     reps, batch = int(opts.get("reps", 3)), int(opts.get("batch", 128))
     device = pick_device("auto")
-    workers = _workers("auto", device)
+    workers = _workers(opts.get("workers", "auto"), device)
     mean, std = _stats(x)
     splits = Splits(x, y, x[:256], y[:256], x[:256], y[:256], tuple(f"c{i}" for i in range(10)), mean, std)
     # ours: the real loop; epoch 1 is the warm-up
     cfg = compose("config", ["model=dilated_sep", "tracking=none", f"trainer.epochs={reps + 1}",
                              f"trainer.batch_size={batch}", "trainer.progress=false", "trainer.checkpoint=false",
+                             f"trainer.workers={opts.get('workers', 'auto')}",
                              # every measured epoch does the full era_s9 work, as the reference does
                              "aug.cooldown_fraction=0", "trainer.tta=none"])
     with tempfile.TemporaryDirectory() as td:

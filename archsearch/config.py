@@ -80,7 +80,9 @@ def group_choices(overrides: Sequence[str], dirs: Sequence[Path] | None = None) 
         if not m or m.group(1) not in groups:
             continue
         group, value = m.groups()
-        out += [(group, v.strip()) for v in value.split(",") if v.strip() and not v.strip().startswith(_SWEEPS)]
+        if value.strip().startswith(_SWEEPS):
+            continue  # a sweep over options: each candidate is checked when the sweeper composes it
+        out += [(group, v.strip()) for v in value.split(",") if v.strip()]
     return out
 
 

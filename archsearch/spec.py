@@ -261,12 +261,12 @@ _BLOCK_FIELDS = {"residual": ("op", "body", "shortcut", "act"), "branches": ("op
                  "repeat": ("op", "times", "body")}
 
 
-def _parse_list(raw: Any, path: str, defaults: dict, depth: int, budget: _Budget, top: bool = False) -> tuple:
+def _parse_list(raw: Any, path: str, defaults: dict, depth: int, budget: _Budget) -> tuple:
     if raw is None or isinstance(raw, (str, Mapping)) or not hasattr(raw, "__iter__"):
         raise SpecError(path, f"must be a list of layers, got {_type_name(raw)}")
     out = []
     for i, item in enumerate(raw):
-        node = _parse_node(i, item, defaults, f"{path}[{i}]", "" if top else f"{path}[{i}]", depth, budget)
+        node = _parse_node(i, item, defaults, f"{path}[{i}]", f"{path}[{i}]", depth, budget)
         out.extend(node if isinstance(node, list) else [node])
     return tuple(out)
 
@@ -413,19 +413,17 @@ def _parse_layers(cfg: Mapping, defaults: dict) -> tuple:
         raise SpecError("model.layers", "missing; a model is a list of layers")
     if isinstance(layers_raw, (str, Mapping)) or not hasattr(layers_raw, "__iter__"):
         raise SpecError("model.layers", f"must be a list of layers, got {_type_name(layers_raw)}")
-    layers = _parse_list(layers_raw, "model.layers", defaults, 0, budget, top=True)
+    layers = _parse_list(layers_raw, "model.layers", defaults, 0, budget)
     if not layers:
         raise SpecError("model.layers", "empty model: add at least one layer")
-    if any(n.where for n in layers):  # repeats at the top level: number the expanded list
-        layers = tuple(_reindex(layers))
-    return layers
+    return tuple(_reindex(layers))  # repeats at the top level: number the expanded list
 
 
 def _reindex(nodes) -> list:
     """Top-level position numbers of an expanded list (each node keeps its YAML path)."""
     from dataclasses import replace
 
-    return [replace(n, index=k, where=n.where or n.path) for k, n in enumerate(nodes)]
+    return [replace(n, index=k) if n.index != k else n for k, n in enumerate(nodes)]
 
 
 def _plain(x: Any) -> Any:

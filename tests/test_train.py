@@ -122,7 +122,7 @@ def test_cli_malformed_spec_is_one_line_exit_2(tmp_path):
 def test_cli_unknown_model_lists_choices(tmp_path):
     p = subprocess.run([sys.executable, "-m", "archsearch.train", "model=nope"], capture_output=True, text=True,
                        cwd=tmp_path)
-    assert p.returncode == 2 and "model: no config 'nope'; available: compact, dilated_sep" in p.stderr
+    assert p.returncode == 2 and "model: no config 'nope'; available: branchy, compact, dilated_sep" in p.stderr
 
 
 def test_bad_augmentation_argument_names_transform_and_argument():

@@ -140,7 +140,9 @@ class SweeperImpl:
     def _compose(self, overrides: list[str]):
         from archsearch.config import check_choices
 
-        check_choices(overrides)  # a candidate's model file that Hydra's loader would choke on: one line
+        sp = [str(x) for x in (self.config.hydra.get("searchpath") or [])]
+        # a candidate's model file that Hydra's loader would choke on: one line, and a rejection
+        check_choices([*overrides, *([f"hydra.searchpath=[{','.join(sp)}]"] if sp else [])])
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
 
     def _launch(self, cfg, overrides: list[str], idx: int):
