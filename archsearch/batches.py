@@ -61,12 +61,16 @@ class EpochBatches:
 
 
 def worker_count(setting, device) -> int:
-    """``trainer.workers``: a number, or auto (1 on a small CPU box: the model needs the cores)."""
+    """``trainer.workers``: a number, or auto. On a CPU the model needs the cores: with 2 of them
+    a worker process costs the training step more than it saves (augmenting a batch takes
+    about 2% of a step), so auto augments in the training process there (docs/engine.md)."""
     if setting not in (None, "auto"):
         return int(setting)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if device.type == "cuda":
         return min(8, max(1, cpus - 1))
+    if cpus <= 2:
+        return 0
     return 1 if cpus <= 4 else min(4, cpus // 4)
 
 
