@@ -367,7 +367,7 @@ def part_sweep(opts: dict, rows: list, notes: list) -> None:
     notes.append(f"part 4: {len(over)} trials in {wall:.0f}s wall; overhead = time between consecutive trial "
                  "completions minus the trial's training-loop seconds (compose, budget gate, launch, data cache, "
                  "model build, MLflow run with params/artifacts, evaluation, Optuna storage, and the precision probe "
-                 "the first time each of the 4 architectures is seen).")
+                 "the first time each architecture is seen: the smoke space has 8, 4 widths x 2 dropout rates).")
 
 
 _MEM_CHILD = r"""
