@@ -109,6 +109,19 @@ def test_smoke_sweep_rejects_fails_prunes_and_logs_parent_child(tmp_path):
     after = {t.number: t.datetime_complete for t in study(tmp_path).trials}
     assert sum(v in ("COMPLETE", "PRUNED", "FAIL") for v in states(study(tmp_path)).values()) == 6
     assert all(after[n] == first[n] for n in first)  # completed trials never re-run
+    # the same study over another space: one line naming the parameter, exit 2, the study intact
+    p = sweep(tmp_path, "model.wide=choice(32,48,72)", "optim.lr=choice(0.5,0.6)", "hydra.sweeper.n_trials=9",
+              sweep_dir="multirun/s4", check=False)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(
+        "error: hydra.sweeper.params.optim.lr: study 'smoke' in journal:") and "Traceback" not in p.stderr
+    assert sum(v in ("COMPLETE", "PRUNED", "FAIL") for v in states(study(tmp_path)).values()) == 6
+
+
+def test_a_bad_sweep_setting_is_one_line(tmp_path):
+    p = sweep(tmp_path, "hydra.sweeper.direction=sideways", check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1] == ("error: hydra.sweeper.direction: unknown direction 'sideways'; "
+                                                 "choose one of maximize, minimize")
 
 
 def test_sigkill_mid_trial_resumes_keeping_completed(tmp_path):

@@ -334,8 +334,19 @@ class SweeperImpl:
             study.sampler = make_sampler(sconf, seed_offset=trial.number)  # distinct draws per trial, any worker
             trial.set_user_attr("worker", worker_id())
             try:
-                values = {name: suggest(trial, name, sw) for name, sw in space.items()}
-            except SweepConfigError:
+                values = {}
+                for name, sw in space.items():
+                    try:
+                        values[name] = suggest(trial, name, sw)
+                    except ValueError as e:
+                        if isinstance(e, SweepConfigError):
+                            raise
+                        raise SweepConfigError(
+                            f"hydra.sweeper.params.{name}: study {self.study_name!r} in {url} already searches "
+                            f"{name} over a different space ({e}); keep the study's space or start a new study "
+                            "with hydra.sweeper.study_name=NEW") from None
+            except ValueError:
+                trial.set_user_attr("state", "INVALID")  # the sweep's settings, not a trained trial: not counted
                 study.tell(trial, state=TrialState.FAIL)
                 raise
             overrides = base + [f"{k}={_fmt(v)}" for k, v in values.items()]

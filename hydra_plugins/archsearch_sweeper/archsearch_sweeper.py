@@ -62,4 +62,15 @@ class ArchsearchSweeper(Sweeper):
         self._impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> Any:
-        return self._impl.sweep(arguments)
+        import sys
+
+        from archsearch.config import ConfigError
+        from archsearch.study import StudyError
+
+        from ._impl import SweepConfigError
+
+        try:
+            return self._impl.sweep(arguments)
+        except (SweepConfigError, StudyError, ConfigError) as e:  # a mistake in the sweep's settings: one line
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
