@@ -146,13 +146,12 @@ def _block(block: BlockSpec, st: _State, depth: int) -> tuple[list[LayerReport],
         children.append(tuple(rows))
         ends.append(end)
     shape = _merge(block, ends)
-    nested = [r for rows in children for r in rows]
-    top_rows = [r for rows in children for r in rows if r.depth == depth + 1]
-    params, macs = sum(r.params for r in top_rows), sum(r.macs for r in top_rows)
+    kids = tuple(tuple(r for r in rows if r.depth == depth + 1) for rows in children)  # each path's own rows
+    params, macs = sum(r.params for p in kids for r in p), sum(r.macs for p in kids for r in p)
     rf, jump = max(e.rf for e in ends), ends[0].jump
     row = LayerReport(block.index, block.path, block.op, block, st.shape, shape, params, macs, rf, jump, True,
-                      depth, tuple(tuple(r for r in rows if r.depth == depth + 1) for rows in children), True)
-    return [row, *nested], _State(shape, rf, jump, True, st.rf_before_pool)
+                      depth, kids, True)
+    return [row, *(r for rows in children for r in rows)], _State(shape, rf, jump, True, st.rf_before_pool)
 
 
 def _walk(nodes, st: _State, depth: int) -> tuple[list[LayerReport], _State]:
@@ -177,7 +176,7 @@ def _walk(nodes, st: _State, depth: int) -> tuple[list[LayerReport], _State]:
                 jump *= stride
             else:
                 before, spatial = rf, False
-        rows.append(LayerReport(node.index, node.where, node.op, node, shape, out, params, step.macs, rf, jump,
+        rows.append(LayerReport(node.index, node.where or node.path, node.op, node, shape, out, params, step.macs, rf, jump,
                                 spatial, depth, (), False))
         shape = out
     return rows, _State(shape, rf, jump, spatial, before)

@@ -146,7 +146,6 @@ def part_train(opts: dict, rows: list, notes: list) -> None:
     with tempfile.TemporaryDirectory() as td:
         res = train(cfg, td, data=splits)
     ours = [h["images_per_s"] for h in res.history[1:]]
-    opts["_chosen"] = res.precision
     # the reference, same model, same data, same batch and workers
     ref = []
     model = build_model(load_spec("dilated_sep")).to(device)

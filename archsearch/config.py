@@ -86,17 +86,20 @@ def group_choices(overrides: Sequence[str], dirs: Sequence[Path] | None = None) 
     return out
 
 
-def check_choices(overrides: Sequence[str], config_name: str = "config") -> None:
+def check_choices(overrides: Sequence[str], config_name: str | None = "config") -> None:
     """``model=nonexistent`` -> ConfigError listing the available options (before Hydra's own);
-    a chosen file that is not well-formed YAML -> ConfigError naming the file, line and column."""
+    a file the composition reads that is not well-formed YAML -> ConfigError naming the file,
+    line and column. ``config_name=None``: only the files these overrides choose (a sweep
+    candidate's, whose primary config was checked when the sweep started)."""
     from .yamlcheck import check_config_files
 
     dirs = search_dirs(overrides)
-    for group, v in group_choices(overrides, dirs):
+    choices = group_choices(overrides, dirs)
+    for group, v in choices:
         opts = available(group, dirs)
         if v not in opts:
             raise ConfigError(f"{group}: no config {v!r}; available: {', '.join(opts)}")
-    check_config_files(overrides, dirs, config_name)
+    check_config_files(choices, dirs, config_name)
 
 
 def compose_with_hydra(config_name: str, overrides: Sequence[str] = ()) -> Any:

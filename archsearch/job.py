@@ -79,6 +79,7 @@ class _Setup:
     out: Path
     base_dir: Path
     pipeline: Any
+    spec_hash: str
 
 
 def _seed_all(seed: int) -> None:
@@ -143,14 +144,13 @@ def _setup(cfg, spec: ModelSpec, report: Report, out_dir, data, sweep_trial: boo
     mean_px = [m * 255 for m in data.mean]
     pipeline = build_pipeline(acfg.get("train"), mean_px)
     cool_pipeline = build_pipeline(acfg.get("cooldown"), mean_px, where="aug.cooldown") if cool else None
-    model = build_model(spec)
-    precision = choose_precision(tcfg, device, model, spec_hash(spec), int(tcfg.batch_size), spec.input_shape,
-                                 spec.num_classes)
+    model, sh = build_model(spec), spec_hash(spec)
+    precision = choose_precision(tcfg, device, model, sh, int(tcfg.batch_size), spec.input_shape, spec.num_classes)
     model = model.to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     engine = Engine(cfg, model, data, precision, (pipeline, cool_pipeline), epochs, cool, ema_decay)
-    return _Setup(spec, report, data, engine, epochs, tta, out, base_dir, pipeline)
+    return _Setup(spec, report, data, engine, epochs, tta, out, base_dir, pipeline, sh)
 
 
 # ------------------------------------------------------------------ the run
@@ -170,14 +170,14 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
     spec, report = gate(cfg)  # may raise: nothing loaded yet
     s = _setup(cfg, spec, report, out_dir, data, sweep_trial=epoch_hook is not None)
     tcfg = cfg.trainer
-    state = checkpoint.load(str(tcfg.resume), s.engine, spec_hash(spec)) if tcfg.resume else TrainState()
+    state = checkpoint.load(str(tcfg.resume), s.engine, s.spec_hash) if tcfg.resume else TrainState()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     tracker = tracker or make_tracker(resolved.get("tracking"), s.base_dir)
-    tags = {"model": spec.name, "spec_hash": spec_hash(spec), "git_commit": _git_sha(s.base_dir),
+    tags = {"model": spec.name, "spec_hash": s.spec_hash, "git_commit": _git_sha(s.base_dir),
             "device": str(s.engine.precision.device), **s.engine.precision.tags(), "seed": int(cfg.seed),
             "data": resolved["data"].get("source"), **(run_tags or {})}
     resumed = state.run_id
-    with run_lifecycle(tracker, name=cfg.get("run_name") or f"{spec.name}-{spec_hash(spec)[:6]}", tags=tags,
+    with run_lifecycle(tracker, name=cfg.get("run_name") or f"{spec.name}-{s.spec_hash[:6]}", tags=tags,
                        parent_run_id=parent_run_id, run_id=resumed) as run:
         state.run_id = run.run_id
         if run_started is not None and run.run_id:
@@ -209,10 +209,9 @@ def _run_epoch(s: _Setup, state: TrainState, run, epoch: int, save: bool) -> Non
              epoch + 1, s.epochs, rec["train_loss"], rec["train_acc"], rec["val_loss"], rec["val_acc"], raw, lr,
              rec["epoch_seconds"], rec["images_per_s"])
     if save:
-        sh = spec_hash(s.spec)
-        checkpoint.save(s.out / "last.pt", eng, state, s.spec, sh)
+        checkpoint.save(s.out / "last.pt", eng, state, s.spec, s.spec_hash)
         if is_best:
-            checkpoint.save(s.out / "best.pt", eng, state, s.spec, sh)
+            checkpoint.save(s.out / "best.pt", eng, state, s.spec, s.spec_hash)
 
 
 def _finish(s: _Setup, state: TrainState, run, cfg, t0: float) -> TrainResult:
@@ -269,7 +268,7 @@ def _log_inputs(run, cfg, resolved: dict, s: _Setup) -> None:
     r, d = s.report, s.data
     params = flatten({k: v for k, v in resolved.items() if k not in ("tracking", "trial", "hydra")})
     params.update({"model.params": r.params, "model.rf": r.rf, "model.macs": r.macs,
-                   "model.spec_hash": spec_hash(s.spec), "data.n_train": len(d.x_train),
+                   "model.spec_hash": s.spec_hash, "data.n_train": len(d.x_train),
                    "data.n_val": len(d.x_val), "data.n_test": len(d.x_test)})
     run.log_params(params)
     (s.out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

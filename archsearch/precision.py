@@ -36,7 +36,14 @@ __all__ = ["Precision", "cache_path", "choose_precision", "machine_id", "pick_am
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 LAYOUTS = ("auto", "true", "false")
-_DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
+_DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}  # the probe's names -> torch dtype names
+
+
+def _dtype(name: str):
+    """``fp32`` / ``bf16`` / ``fp16`` -> the autocast dtype (None for fp32)."""
+    import torch
+
+    return getattr(torch, _DTYPES[name]) if _DTYPES[name] else None
 
 
 def pick_device(name: str):
@@ -54,11 +61,10 @@ def pick_device(name: str):
 
 def pick_amp(mode: str, device=None) -> Any:
     """An explicit ``trainer.amp`` -> autocast dtype or None (``auto`` is :func:`choose_precision`'s)."""
-    import torch
 
     if mode not in AMP_MODES:
         raise ConfigError(f"trainer.amp: unknown mode {mode!r}; choose one of {', '.join(AMP_MODES)}")
-    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+    return None if mode in ("auto", "off") else _dtype(mode)
 
 
 def _layout(value) -> bool | None:
@@ -134,7 +140,7 @@ class _Stepper:
         self.model = copy.deepcopy(model).to(device).to(memory_format=fmt).train()
         self.x = batch.to(device).contiguous(memory_format=fmt)
         self.y = torch.arange(len(batch), device=device) % num_classes
-        self.dtype = getattr(torch, _DTYPES[amp]) if _DTYPES[amp] else None
+        self.dtype = _dtype(amp)
         self.device = device
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
@@ -256,7 +262,7 @@ def choose_precision(tcfg, device, model, spec_key: str, batch_size: int, input_
     cands = _candidates(device, amp_setting, layout)
     if len(cands) == 1:
         a, cl = cands[0]
-        return Precision(device, getattr(torch, _DTYPES[a]) if _DTYPES[a] else None, cl)
+        return Precision(device, _dtype(a), cl)
     key = "|".join([machine_id(device), f"torch {torch.__version__}", str(device), f"threads {torch.get_num_threads()}",
                     spec_key, f"batch {batch_size}", ",".join(_label(a, cl) for a, cl in cands)])
     path = cache_path()
@@ -268,4 +274,4 @@ def choose_precision(tcfg, device, model, spec_key: str, batch_size: int, input_
         _write_cache(path, key, entry)
     rates = {str(k): float(v) for k, v in entry["rates"].items()}
     a, cl = _fastest(cands, rates)
-    return Precision(device, getattr(torch, _DTYPES[a]) if _DTYPES[a] else None, cl, source, rates)
+    return Precision(device, _dtype(a), cl, source, rates)

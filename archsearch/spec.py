@@ -75,7 +75,7 @@ class LayerSpec:
     bn: bool = False
     act: str = "none"
     dropout: float = 0.0
-    where: str = ""  # its YAML path when not a top-level entry of model.layers
+    where: str = ""  # its YAML path (parsing sets it; a hand-built layer falls back to model.layers[index])
 
     @property
     def path(self) -> str:
@@ -132,9 +132,8 @@ class BlockSpec:
         return f"{self.merge} of " + ", ".join(parts) + extra
 
     def to_dict(self) -> dict:
-        d = {"op": self.op, "merge": self.merge, "act": self.act,
-             "paths": [[_node_dict(n) for n in p] for p in self.paths]}
-        return d
+        return {"op": self.op, "merge": self.merge, "act": self.act,
+                "paths": [[_node_dict(n) for n in p] for p in self.paths]}
 
 
 def _node_dict(n) -> dict:
@@ -221,7 +220,7 @@ def _parse_extras(path: str, m: Mapping, base: dict) -> dict:
     return out
 
 
-def _parse_layer(i: int, raw: Mapping, defaults: dict, path: str, where: str = "") -> LayerSpec:
+def _parse_layer(i: int, raw: Mapping, defaults: dict, path: str) -> LayerSpec:
     op = raw["op"]
     od = OPS[op]
     allowed = set(od.fields) | ({*EXTRAS} if od.extras else set()) | {"op"}
@@ -241,11 +240,11 @@ def _parse_layer(i: int, raw: Mapping, defaults: dict, path: str, where: str = "
     extras = {"bn": False, "act": "none", "dropout": 0.0}
     if od.extras:
         extras = _parse_extras(path, raw, defaults if od.takes_defaults else extras)
-    return LayerSpec(i, op, args, **extras, where=where)
+    return LayerSpec(i, op, args, **extras, where=path)
 
 
 class _Budget:
-    """How far parsing has gone: nesting depth and layers after expansion."""
+    """How many layers the model has expanded to so far (repeats counted in full)."""
 
     def __init__(self):
         self.layers = 0
@@ -266,12 +265,12 @@ def _parse_list(raw: Any, path: str, defaults: dict, depth: int, budget: _Budget
         raise SpecError(path, f"must be a list of layers, got {_type_name(raw)}")
     out = []
     for i, item in enumerate(raw):
-        node = _parse_node(i, item, defaults, f"{path}[{i}]", f"{path}[{i}]", depth, budget)
+        node = _parse_node(i, item, defaults, f"{path}[{i}]", depth, budget)
         out.extend(node if isinstance(node, list) else [node])
     return tuple(out)
 
 
-def _parse_node(i: int, raw: Any, defaults: dict, path: str, where: str, depth: int, budget: _Budget):
+def _parse_node(i: int, raw: Any, defaults: dict, path: str, depth: int, budget: _Budget):
     """A layer, a block, or (for ``repeat``) a list of nodes."""
     choices = ", ".join((*OPS, *BLOCKS))
     if not isinstance(raw, Mapping):
@@ -285,7 +284,7 @@ def _parse_node(i: int, raw: Any, defaults: dict, path: str, where: str, depth: 
         raise SpecError(f"{path}.op", f"unknown op {op!r}; choose one of {choices}")
     if op in OPS:
         budget.count(path, 1)
-        return _parse_layer(i, raw, defaults, path, where)
+        return _parse_layer(i, raw, defaults, path)
     if depth >= MAX_DEPTH:
         raise SpecError(path, f"blocks nest more than {MAX_DEPTH} deep here; flatten the model")
     for key in raw:
@@ -303,7 +302,7 @@ def _parse_node(i: int, raw: Any, defaults: dict, path: str, where: str, depth: 
             raise SpecError(f"{path}.body", "empty; a residual body needs at least one layer")
         sc = raw.get("shortcut", "identity")
         short = () if sc in (None, "identity") else _parse_shortcut(sc, defaults, path, depth, budget)
-        return BlockSpec(i, op, (body, short), "add", act, where, ("body", "shortcut"))
+        return BlockSpec(i, op, (body, short), "add", act, path, ("body", "shortcut"))
     merge = raw.get("merge", "concat")
     if merge not in MERGES:
         raise SpecError(f"{path}.merge", f"unknown merge {merge!r}; choose one of {', '.join(MERGES)}")
@@ -314,7 +313,7 @@ def _parse_node(i: int, raw: Any, defaults: dict, path: str, where: str, depth: 
         raise SpecError(f"{path}.paths", f"must be a list of at least 2 paths (each a list of layers), "
                                          f"got {_type_name(paths_raw)}")
     paths = tuple(_parse_list(p, f"{path}.paths[{j}]", defaults, depth + 1, budget) for j, p in enumerate(paths_raw))
-    return BlockSpec(i, op, paths, merge, act, where, tuple(f"paths[{j}]" for j in range(len(paths))))
+    return BlockSpec(i, op, paths, merge, act, path, tuple(f"paths[{j}]" for j in range(len(paths))))
 
 
 def _parse_shortcut(sc: Any, defaults: dict, path: str, depth: int, budget: _Budget) -> tuple:
@@ -403,8 +402,7 @@ def _parse_layers(cfg: Mapping, defaults: dict) -> tuple:
             raise SpecError("model.stages", f"must be a mapping of named layer lists, got {_type_name(stages)}")
         out: list = []
         for name, items in stages.items():
-            for node in _parse_list(items, f"model.stages.{name}", defaults, 0, budget):
-                out.append(node)
+            out.extend(_parse_list(items, f"model.stages.{name}", defaults, 0, budget))
         if not out:
             raise SpecError("model.stages", "empty model: add at least one layer")
         return tuple(_reindex(out))

@@ -62,37 +62,38 @@ def _walk(path: Path, node, memo: dict[int, int], depth: int = 0) -> int:
     return n
 
 
-def check_file(path: Path) -> None:
+def check_file(path: Path) -> dict:
     """Raise ConfigError (one line: ``file:line:col: problem``) if ``path`` is not a well-formed
-    mapping of plain YAML data."""
+    mapping of plain YAML data; -> its contents (``{}`` for an empty file)."""
     import yaml
 
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise _err(path, None, f"cannot be read: {e}") from None
+    loader = yaml.SafeLoader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = loader.get_single_node()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         raise _err(path, mark, f"{e.problem or e.context}" + (f" ({e.context})" if e.context and e.problem else "")
                    ) from None
     except yaml.YAMLError as e:
         raise _err(path, None, str(e)) from None
+    finally:
+        loader.dispose()
     if node is None:
-        return  # an empty file is an empty config
+        return {}  # an empty file is an empty config
     if not isinstance(node, yaml.MappingNode):
         kind = "a list" if isinstance(node, yaml.SequenceNode) else f"the value {node.value!r}"
         raise _err(path, node.start_mark, f"the file's root must be a mapping of fields, got {kind}")
     _walk(Path(path), node, {})
+    return loader.construct_document(node)  # safe: only plain data tags got past _walk
 
 
-def _defaults(path: Path) -> list[tuple[str, str]]:
+def _defaults(data: dict) -> list[tuple[str, str]]:
     """(group, option) pairs a checked file's defaults list chooses (``- model: x``,
     ``- override /model: x``)."""
-    import yaml
-
-    data = yaml.safe_load(path.read_text()) or {}
     out = []
     for item in data.get("defaults") or []:
         if isinstance(item, dict):
@@ -103,18 +104,19 @@ def _defaults(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-def check_config_files(overrides: Sequence[str], dirs: Sequence[Path], config_name: str = "config") -> None:
-    """Check every file that composing ``config_name`` with ``overrides`` reads from ``dirs``."""
-    from .config import config_file, group_choices
+def check_config_files(choices: Sequence[tuple[str, str]], dirs: Sequence[Path],
+                       config_name: str | None = "config") -> None:
+    """Check every file that composing ``config_name`` with the ``(group, option)`` choices
+    reads from ``dirs``: the primary config, the chosen options, the defaults they choose.
+    ``config_name=None`` checks only the chosen options (and their defaults)."""
+    from .config import config_file
 
-    primary = next((d / f"{config_name}.yaml" for d in dirs if (d / f"{config_name}.yaml").is_file()), None)
-    chosen: dict[str, set[str]] = {}
-    for group, option in group_choices(overrides, dirs):
-        chosen.setdefault(group, set()).add(option)
-    todo: list[tuple[str, str]] = [(g, o) for g, opts in chosen.items() for o in sorted(opts)]
+    chosen = {g for g, _ in choices}
+    todo: list[tuple[str, str]] = sorted(set(choices))
+    primary = next((d / f"{config_name}.yaml" for d in dirs if (d / f"{config_name}.yaml").is_file()), None) \
+        if config_name else None
     if primary is not None:
-        check_file(primary)
-        todo += [(g, o) for g, o in _defaults(primary) if g not in chosen and o not in ("null", "_self_")]
+        todo += [(g, o) for g, o in _defaults(check_file(primary)) if g not in chosen and o not in ("null", "_self_")]
     done: set[tuple[str, str]] = set()
     while todo:
         group, option = todo.pop(0)
@@ -124,5 +126,4 @@ def check_config_files(overrides: Sequence[str], dirs: Sequence[Path], config_na
         f = config_file(group, option, dirs)
         if f is None:
             continue  # an unknown option is check_choices' (or Hydra's) to report
-        check_file(f)
-        todo += [(g, o) for g, o in _defaults(f) if g not in chosen]
+        todo += [(g, o) for g, o in _defaults(check_file(f)) if g not in chosen]

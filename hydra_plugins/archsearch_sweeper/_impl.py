@@ -142,7 +142,7 @@ class SweeperImpl:
 
         sp = [str(x) for x in (self.config.hydra.get("searchpath") or [])]
         # a candidate's model file that Hydra's loader would choke on: one line, and a rejection
-        check_choices([*overrides, *([f"hydra.searchpath=[{','.join(sp)}]"] if sp else [])])
+        check_choices([*overrides, *([f"hydra.searchpath=[{','.join(sp)}]"] if sp else [])], config_name=None)
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
 
     def _launch(self, cfg, overrides: list[str], idx: int):
@@ -333,22 +333,19 @@ class SweeperImpl:
             trial = study.ask()
             study.sampler = make_sampler(sconf, seed_offset=trial.number)  # distinct draws per trial, any worker
             trial.set_user_attr("worker", worker_id())
+            values = {}
             try:
-                values = {}
                 for name, sw in space.items():
-                    try:
-                        values[name] = suggest(trial, name, sw)
-                    except ValueError as e:
-                        if isinstance(e, SweepConfigError):
-                            raise
-                        raise SweepConfigError(
-                            f"hydra.sweeper.params.{name}: study {self.study_name!r} in {url} already searches "
-                            f"{name} over a different space ({e}); keep the study's space or start a new study "
-                            "with hydra.sweeper.study_name=NEW") from None
-            except ValueError:
+                    values[name] = suggest(trial, name, sw)
+            except ValueError as e:
                 trial.set_user_attr("state", "INVALID")  # the sweep's settings, not a trained trial: not counted
                 study.tell(trial, state=TrialState.FAIL)
-                raise
+                if isinstance(e, SweepConfigError):
+                    raise
+                raise SweepConfigError(  # Optuna refuses a space other than the study's
+                    f"hydra.sweeper.params.{name}: study {self.study_name!r} in {url} already searches "
+                    f"{name} over a different space ({e}); keep the study's space or start a new study "
+                    "with hydra.sweeper.study_name=NEW") from None
             overrides = base + [f"{k}={_fmt(v)}" for k, v in values.items()]
             overrides += TrialRef(self.study_name, url, trial.number, trial._trial_id, parent).overrides(_fmt)
             report, reasons, cfg = None, [], None
