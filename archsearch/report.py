@@ -2,20 +2,32 @@
 
 Reads the Optuna study (states, objective values, sampled parameters, epochs reported)
 and its MLflow child runs (test accuracy) into pandas; prints the leaderboard and writes
-``leaderboard.csv`` and ``pareto.png`` (accuracy vs parameters, the Pareto front and the
-budget's parameter line) to ``outputs/reports/<study>/``.
+``leaderboard.csv``, ``pareto.png`` (accuracy vs parameters, the Pareto front and the
+budget's parameter line) and ``summary.json`` to ``outputs/reports/<study>/``.
+
+When trials of the study were retrained with the full recipe (``python -m archsearch.retrain``,
+the study's ``retrain.t<trial>.s<seed>`` attributes), it also prints the proxy-vs-full table
+(proxy validation accuracy beside the full recipe's validation and single-view test accuracy
+per seed and their means) and how well the proxy ranks them: Kendall's tau-b and Spearman's
+rho over the retrained trials (at least 3), written to ``proxy_vs_full.csv`` and the
+``rank`` entry of ``summary.json``. The study is found as the sweeper finds it
+(``hydra.sweeper.study_name`` / ``hydra.sweeper.storage`` overrides work the same way).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .study import TRAINED
 
-__all__ = ["leaderboard", "main", "pareto_front", "summary_line", "write_outputs"]
+__all__ = ["base_dir", "leaderboard", "main", "open_study", "pareto_front", "print_table", "proxy_val_acc",
+           "proxy_vs_full", "rank_agreement", "rank_lines", "retrained", "summary_line", "write_outputs"]
 
 COLUMNS = ["trial", "state", "val_acc", "test_acc", "params", "rf", "macs", "epochs", "duration_s", "sampled",
            "note", "run_id"]
@@ -126,13 +138,154 @@ def summary_line(study, df) -> str:
             f"{c.get('INTERRUPTED', 0)} interrupted; epochs saved by pruning: {saved}{best}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+# ------------------------------------------------------------------ finding the study
+def base_dir() -> Path:
+    """Where ``mlruns/`` (MLflow, the default journal storage) and ``outputs/`` live:
+    ``$ARCHSEARCH_BASE`` or the working directory, as for the sweeper and the training job."""
+    return Path(os.environ.get("ARCHSEARCH_BASE", os.getcwd()))
+
+
+def open_study(overrides: Sequence[str]):
+    """``sweep=NAME`` (and any overrides, ``hydra.sweeper.study_name`` / ``storage`` included)
+    -> (the composed config with its hydra node, the Optuna study, its storage URL).
+    No sweep named, or no such study: ConfigError (one line)."""
     import optuna
-    import pandas as pd
-    from omegaconf import OmegaConf
 
     from .config import ConfigError, compose_with_hydra
     from .study import open_storage, storage_url
+
+    cfg = compose_with_hydra("config", list(overrides))
+    sw = cfg.hydra.sweeper
+    name = sw.get("study_name") or cfg.hydra.runtime.choices.get("sweep")
+    if not name:
+        raise ConfigError("sweep: name a sweep (sweep=arch_dilated) or hydra.sweeper.study_name=NAME")
+    url = storage_url(sw.get("storage"), str(name), base_dir())
+    missing = ConfigError(f"sweep: no study {name!r} in {url}; run it first: python -m archsearch.train -m sweep={name}")
+    if url.startswith("journal:") and not Path(url[len("journal:"):]).is_file():
+        raise missing  # (opening it would leave an empty journal file behind)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=str(name), storage=open_storage(url))
+    except KeyError:
+        raise missing from None
+    return cfg, study, url
+
+
+# ------------------------------------------------------------------ proxy vs full recipe
+MIN_RANKED = 3  # retrained trials needed before a rank correlation means anything
+_RETRAIN_KEY = re.compile(r"retrain\.t(\d+)\.s(\d+)$")
+
+
+def retrained(study) -> dict[int, dict[int, dict]]:
+    """``{trial: {seed: record}}`` from the study's ``retrain.t<trial>.s<seed>`` attributes."""
+    out: dict[int, dict[int, dict]] = {}
+    for key, rec in study.user_attrs.items():
+        m = _RETRAIN_KEY.match(key)
+        if m and isinstance(rec, dict):
+            out.setdefault(int(m[1]), {})[int(m[2])] = rec
+    return out
+
+
+def _mean(values) -> float:
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def proxy_val_acc(trial) -> float:
+    """The trial's objective in the sweep (its best validation accuracy under the proxy recipe)."""
+    return float(trial.values[0]) if trial is not None and trial.values else float("nan")
+
+
+def proxy_vs_full(study, trials: Sequence[int] | None = None):
+    """One row per retrained trial (or those of ``trials``): params, RF, the proxy's validation
+    accuracy, the full recipe's validation accuracy (mean over seeds) and single-view test
+    accuracy per seed and their mean; best proxy first."""
+    import pandas as pd
+
+    runs = retrained(study)
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    seeds = sorted({s for recs in runs.values() for s in recs})
+    cols = ["trial", "params", "rf", "proxy_val_acc", "full_val_acc", *[f"full_test_s{s}" for s in seeds],
+            "full_test_acc", "seeds"]
+    rows = []
+    for n, recs in sorted(runs.items()):
+        if trials is not None and n not in trials:
+            continue
+        first = recs[min(recs)]
+        row = {"trial": n, "params": first.get("params"), "rf": first.get("rf"),
+               "proxy_val_acc": proxy_val_acc(by_number.get(n)),
+               "full_val_acc": _mean(r.get("val_acc") for r in recs.values()),
+               "full_test_acc": _mean(r.get("test_acc_single_view") for r in recs.values()), "seeds": len(recs)}
+        for s in seeds:
+            row[f"full_test_s{s}"] = _mean([recs.get(s, {}).get("test_acc_single_view")])
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=cols)
+    for c in ("params", "rf"):
+        df[c] = df[c].astype("Int64")
+    return df.sort_values("proxy_val_acc", ascending=False, na_position="last").reset_index(drop=True)
+
+
+RANKED = (("full_val_acc", "full-recipe val_acc (mean over seeds)"),
+          ("full_test_acc", "full-recipe single-view test_acc (mean over seeds)"))
+
+
+def rank_agreement(table) -> dict:
+    """Kendall's tau-b and Spearman's rho between the proxy's validation accuracy and each of
+    the full recipe's accuracies (``RANKED``), over the rows of :func:`proxy_vs_full`."""
+    from .rank import kendall_tau_b, spearman_rho
+
+    ok = table[table.proxy_val_acc.notna() & table.full_val_acc.notna()]
+    out: dict = {"n_trials": len(ok)}
+    if len(ok) < MIN_RANKED:
+        out["note"] = f"needs >= {MIN_RANKED} retrained trials, has {len(ok)}"
+        return out
+    for col, _ in RANKED:
+        d = ok[ok[col].notna()]
+        x, y = [float(v) for v in d.proxy_val_acc], [float(v) for v in d[col]]
+        tau, rho = kendall_tau_b(x, y), spearman_rho(x, y)
+        out[f"proxy_val_acc_vs_{col}"] = {"n": len(d), "kendall_tau_b": None if math.isnan(tau) else tau,
+                                          "spearman_rho": None if math.isnan(rho) else rho}
+    return out
+
+
+def rank_lines(agreement: dict) -> list[str]:
+    if "note" in agreement:
+        return [f"rank agreement of proxy and full recipe: {agreement['note']} (python -m archsearch.retrain)"]
+    lines = [f"rank agreement of proxy and full recipe over {agreement['n_trials']} retrained trials:"]
+    for col, label in RANKED:
+        r = agreement[f"proxy_val_acc_vs_{col}"]
+        tau, rho = (("n/a" if r[k] is None else f"{r[k]:+.3f}") for k in ("kendall_tau_b", "spearman_rho"))
+        lines.append(f"  proxy val_acc vs {label}: Kendall tau-b {tau}, Spearman rho {rho} (n={r['n']})")
+    return lines
+
+
+def print_table(df, drop: Sequence[str] = ()) -> None:
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", 200, "display.width", 200, "display.max_colwidth", 60):
+        print(df.drop(columns=list(drop)).to_string(index=False, float_format=lambda v: f"{v:.4f}", max_colwidth=70))
+
+
+def _report_retrained(study, out: Path, summary: dict) -> list[Path]:
+    """Print and write the proxy-vs-full table and the rank agreement, if any trial was retrained."""
+    table = proxy_vs_full(study)
+    if not len(table):
+        return []
+    print(f"\nproxy vs full recipe ({len(table)} retrained trials; test accuracy single view):")
+    print_table(table)
+    agreement = rank_agreement(table)
+    for line in rank_lines(agreement):
+        print(line)
+    summary["rank"] = agreement
+    csv = out / "proxy_vs_full.csv"
+    table.to_csv(csv, index=False)
+    return [csv]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from omegaconf import OmegaConf
+
+    from .config import ConfigError
     from .tracking import make_tracker
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -140,30 +293,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__doc__.strip())
         return 0
     try:
-        cfg = compose_with_hydra("config", argv)
-        sw = cfg.hydra.sweeper
-        name = sw.get("study_name") or cfg.hydra.runtime.choices.get("sweep")
-        if not name:
-            raise ConfigError("sweep: name a sweep (sweep=arch_dilated) or hydra.sweeper.study_name=NAME")
-        base = Path.cwd()
-        url = storage_url(sw.get("storage"), str(name), base)
-        try:
-            study = optuna.load_study(study_name=str(name), storage=open_storage(url))
-        except KeyError:
-            raise ConfigError(f"sweep: no study {name!r} in {url}; run it first: "
-                              f"python -m archsearch.train -m sweep={name}") from None
+        cfg, study, url = open_study(argv)
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    name, base = study.study_name, base_dir()
     tracker = make_tracker(OmegaConf.to_container(cfg.tracking, resolve=True), base)
     parent = study.user_attrs.get("mlflow_parent_run_id") if tracker.enabled else None
     df = leaderboard(study, tracker if tracker.enabled else None, parent)
-    files = write_outputs(df, base / "outputs" / "reports" / str(name), str(name),
-                          OmegaConf.select(cfg, "budget.max_params"))
-    with pd.option_context("display.max_rows", 200, "display.width", 200, "display.max_colwidth", 60):
-        print(df.drop(columns=["run_id", "note"]).to_string(index=False, float_format=lambda v: f"{v:.4f}",
-                                                           max_colwidth=70))
-    print(summary_line(study, df))
+    out = base / "outputs" / "reports" / name
+    files = write_outputs(df, out, name, OmegaConf.select(cfg, "budget.max_params"))
+    print_table(df, drop=["run_id", "note"])
+    line = summary_line(study, df)
+    print(line)
+    summary: dict = {"study": name, "storage": url, "summary": line, "rank": None}
+    files += _report_retrained(study, out, summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    files.append(out / "summary.json")
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
 

@@ -11,12 +11,13 @@ region, but not counted as trained), INTERRUPTED (its process died; retried).
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TRAINED", "make_pruner", "make_sampler", "open_storage", "storage_url"]
+__all__ = ["TRAINED", "make_pruner", "make_sampler", "open_storage", "override_value", "storage_url"]
 
 TRAINED = ("COMPLETE", "PRUNED", "FAIL")
 PRUNERS = ("hyperband", "median", "none")
@@ -25,6 +26,18 @@ SAMPLERS = ("tpe", "random")
 
 class StudyError(ValueError):
     pass
+
+
+def override_value(v: Any) -> str:
+    """A sampled value as Hydra override text (``model.wide=48``, ``optim.lr=0.05``): how the
+    sweeper launches a trial and how retrain/export rebuild its config."""
+    if isinstance(v, str):
+        return v if re.fullmatch(r"[A-Za-z0-9_.\-/]+", v) else "'" + v.replace("'", "\\'") + "'"
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v)
 
 
 def storage_url(storage: str | None, study_name: str, base_dir: str | Path) -> str:

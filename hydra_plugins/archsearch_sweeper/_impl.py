@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from archsearch.study import TRAINED
+from archsearch.study import TRAINED, override_value
 
 log = logging.getLogger("archsearch.sweep")
 
@@ -94,14 +93,7 @@ def suggest(trial, name: str, sweep) -> Any:
                            "use choice(...), range(...), interval(...) or tag(log, interval(...))")
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, str):
-        return v if re.fullmatch(r"[A-Za-z0-9_.\-/]+", v) else "'" + v.replace("'", "\\'") + "'"
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return repr(v)
+_fmt = override_value
 
 
 # ------------------------------------------------------------------ the sweeper
@@ -310,6 +302,7 @@ class SweeperImpl:
                                    f"directions {[d.name.lower() for d in study.directions]}")
         study.set_user_attr("archsearch.pruner", pconf)
         study.set_user_attr("archsearch.max_epochs", max_epochs)
+        study.set_user_attr("archsearch.base_overrides", base)  # retrain/export rebuild a trial's architecture
         self.tracker = make_tracker(OmegaConf.to_container(self.config.tracking, resolve=True), base_dir)
         self._recover(study)
         parent = self._parent_run(study)

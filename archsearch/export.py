@@ -1,0 +1,255 @@
+"""``python -m archsearch.export sweep=NAME [trial=best|N] name=NEWNAME [out=conf/model] [overwrite=true]``
+
+Writes a sweep trial's architecture as a model file of its own, ``<out>/NEWNAME.yaml``, so
+that ``python -m archsearch.train model=NEWNAME`` trains it with any recipe.
+
+The file starts from the model file the trial was composed from (e.g. ``conf/model/res_dilated.yaml``,
+read as written: ``${model.w1}``-style knob references are kept), applies the trial's
+``model.*`` settings at their paths (the sweep command's recorded ``model.*`` overrides, the
+trial's sampled values, then any ``model.*`` override given here), sets ``name: NEWNAME``, and
+starts with a comment saying where it came from: study, storage and trial; the settings
+applied; params and receptive field (archsearch's analysis of the file); the trial's proxy
+validation accuracy; the full-recipe accuracies per seed if the trial was retrained
+(``python -m archsearch.retrain``); and the trial's other sampled values (``trained with:
+optim.lr=...``, not part of a model file). YAML comments of the original file are not kept.
+
+``trial=best`` (the default): the trial with the best full-recipe validation accuracy (mean
+over seeds) among retrained trials if any were retrained, else the best proxy trial.
+``out`` must be a ``model/`` folder of a config search path: ``conf/model`` (the default), or
+``<your conf>/model``, used as ``hydra.searchpath=[file://<your conf>]``. An existing file is
+kept unless ``overwrite=true``. The written file is checked as ``python -m archsearch.validate
+model=NEWNAME`` would check it (with the budget overrides the sweep ran with); a file the
+validator refuses is removed again.
+
+Exit codes: 0 written; 1 the validator refused it; 2 a user mistake (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import CONF_DIR, ConfigError
+from .retrain import boolean, complete_trials, override_key, pick_trials, run_overrides, split_args
+from .study import override_value
+
+__all__ = ["best_trial", "main", "model_node"]
+
+OWN = ("trial", "name", "out", "overwrite")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
+
+
+# ------------------------------------------------------------------ which trial
+def best_trial(study):
+    """Best mean full-recipe validation accuracy among retrained trials, else the best proxy trial."""
+    from .report import proxy_vs_full
+
+    done = complete_trials(study)
+    table = proxy_vs_full(study)
+    table = table[table.full_val_acc.notna() & table.trial.isin([t.number for t in done])]
+    if len(table):
+        n = int(table.sort_values(["full_val_acc", "trial"], ascending=[False, True]).trial.iloc[0])
+        return next(t for t in done if t.number == n)
+    return pick_trials(study, 1, None)[0]
+
+
+def _pick(study, value: str):
+    if value == "best":
+        return best_trial(study)
+    if not value.isdigit():
+        raise ConfigError(f"trial: expected a trial number or best; got {value!r}")
+    return pick_trials(study, None, [int(value)], field_name="trial")[0]
+
+
+# ------------------------------------------------------------------ the file
+def model_node(base_file: Path, overrides: Sequence[str]):
+    """The model file as written (unresolved) with the ``model.*`` overrides applied at their paths."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(base_file)
+    parser = OverridesParser.create()
+    for text in overrides:
+        ov = parser.parse_override(text)
+        key = ov.key_or_group
+        if not key.startswith("model."):
+            continue
+        path = key[len("model."):]
+        if ov.is_delete():
+            parent, _, leaf = path.rpartition(".")
+            holder = OmegaConf.select(node, parent) if parent else node
+            if holder is not None:
+                del holder[int(leaf) if leaf.isdigit() else leaf]
+        else:
+            OmegaConf.update(node, path, ov.value(), merge=False)
+    return node
+
+
+def _analyze(node):
+    from omegaconf import OmegaConf
+
+    from .analysis import analyze
+    from .config import spec_from_cfg
+
+    root = OmegaConf.create({"model": node})  # the ${model.*} references resolve as in a composed config
+    return analyze(spec_from_cfg(root.model)), OmegaConf.to_container(root.model, resolve=True)
+
+
+def _fmt_acc(v) -> str:
+    return "n/a" if v is None or v != v else f"{v:.4f}"
+
+
+def _header(study, url: str, trial, base_file: Path, model_ovs: list[str], report) -> str:
+    from .report import proxy_val_acc, retrained
+
+    def block(label: str, items: Sequence[str]) -> list[str]:
+        return textwrap.wrap(f"{label} {' '.join(items)}", 100, initial_indent="# ", subsequent_indent="#   ")
+
+    lines = [f"# Exported by python -m archsearch.export from trial {trial.number} of study {study.study_name!r}",
+             f"#   storage: {url}", f"#   based on: {base_file}"]
+    lines += block("model settings applied:", model_ovs or ["(none)"])
+    lines.append(f"# {report.params:,} params, RF {report.rf}, {report.macs:,} MACs (archsearch's analysis of this file)")
+    lines.append(f"# proxy (the sweep's training): val_acc {_fmt_acc(proxy_val_acc(trial))}")
+    recs = retrained(study).get(trial.number, {})
+    for seed, rec in sorted(recs.items()):
+        lines.append(f"# full recipe (archsearch.retrain), seed {seed}: val_acc {_fmt_acc(rec.get('val_acc'))}, test_acc single view "
+                     f"{_fmt_acc(rec.get('test_acc_single_view'))} ({rec.get('epochs')} epochs, MLflow run "
+                     f"{rec.get('run_id')})")
+    other = [f"{k}={override_value(v)}" for k, v in trial.params.items()
+             if k != "model" and not k.startswith("model.")]
+    if other:
+        lines += block("trained with:", other)
+    return "\n".join(lines) + "\n"
+
+
+def _searchpath(out: Path, overrides: Sequence[str]) -> list[str]:
+    """The ``hydra.searchpath`` override under which ``model=NEWNAME`` finds ``out``."""
+    from .config import search_dirs
+
+    dirs = [d.resolve() for d in search_dirs(overrides) if d.resolve() != CONF_DIR.resolve()]
+    if out.parent.resolve() != CONF_DIR.resolve() and out.parent.resolve() not in dirs:
+        dirs.insert(0, out.parent.resolve())
+    return [f"hydra.searchpath=[{','.join(f'file://{d}' for d in dirs)}]"] if dirs else []
+
+
+def _first_difference(a, b, path: str = "model") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in [*a, *(k for k in b if k not in a)]:
+            d = _first_difference(a.get(k), b.get(k), f"{path}.{k}")
+            if d:
+                return d
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return next((d for i, (x, y) in enumerate(zip(a, b)) if (d := _first_difference(x, y, f"{path}.{i}"))), None)
+    return None if a == b else path
+
+
+# ------------------------------------------------------------------ the command
+def _args(argv: Sequence[str]):
+    mine, rest = split_args(argv, OWN)
+    name = mine.get("name", "")
+    if not _NAME.fullmatch(name):
+        raise ConfigError(f"name: the new model's name, e.g. name=res_best (letters, digits, _ and -); got {name!r}")
+    out = Path(mine.get("out") or CONF_DIR / "model").expanduser()
+    if out.name != "model":
+        raise ConfigError(f"out: must be a model/ folder of a config search path (conf/model, or <your conf>/model "
+                          f"with hydra.searchpath=[file://<your conf>]); got {out}")
+    return mine.get("trial", "best"), name, out, boolean("overwrite", mine.get("overwrite", "false")), rest
+
+
+def _compose_trial(study, trial, user: Sequence[str]):
+    """The trial's overrides, its composed config and the model file it started from."""
+    from .config import compose_with_hydra, config_file, search_dirs
+
+    ovs = run_overrides(study, trial, user, seed=None)
+    cfg = compose_with_hydra("config", ovs)
+    choice = str(cfg.hydra.runtime.choices.get("model"))
+    base_file = config_file("model", choice, search_dirs(ovs))
+    if base_file is None:
+        raise ConfigError(f"model: the trial's model {choice!r} is no file in {', '.join(map(str, search_dirs(ovs)))}")
+    return ovs, cfg, base_file
+
+
+def _check_target(path: Path, name: str, overwrite: bool, overrides: Sequence[str]) -> None:
+    from .config import config_file, search_dirs
+
+    if path.exists() and not overwrite:
+        raise ConfigError(f"overwrite: {path} exists; choose another name= or pass overwrite=true to replace it")
+    other = config_file("model", name, [d for d in search_dirs(overrides) if d.resolve() != path.parent.resolve()])
+    if other is not None:
+        raise ConfigError(f"name: a model {name!r} already exists ({other}); choose another name")
+
+
+def _validate(path: Path, name: str, overrides: Sequence[str]) -> tuple[int, str]:
+    """``python -m archsearch.validate model=NAME``, in process, with the sweep's budget overrides."""
+    from .validate import run
+
+    budget = [o for o in overrides if override_key(o) == "budget" or override_key(o).startswith("budget.")]
+    try:
+        code, text = run([f"model={name}", *_searchpath(path.parent, overrides), *budget])
+    except Exception:
+        path.unlink()
+        raise
+    if code:
+        path.unlink()
+    return code, text
+
+
+def _export(argv: Sequence[str]) -> tuple[int, str]:
+    from omegaconf import OmegaConf
+
+    from .report import open_study, proxy_val_acc, retrained
+
+    which, name, out, overwrite, rest = _args(argv)
+    _, study, url = open_study(rest)
+    trial = _pick(study, which)
+    ovs, cfg, base_file = _compose_trial(study, trial, rest)
+    path = out / f"{name}.yaml"
+    _check_target(path, name, overwrite, ovs)
+    model_ovs = [o for o in ovs if override_key(o).startswith("model.")]
+    node = model_node(base_file, model_ovs)
+    composed = OmegaConf.to_container(cfg.model, resolve=True)
+    node.name = composed["name"]
+    report, resolved = _analyze(node)
+    diff = _first_difference(composed, resolved)
+    if diff:
+        raise ConfigError(f"{diff}: the trial's composed model differs from {base_file} with its model overrides "
+                          "(set by the sweep file itself?); export cannot rebuild it")
+    node.name = name
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(_header(study, url, trial, base_file, model_ovs, report) + OmegaConf.to_yaml(node))
+    code, text = _validate(path, name, ovs)
+    if code:
+        return code, f"error: the validator refused the exported model; nothing written:\n{text}"
+    full = [r.get("val_acc") for r in retrained(study).get(trial.number, {}).values() if r.get("val_acc") is not None]
+    seeds = f"{len(full)} seed{'s' if len(full) > 1 else ''}"
+    full_text = f", full-recipe val_acc {sum(full) / len(full):.4f} ({seeds})" if full else ""
+    sp = " ".join(f"'{s}'" for s in _searchpath(out, ovs))
+    return 0, (f"wrote {path}\n{name}: trial {trial.number} of study {study.study_name!r}, {report.params:,} params, "
+               f"RF {report.rf}, proxy val_acc {_fmt_acc(proxy_val_acc(trial))}{full_text}; "
+               f"{text.strip().splitlines()[-1]}; train it: python -m archsearch.train model={name} {sp}".rstrip())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .budget import BudgetError
+    from .spec import SpecError
+    from .study import StudyError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip())
+        return 0
+    try:
+        code, text = _export(argv)
+    except (ConfigError, SpecError, BudgetError, StudyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(text, file=sys.stderr if code else sys.stdout)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
