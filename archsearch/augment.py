@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AugError", "TRANSFORMS", "build_pipeline", "save_grid"]
+__all__ = ["AugError", "FLIPS", "TRANSFORMS", "build_pipeline", "save_grid", "split_flip"]
 
 # the transforms a config may name (albumentations 2.0.x)
 TRANSFORMS = (
@@ -63,6 +63,30 @@ def _entries(spec: Any, where: str) -> list[tuple[str, dict]]:
         (name, args), = item.items()
         out.append((name, dict(args or {})))
     return out
+
+
+FLIPS = ("random", "alternate")
+
+
+def split_flip(spec: Any, flip: str, where: str) -> tuple[Any, bool]:
+    """``aug.flip``: with ``random`` the list is used as written; with ``alternate`` its
+    ``HorizontalFlip`` (p 0.5) is taken out and done by the batch loader on alternate epochs
+    instead (see :class:`archsearch.batches.BatchAug`). -> (the list to build, alternate?)."""
+    if flip not in FLIPS:
+        raise AugError(f"aug.flip: unknown value {flip!r}; choose one of {', '.join(FLIPS)}")
+    entries = _entries(spec, where)
+    if flip == "random":
+        return spec, False
+    keep, found = [], False
+    for i, (name, args) in enumerate(entries):
+        if name != "HorizontalFlip":
+            keep.append({name: args})
+            continue
+        if float(args.get("p", 0.5)) != 0.5:
+            raise AugError(f"{where}[{i}].HorizontalFlip: aug.flip=alternate flips half the images each epoch and "
+                           f"replaces a HorizontalFlip with p 0.5 only; got p {args.get('p')}")
+        found = True
+    return keep, found
 
 
 def build_pipeline(spec: Any, mean_px: Sequence[float] | None = None, where: str = "aug.train"):

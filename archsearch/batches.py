@@ -12,15 +12,24 @@ __all__ = ["BatchAug", "EpochBatches", "make_loader", "to_device", "worker_count
 
 
 class BatchAug:
-    """Dataset indexed by (seed, indices, phase): returns one augmented uint8 NHWC batch.
+    """Dataset indexed by (seed, indices, phase, epoch): returns one augmented uint8 NHWC batch.
 
     ``phase`` picks the pipeline: 0 the main one, 1 the cool-down one (the last
     ``aug.cooldown_fraction`` of the epochs). The phase travels with the index because
     persistent workers hold their own copy of this object: switching an attribute in the
-    main process would not reach them."""
+    main process would not reach them.
 
-    def __init__(self, x, y, pipeline, cooldown=None):
+    ``alternate`` (one flag per phase): flip horizontally on alternate epochs instead of at
+    random, image ``i`` in epoch ``e`` iff ``(bit_i + e)`` is odd with a seeded random bit per
+    image. Every image is seen both ways in any two consecutive epochs (``aug.flip=alternate``)."""
+
+    def __init__(self, x, y, pipeline, cooldown=None, alternate: tuple[bool, bool] = (False, False), seed: int = 0):
+        import numpy as np
+
         self.x, self.y, self.pipelines = x, y, (pipeline, cooldown)
+        self.alternate = tuple(alternate)
+        self.bits = np.random.default_rng([seed, 7]).integers(0, 2, len(x)).astype(np.int64) if any(alternate) \
+            else None
 
     def __len__(self):
         return len(self.x)
@@ -29,8 +38,11 @@ class BatchAug:
         import numpy as np
         import torch
 
-        seed, idx, phase = item
+        seed, idx, phase, epoch = item
         xb = self.x[idx]
+        if self.alternate[phase]:
+            flip = (self.bits[idx] + epoch) % 2 == 1
+            xb = np.where(flip[:, None, None, None], xb[:, :, ::-1], xb)
         pipeline = self.pipelines[phase]
         if pipeline is not None:
             pipeline.set_random_seed(seed)
@@ -39,7 +51,7 @@ class BatchAug:
 
 
 class EpochBatches:
-    """Sampler of (seed, indices, phase) with a per-epoch seeded permutation; phase 1 from
+    """Sampler of (seed, indices, phase, epoch) with a per-epoch seeded permutation; phase 1 from
     epoch ``cooldown_from`` on (0-based). Set ``epoch`` before iterating."""
 
     def __init__(self, n: int, batch_size: int, seed: int, cooldown_from: int | None = None):
@@ -57,7 +69,7 @@ class EpochBatches:
         phase = int(self.cooldown_from is not None and self.epoch >= self.cooldown_from)
         for b in range(len(self)):
             yield (int(self.seed * 1_000_003 + self.epoch * 10_007 + b) % 2**31, perm[b * self.bs:(b + 1) * self.bs],
-                   phase)
+                   phase, self.epoch)
 
 
 def worker_count(setting, device) -> int:

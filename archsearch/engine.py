@@ -46,7 +46,7 @@ class Engine:
     """Everything that changes during training, built once per run from the config."""
 
     def __init__(self, cfg, model, data, precision: Precision, pipelines: tuple[Any, Any], epochs: int,
-                 cooldown_epochs: int, ema_decay: float | None):
+                 cooldown_epochs: int, ema_decay: float | None, alternate_flip: tuple[bool, bool] = (False, False)):
         import torch
 
         tcfg, dev = cfg.trainer, precision.device
@@ -59,7 +59,8 @@ class Engine:
         self.sampler = EpochBatches(len(data.x_train), self.batch_size, int(cfg.seed),
                                     cooldown_from=epochs - cooldown_epochs if cooldown_epochs else None)
         self.workers = worker_count(tcfg.workers, dev)
-        self.loader = make_loader(BatchAug(data.x_train, data.y_train, *pipelines), self.sampler, self.workers, dev)
+        self.loader = make_loader(BatchAug(data.x_train, data.y_train, *pipelines, alternate=alternate_flip,
+                                           seed=int(cfg.seed)), self.sampler, self.workers, dev)
         self.opt = make_optimizer(cfg.optim, model)
         self.sched, self.sched_kind = make_scheduler(cfg.sched, self.opt, float(cfg.optim.lr), epochs,
                                                      len(self.sampler))

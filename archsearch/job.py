@@ -118,12 +118,13 @@ def _setup(cfg, spec: ModelSpec, report: Report, out_dir, data, sweep_trial: boo
     import torch
     from omegaconf import OmegaConf
 
-    from .augment import build_pipeline
+    from .augment import build_pipeline, split_flip
     from .build import build_model
     from .data import load_data
     from .evaluate import parse_tta
     from .optim import parse_ema
     from .precision import choose_precision, pick_device
+    from .recipe import apply_recipe, check_recipe
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,20 +137,28 @@ def _setup(cfg, spec: ModelSpec, report: Report, out_dir, data, sweep_trial: boo
     acfg = OmegaConf.to_container(cfg.aug, resolve=True)
     epochs = int(tcfg.epochs)
     cool, ema_decay, tta = _cooldown_epochs(acfg, epochs), parse_ema(tcfg), parse_tta(tcfg)
+    check_recipe(tcfg)
     if device.type == "cuda" and not tcfg.deterministic:
         torch.backends.cudnn.benchmark = True
     if data is None:
         data = load_data(OmegaConf.to_container(cfg.data, resolve=True), base_dir)
     _check_data(data, spec, sweep_trial)
     mean_px = [m * 255 for m in data.mean]
-    pipeline = build_pipeline(acfg.get("train"), mean_px)
-    cool_pipeline = build_pipeline(acfg.get("cooldown"), mean_px, where="aug.cooldown") if cool else None
+    flip = str(acfg.get("flip") or "random")
+    train_spec, alt_train = split_flip(acfg.get("train"), flip, "aug.train")
+    cool_spec, alt_cool = split_flip(acfg.get("cooldown"), flip, "aug.cooldown")
+    pipeline = build_pipeline(train_spec, mean_px)
+    cool_pipeline = build_pipeline(cool_spec, mean_px, where="aug.cooldown") if cool else None
     model, sh = build_model(spec), spec_hash(spec)
+    applied = apply_recipe(model, tcfg, data.x_train, mean_px, [s * 255 for s in data.std], int(cfg.seed))
+    if applied:
+        log.info("recipe: %s", applied)
     precision = choose_precision(tcfg, device, model, sh, int(tcfg.batch_size), spec.input_shape, spec.num_classes)
     model = model.to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    engine = Engine(cfg, model, data, precision, (pipeline, cool_pipeline), epochs, cool, ema_decay)
+    engine = Engine(cfg, model, data, precision, (pipeline, cool_pipeline), epochs, cool, ema_decay,
+                    (alt_train, alt_cool and bool(cool)))
     return _Setup(spec, report, data, engine, epochs, tta, out, base_dir, pipeline, sh)
 
 

@@ -217,7 +217,7 @@ class _Capture:
 
 
 def _plan(study, trials: list, args: Args) -> tuple[list[_Plan], list[str]]:
-    """Compose and budget-check every run before any trains; (runs to train, skipped lines)."""
+    """Compose and budget-check every run before any trains; (runs to train, lines to print first)."""
     from .config import compose
     from .gate import gate
 
@@ -231,9 +231,20 @@ def _plan(study, trials: list, args: Args) -> tuple[list[_Plan], list[str]]:
             ovs = run_overrides(study, t, args.overrides, seed)
             cfg = compose("config", ovs)
             if not any(p.trial is t for p in plans):
-                gate(cfg)  # BudgetRejected / SpecError before anything trains (the seed changes no shape)
+                _, report = gate(cfg)  # BudgetRejected / SpecError before anything trains (the seed changes no shape)
+                skipped += _shape_note(t, report.params)
             plans.append(_Plan(t, seed, ovs, cfg))
     return plans, skipped
+
+
+def _shape_note(trial, params: int) -> list[str]:
+    """A warning when the rebuilt architecture is not the one the sweep trained (e.g. a study
+    from before the sweeper recorded its command's ``model.*`` overrides)."""
+    swept = trial.user_attrs.get("model.params")
+    if swept is None or int(swept) == params:
+        return []
+    return [f"note: trial {trial.number} had {int(swept):,} params in the sweep, this config has {params:,}: pass the "
+            "sweep command's model.* overrides again"]
 
 
 def _describe(rec: dict) -> str:
