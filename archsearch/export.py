@@ -33,7 +33,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import CONF_DIR, ConfigError
-from .retrain import _shape_note, boolean, complete_trials, override_key, pick_trials, run_overrides, split_args
+from .retrain import (
+    boolean,
+    complete_trials,
+    override_key,
+    pick_trials,
+    run_overrides,
+    shape_note,
+    split_args,
+)
 from .study import override_value
 
 __all__ = ["best_trial", "main", "model_node"]
@@ -228,7 +236,7 @@ def _export(argv: Sequence[str]) -> tuple[int, str]:
     seeds = f"{len(full)} seed{'s' if len(full) > 1 else ''}"
     full_text = f", full-recipe val_acc {sum(full) / len(full):.4f} ({seeds})" if full else ""
     sp = " ".join(f"'{s}'" for s in _searchpath(out, ovs))
-    note = "".join(f"\n{n}" for n in _shape_note(trial, report.params))
+    note = "".join(f"\n{n}" for n in shape_note(trial, report.params))
     return 0, (f"wrote {path}\n{name}: trial {trial.number} of study {study.study_name!r}, {report.params:,} params, "
                f"RF {report.rf}, proxy val_acc {_fmt_acc(proxy_val_acc(trial))}{full_text}; "
                f"{text.strip().splitlines()[-1]}; train it: python -m archsearch.train model={name} {sp}".rstrip() + note)

@@ -45,7 +45,7 @@ from typing import Any
 from .config import ConfigError
 from .study import override_value
 
-__all__ = ["complete_trials", "main", "override_key", "pick_trials", "run_overrides", "split_args",
+__all__ = ["complete_trials", "main", "override_key", "pick_trials", "run_overrides", "shape_note", "split_args",
            "sweep_overrides", "trial_overrides"]
 
 log = logging.getLogger("archsearch")
@@ -232,12 +232,12 @@ def _plan(study, trials: list, args: Args) -> tuple[list[_Plan], list[str]]:
             cfg = compose("config", ovs)
             if not any(p.trial is t for p in plans):
                 _, report = gate(cfg)  # BudgetRejected / SpecError before anything trains (the seed changes no shape)
-                skipped += _shape_note(t, report.params)
+                skipped += shape_note(t, report.params)
             plans.append(_Plan(t, seed, ovs, cfg))
     return plans, skipped
 
 
-def _shape_note(trial, params: int) -> list[str]:
+def shape_note(trial, params: int) -> list[str]:
     """A warning when the rebuilt architecture is not the one the sweep trained (e.g. a study
     from before the sweeper recorded its command's ``model.*`` overrides)."""
     swept = trial.user_attrs.get("model.params")

@@ -344,3 +344,13 @@ def test_cli_mistakes_exit_2_without_a_traceback(small_study):
                            capture_output=True, text=True, timeout=120)
         assert p.returncode == 2 and p.stderr.startswith(message) and p.stderr.count("\n") == 1, p.stderr
         assert "Traceback" not in p.stderr
+
+
+def test_export_warns_when_the_rebuilt_model_is_not_the_swept_one(small_study, capsys):
+    """A study whose sweep command's model.* overrides were not recorded: the params disagree."""
+    st = journal_study(small_study, "old")
+    add_trial(st, {"model.wide": 32, "optim.lr": 0.05}, **{"model.params": 12345})
+    code, out, err = run_main("export", capsys, "sweep=smoke", "hydra.sweeper.study_name=old", "name=x",
+                              f"out={small_study / 'conf' / 'model'}")
+    assert code == 0, err
+    assert out.rstrip().splitlines()[-1].startswith("note: trial 0 had 12,345 params in the sweep, this config has ")
