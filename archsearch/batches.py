@@ -89,19 +89,29 @@ def worker_count(setting, device) -> int:
 def _worker_init(_: int) -> None:
     """A worker augments with OpenCV on one thread: it shares the machine with the model's
     threads, and OpenCV's own pool on a few small images only adds contention."""
+    _single_threaded_opencv()
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _single_threaded_opencv() -> None:
     try:
         import cv2
 
         cv2.setNumThreads(1)
     except ImportError:
         pass
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def make_loader(dataset: BatchAug, sampler: EpochBatches, workers: int, device):
     import torch
+
+    if workers > 0:
+        # Workers are forked from this process. If it has run OpenCV's thread pool (the run's
+        # grid of augmented samples does), a forked worker's first warpAffine waits forever
+        # on that pool's lock: this process keeps OpenCV on one thread instead.
+        _single_threaded_opencv()
 
     return torch.utils.data.DataLoader(
         dataset, sampler=sampler, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
