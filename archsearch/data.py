@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DataError", "Splits", "load_data", "synthetic", "read_folder", "CIFAR10_CLASSES"]
+__all__ = ["DataError", "Splits", "load_data", "load_data_once", "synthetic", "read_folder", "CIFAR10_CLASSES"]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
@@ -226,3 +226,18 @@ def load_data(cfg: Mapping[str, Any], base_dir: str | Path = ".") -> Splits:
     x_tr, x_val, x_te = (np.ascontiguousarray(a) for a in (x_tr, x_val, x_te))
     mean, std = _stats(x_tr)
     return Splits(x_tr, y_tr, x_val, y_val, x_te, y_te, tuple(classes), mean, std)
+
+
+_LOADED: dict[str, Splits] = {}
+
+
+def load_data_once(cfg: Mapping[str, Any], base_dir: str | Path = ".") -> Splits:
+    """:func:`load_data`, kept for the next call with the same ``data`` config: a sweep or a
+    retrain process loads its dataset once for all its runs (only the last one is kept)."""
+    import json
+
+    key = json.dumps(dict(cfg), sort_keys=True, default=str)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = load_data(cfg, base_dir)
+    return _LOADED[key]

@@ -33,7 +33,6 @@ other runs still train).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -267,21 +266,13 @@ def _parent_run(tracker, study) -> str | None:
         return None
 
 
-_DATA: dict[str, Any] = {}
-
-
 def _data(cfg, base: Path):
     """Load a dataset once for all the runs that use it (the split depends on data.seed only)."""
     from omegaconf import OmegaConf
 
-    from .data import load_data
+    from .data import load_data_once
 
-    dc = OmegaConf.to_container(cfg.data, resolve=True)
-    key = json.dumps(dc, sort_keys=True, default=str)
-    if key not in _DATA:
-        _DATA.clear()
-        _DATA[key] = load_data(dc, base)
-    return _DATA[key]
+    return load_data_once(OmegaConf.to_container(cfg.data, resolve=True), base)
 
 
 def retrain_one(study, plan: _Plan, tracker, parent: str | None, base: Path) -> dict:

@@ -29,23 +29,13 @@ log = logging.getLogger("archsearch")
 
 
 # ------------------------------------------------------------------ Hydra entry
-_DATA_CACHE: dict[str, Any] = {}
-
-
 def _cached_data(cfg, base_dir: Path):
     """A sweep process loads its dataset once and reuses it across trials."""
-    import json
-
     from omegaconf import OmegaConf
 
-    from .data import load_data
+    from .data import load_data_once
 
-    dc = OmegaConf.to_container(cfg.data, resolve=True)
-    key = json.dumps(dc, sort_keys=True, default=str)
-    if key not in _DATA_CACHE:
-        _DATA_CACHE.clear()
-        _DATA_CACHE[key] = load_data(dc, base_dir)
-    return _DATA_CACHE[key]
+    return load_data_once(OmegaConf.to_container(cfg.data, resolve=True), base_dir)
 
 
 def _multirun_parent(cfg, sweep_dir: str) -> str | None:
