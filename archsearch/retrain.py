@@ -1,11 +1,13 @@
-"""``python -m archsearch.retrain sweep=NAME [top=3] [seeds=1] [trials=4,7] [force=true] [overrides ...]``
+"""``python -m archsearch.retrain sweep=NAME [top=3] [seeds=1] [trials=4,7] [distinct=false] [force=true] [overrides ...]``
 
 Retrains a sweep's best trials with the full recipe, to see whether the sweep's cheaper
 proxy training (``conf/proxy/``) ranked them right and what they are really worth.
 
 It opens the sweep's study (as the sweeper and ``python -m archsearch.report`` find it:
 ``hydra.sweeper.study_name=`` and ``hydra.sweeper.storage=`` work the same way), takes the
-``top`` COMPLETE trials by objective value (or the trial numbers of ``trials=``), and trains
+``top`` COMPLETE trials by objective value, the best of each architecture (its ``model.*``
+values; ``distinct=false`` also takes trials that differ only in other values such as the lr),
+or the trial numbers of ``trials=``, and trains
 each one once per seed (``seeds=N``: seeds 0 .. N-1) on the ``config`` composed with, in
 order (the last wins): ``sweep=NAME``; the architecture overrides the sweep command was
 given (``model*``, ``budget*``, ``hydra.searchpath``, recorded by the sweeper; the command's
@@ -49,7 +51,7 @@ __all__ = ["complete_trials", "main", "override_key", "pick_trials", "run_overri
 
 log = logging.getLogger("archsearch")
 
-OWN = ("top", "seeds", "trials", "force")
+OWN = ("top", "seeds", "trials", "force", "distinct")
 ARCH_KEYS = ("model", "budget", "hydra.searchpath")  # sweep-command overrides that shape the trial's architecture
 DEFAULT_TOP = 3
 
@@ -87,6 +89,7 @@ class Args:
     seeds: int = 1
     trials: list[int] | None = None
     force: bool = False
+    distinct: bool = True
     overrides: list[str] = field(default_factory=list)
 
 
@@ -101,6 +104,8 @@ def parse_args(argv: Sequence[str]) -> Args:
         args.seeds = positive_int("seeds", mine["seeds"])
     if "force" in mine:
         args.force = boolean("force", mine["force"])
+    if "distinct" in mine:
+        args.distinct = boolean("distinct", mine["distinct"])
     if "trials" in mine:
         items = [x.strip() for x in mine["trials"].strip("[]").split(",")]
         if not all(x.isdigit() for x in items):
@@ -123,8 +128,22 @@ def complete_trials(study) -> list:
     return sorted(done, key=lambda t: (-t.values[0] if best_high else t.values[0], t.number))
 
 
-def pick_trials(study, top: int | None, numbers: Sequence[int] | None, field_name: str = "trials") -> list:
-    """The ``top`` best COMPLETE trials, or the trials ``numbers`` (each must be COMPLETE;
+def distinct_architectures(trials: list) -> list:
+    """The best trial of each architecture (its sampled ``model.*`` values), in order: TPE
+    often settles on one architecture and tunes the lr around it, and ``top=3`` should
+    retrain three networks, not one three times."""
+    seen, out = set(), []
+    for t in trials:
+        arch = tuple(sorted((k, repr(v)) for k, v in t.params.items() if k.startswith("model.")))
+        if arch not in seen:
+            seen.add(arch)
+            out.append(t)
+    return out
+
+
+def pick_trials(study, top: int | None, numbers: Sequence[int] | None, field_name: str = "trials",
+                distinct: bool = True) -> list:
+    """The ``top`` best COMPLETE trials (of distinct architectures unless ``distinct`` is false), or the trials ``numbers`` (each must be COMPLETE;
     ``field_name`` is the argument named in the error)."""
     done = complete_trials(study)
     name = study.study_name
@@ -132,7 +151,7 @@ def pick_trials(study, top: int | None, numbers: Sequence[int] | None, field_nam
         raise ConfigError(f"sweep: study {name!r} has no COMPLETE trial yet; run the sweep first: "
                           f"python -m archsearch.train -m sweep={name}")
     if numbers is None:
-        return done[: top or DEFAULT_TOP]
+        return (distinct_architectures(done) if distinct else done)[: top or DEFAULT_TOP]
     ok = {t.number: t for t in done}
     nums = sorted(ok)
     choices = ", ".join(map(str, nums[:30])) + (", ..." if len(nums) > 30 else "")
@@ -297,7 +316,7 @@ def _prepare(argv: Sequence[str]):
 
     args = parse_args(argv)
     cfg, study, url = open_study(args.overrides)
-    trials = pick_trials(study, args.top, args.trials)
+    trials = pick_trials(study, args.top, args.trials, distinct=args.distinct)
     plans, skipped = _plan(study, trials, args)
     return args, cfg, study, trials, plans, skipped
 

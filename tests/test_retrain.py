@@ -90,7 +90,7 @@ def test_retrain_top_trials_full_recipe_mlflow_and_study_records(swept, monkeypa
     st = journal_study(swept)
     assert st.user_attrs["archsearch.base_overrides"][:1] == ["sweep=smoke"]  # the sweeper recorded its command
     top = [t.number for t in complete_trials(st)[:3]]
-    code, out, err = run_main("retrain", capsys, "sweep=smoke", "top=3", *FAST)
+    code, out, err = run_main("retrain", capsys, "sweep=smoke", "top=3", "distinct=false", *FAST)
     assert code == 0, err
     assert "not reapplied" in out and "data.n_train=384" in out  # training settings of the sweep command
     for n in top:
@@ -354,3 +354,15 @@ def test_export_warns_when_the_rebuilt_model_is_not_the_swept_one(small_study, c
                               f"out={small_study / 'conf' / 'model'}")
     assert code == 0, err
     assert out.rstrip().splitlines()[-1].startswith("note: trial 0 had 12,345 params in the sweep, this config has ")
+
+
+def test_top_takes_the_best_trial_of_each_architecture():
+    from types import SimpleNamespace
+
+    from archsearch.retrain import distinct_architectures
+
+    def t(n, wide, lr):
+        return SimpleNamespace(number=n, params={"model.wide": wide, "optim.lr": lr})
+
+    ranked = [t(29, 48, 0.05), t(51, 48, 0.04), t(7, 32, 0.05), t(3, 48, 0.09), t(9, 64, 0.01)]
+    assert [x.number for x in distinct_architectures(ranked)] == [29, 7, 9]  # lr variants of 48 dropped
