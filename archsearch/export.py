@@ -110,6 +110,14 @@ def _fmt_acc(v) -> str:
     return "n/a" if v is None or v != v else f"{v:.4f}"
 
 
+def _short(text: str) -> str:
+    """Paths inside the working folder written relative to it: the header stays true on another machine."""
+    import os
+
+    base = os.getcwd().rstrip("/") + "/"
+    return text.replace(base, "")
+
+
 def _header(study, url: str, trial, base_file: Path, model_ovs: list[str], report) -> str:
     from .report import proxy_val_acc, retrained
 
@@ -117,7 +125,7 @@ def _header(study, url: str, trial, base_file: Path, model_ovs: list[str], repor
         return textwrap.wrap(f"{label} {' '.join(items)}", 100, initial_indent="# ", subsequent_indent="#   ")
 
     lines = [f"# Exported by python -m archsearch.export from trial {trial.number} of study {study.study_name!r}",
-             f"#   storage: {url}", f"#   based on: {base_file}"]
+             f"#   storage: {_short(url)}", f"#   based on: {_short(str(base_file))}"]
     lines += block("model settings applied:", model_ovs or ["(none)"])
     lines.append(f"# {report.params:,} params, RF {report.rf}, {report.macs:,} MACs (archsearch's analysis of this file)")
     lines.append(f"# proxy (the sweep's training): val_acc {_fmt_acc(proxy_val_acc(trial))}")
