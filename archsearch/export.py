@@ -111,11 +111,11 @@ def _fmt_acc(v) -> str:
 
 
 def _short(text: str) -> str:
-    """Paths inside the working folder written relative to it: the header stays true on another machine."""
-    import os
+    """Paths inside the base folder (``report.base_dir``: where ``mlruns/`` lives) written
+    relative to it: the header stays true on another machine."""
+    from .report import base_dir
 
-    base = os.getcwd().rstrip("/") + "/"
-    return text.replace(base, "")
+    return text.replace(str(base_dir()).rstrip("/") + "/", "")
 
 
 def _header(study, url: str, trial, base_file: Path, model_ovs: list[str], report) -> str:
