@@ -10,6 +10,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import math
 import os
@@ -177,6 +180,7 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
 
     t0 = time.time()
     spec, report = gate(cfg)  # may raise: nothing loaded yet
+    sys_every = _system_metrics_interval(cfg.trainer.get("system_metrics"))
     s = _setup(cfg, spec, report, out_dir, data, sweep_trial=epoch_hook is not None)
     tcfg = cfg.trainer
     state = checkpoint.load(str(tcfg.resume), s.engine, s.spec_hash) if tcfg.resume else TrainState()
@@ -194,11 +198,28 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
         if not resumed:
             _log_inputs(run, cfg, resolved, s)
         _log_start(s, resumed is not None)
-        for epoch in range(state.epoch, s.epochs):
-            _run_epoch(s, state, run, epoch, bool(tcfg.checkpoint))
-            if epoch_hook is not None:
-                epoch_hook(epoch + 1, state.history[-1]["val_acc"])  # may raise Pruned
-        return _finish(s, state, run, cfg, t0)
+        with run.system_metrics(sys_every, resumed is not None) if sys_every else contextlib.nullcontext():
+            for epoch in range(state.epoch, s.epochs):
+                _run_epoch(s, state, run, epoch, bool(tcfg.checkpoint))
+                if epoch_hook is not None:
+                    epoch_hook(epoch + 1, state.history[-1]["val_acc"])  # may raise Pruned
+            return _finish(s, state, run, cfg, t0)
+
+
+def _system_metrics_interval(v) -> float | None:
+    """``trainer.system_metrics``: false | true (every 10 s) | seconds -> the interval, or None."""
+    if v is None or v is False:
+        return None
+    if v is True:
+        v = 10.0
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        raise ConfigError(f"trainer.system_metrics: must be false, true or a sampling interval in seconds > 0; "
+                          f"got {v!r}")
+    try:
+        import psutil  # noqa: F401  (what MLflow samples with)
+    except ImportError:
+        raise ConfigError("trainer.system_metrics: needs psutil (pip install psutil)") from None
+    return float(v)
 
 
 def _run_epoch(s: _Setup, state: TrainState, run, epoch: int, save: bool) -> None:
@@ -235,6 +256,8 @@ def _finish(s: _Setup, state: TrainState, run, cfg, t0: float) -> TrainResult:
             run.log_artifact(p)
         if cfg.trainer.checkpoint and (s.out / "best.pt").exists() and cfg.tracking.get("log_checkpoint", True):
             run.log_artifact(s.out / "best.pt", "checkpoints")
+        if cfg.tracking.get("log_model", True):
+            _log_model(s, state, run)
     how = []
     if s.tta != "none":
         how.append(f"{s.tta} TTA, single view {parts['test_acc_no_tta']:.4f}")
@@ -280,6 +303,8 @@ def _log_inputs(run, cfg, resolved: dict, s: _Setup) -> None:
                    "model.spec_hash": s.spec_hash, "data.n_train": len(d.x_train),
                    "data.n_val": len(d.x_val), "data.n_test": len(d.x_test)})
     run.log_params(params)
+    if run.enabled:
+        run.log_dataset(**_dataset_input(resolved["data"], d, s.base_dir))
     (s.out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (s.out / "analysis.txt").write_text(format_table(r, parse_budget(resolved["budget"]), []) + "\n")
     run.log_artifact(s.out / "config.yaml")
@@ -290,6 +315,58 @@ def _log_inputs(run, cfg, resolved: dict, s: _Setup) -> None:
         s.pipeline.set_random_seed(seed)
         aug = np.stack([s.pipeline(image=im)["image"] for im in d.x_train[idx]])
         run.log_artifact(save_grid(aug, str(s.out / "augmented_samples.png"), [d.classes[i] for i in d.y_train[idx]]))
+
+
+def _dataset_input(cfg_data: dict, d, base_dir: Path) -> dict:
+    """The data as MLflow sees it: name, source, a digest of the exact splits, their sizes."""
+    src = str(cfg_data.get("source"))
+    h = hashlib.sha256()
+    for a in (d.x_train, d.y_train, d.x_val, d.y_val, d.x_test, d.y_test):
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    if src == "synthetic":
+        name, source_type, source = "synthetic", "synthetic", {"uri": "synthetic", "seed": cfg_data.get("seed")}
+    else:
+        root = Path(str(cfg_data.get("root"))).expanduser()
+        root = root if root.is_absolute() else base_dir / root
+        name, source_type, source = (src if src == "cifar10" else root.name), "local", {"uri": str(root.resolve())}
+    c, hh, w = d.image_shape
+    profile = {"num_rows": len(d.x_train), "train": len(d.x_train), "val": len(d.x_val), "test": len(d.x_test),
+               "classes": d.num_classes, "image": f"{c}x{hh}x{w} uint8"}
+    schema = {"mlflow_tensorspec": {
+        "features": json.dumps([{"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": [-1, hh, w, c]}}]),
+        "targets": json.dumps([{"type": "tensor", "tensor-spec": {"dtype": str(d.y_train.dtype), "shape": [-1]}}])}}
+    return {"name": name, "digest": h.hexdigest()[:10], "source_type": source_type, "source": source,
+            "profile": profile, "schema": schema}
+
+
+def _log_model(s: _Setup, state: TrainState, run) -> None:
+    """The best weights (``best.pt``; the final ones without checkpoints) as an MLflow PyTorch
+    model taking float32 RGB in [0, 1], N x 3 x H x W (the normalisation is its first layer)."""
+    import numpy as np
+    import torch
+
+    from .build import build_model
+
+    t0, net, step = time.time(), build_model(s.spec), len(state.history)
+    best = s.out / "best.pt"
+    if best.exists():
+        ck = torch.load(best, map_location="cpu", weights_only=False)
+        net.load_state_dict(ck["ema"]["model"] if ck.get("ema") else ck["model"])
+        step = int(ck["epoch"]) + 1
+    else:
+        net.load_state_dict({k: v.cpu() for k, v in s.engine.eval_model.state_dict().items()})
+    mean, std = torch.tensor(s.data.mean), torch.tensor(s.data.std)
+    norm = torch.nn.Conv2d(3, 3, 1).requires_grad_(False)  # (x - mean) / std as a 1x1 conv
+    norm.weight.copy_(torch.diag(1 / std).view(3, 3, 1, 1))
+    norm.bias.copy_(-mean / std)
+    c, h, w = s.data.image_shape
+    example = (s.data.x_test[:1].transpose(0, 3, 1, 2) / 255.0).astype(np.float32).reshape(1, c, h, w)
+    model_id = run.log_model(torch.nn.Sequential(norm, net.float()), example, step, name=s.spec.name,
+                             params={"spec_hash": s.spec_hash, "epoch": step},
+                             metadata={"input": f"float32 N x {c} x {h} x {w}, RGB in [0, 1]",
+                                       "output": "logits", "classes": list(s.data.classes)})
+    log.info("logged model %s (epoch %d weights) in %.1fs", model_id, step, time.time() - t0)
 
 
 def _log_start(s: _Setup, resumed: bool) -> None:

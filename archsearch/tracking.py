@@ -5,20 +5,35 @@ Default store: ``sqlite:///<cwd>/mlruns/mlflow.db`` with artifacts under ``mlrun
 (MLflow >= 3.13 refuses the plain ``./mlruns`` file store). Compare runs with::
 
     mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db
+
+What a run records beyond params/metrics/artifacts, so that MLflow's own UI is filled: the
+experiment is marked as a training ("Machine learning") experiment, the dataset is a dataset
+input, the best weights a logged PyTorch model linked to the run and its metrics
+(``tracking.log_model``), and CPU / memory / GPU use as system metrics on request
+(``trainer.system_metrics``). MLflow 3.17's UI also keeps a per-browser "GenAI / Machine
+learning" switch; ``#/experiments/<id>/runs?workflowType=machine_learning`` sets it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NullTracker", "Tracker", "default_uri", "flatten", "make_tracker", "run_lifecycle"]
+__all__ = ["EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "NullTracker", "Tracker", "default_uri", "flatten",
+           "make_tracker", "run_lifecycle"]
 
 STATUSES = ("FINISHED", "FAILED", "KILLED")
+# MLflow 3's experiment-level setting for the kind of experiment (what its UI opens on): without it
+# the UI may infer "GenAI apps & agents" and open on an empty Overview/Traces page instead of the runs
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # shown as "Machine learning"
 
 
 def default_uri(base: str | Path | None = None) -> str:
@@ -58,7 +73,14 @@ class NullTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
     def log_artifact(self, path: str | Path, subdir: str | None = None) -> None: ...
     def log_text(self, text: str, name: str) -> None: ...
+    def log_dataset(self, name: str, digest: str, source_type: str, source: Mapping[str, Any],
+                    profile: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> None: ...
+    def log_model(self, *a, **k) -> str | None: ...
     def end(self, status: str = "FINISHED") -> None: ...
+
+    @contextlib.contextmanager
+    def system_metrics(self, interval: float, resume: bool = False):
+        yield
 
 
 class Tracker:
@@ -118,9 +140,96 @@ class Tracker:
     def log_text(self, text: str, name: str) -> None:
         self.client.log_text(self.run_id, text, name)
 
+    def log_dataset(self, name: str, digest: str, source_type: str, source: Mapping[str, Any],
+                    profile: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> None:
+        """One dataset input (the runs table's Dataset column), used for training."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        ds = Dataset(name=name, digest=digest, source_type=source_type, source=json.dumps(dict(source)),
+                     schema=json.dumps(dict(schema)) if schema else None, profile=json.dumps(dict(profile)))
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds, [InputTag("mlflow.data.context", "train")])])
+
+    def log_model(self, model, example, step: int, name: str = "model", params: Mapping[str, Any] | None = None,
+                  metadata: Mapping[str, Any] | None = None) -> str:
+        """``model`` (a torch module) as an MLflow 3 LoggedModel of this run: a PyTorch flavour with
+        the signature of ``example`` -> its output, the run's metrics at ``step`` linked to it.
+        Through the client only (no active run, the global tracking URI untouched) -> model id."""
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+        lm = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=self.run_id,
+                                             params={k: str(v) for k, v in (params or {}).items()},
+                                             model_type="pytorch")
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                _save_pytorch(model, example, Path(tmp) / name, lm, self.run_id, metadata)
+                self.client.log_model_artifacts(lm.model_id, str(Path(tmp) / name))
+            self.client.log_outputs(self.run_id, [LoggedModelOutput(lm.model_id, step)])
+            self._link_metrics(lm.model_id, step)
+        except BaseException:
+            self.client.finalize_logged_model(lm.model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.finalize_logged_model(lm.model_id, LoggedModelStatus.READY)
+        return lm.model_id
+
+    def _link_metrics(self, model_id: str, step: int) -> None:
+        """The run's metrics at ``step`` also as the model's (its page's Metrics table)."""
+        from mlflow.entities import Metric
+
+        ms = []
+        for key in self.client.get_run(self.run_id).data.metrics:
+            if key.startswith("system/"):  # sampled on their own steps, not the model's epoch
+                continue
+            ms += [Metric(m.key, m.value, m.timestamp, m.step, run_id=self.run_id, model_id=model_id)
+                   for m in self.client.get_metric_history(self.run_id, key)
+                   if m.step == step and m.model_id is None]
+        for i in range(0, len(ms), 1000):
+            self.client.log_batch(self.run_id, metrics=ms[i:i + 1000])
+
+    @contextlib.contextmanager
+    def system_metrics(self, interval: float, resume: bool = False):
+        """MLflow's system metrics (``system/cpu_utilization_percentage``, memory, disk, network;
+        GPU with nvidia-ml-py) every ``interval`` seconds while the block runs, and once at its end
+        (so a run shorter than the interval has one sample too)."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        mon = SystemMetricsMonitor(self.run_id, sampling_interval=interval, resume_logging=resume,
+                                   tracking_uri=self.uri)
+        mon.start()
+        try:
+            yield
+        finally:
+            mon.finish()
+            mon.collect_metrics()
+            mon.publish_metrics(mon.aggregate_metrics())
+            mon.mlflow_logger.flush()
+
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id:
             self.client.set_terminated(self.run_id, status=status)
+
+
+def _save_pytorch(model, example, path: Path, lm, run_id: str, metadata: Mapping[str, Any] | None) -> None:
+    """MLflow's PyTorch flavour in ``path``: the pickled module (loading needs archsearch installed;
+    MLflow's default, ``torch.export``, cost 7 s here and fixed the batch size to 1), the signature
+    from ``example``, explicit requirements (no inference subprocess)."""
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import Model, infer_signature
+
+    model = model.eval()
+    with torch.no_grad():
+        out = model(torch.from_numpy(example)).numpy()
+    mm = Model(artifact_path=lm.artifact_location, model_uuid=lm.model_id, run_id=run_id, model_id=lm.model_id)
+    quiet = logging.getLogger("mlflow.pytorch")  # its pickle warning, once per run: chosen, said here
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        mlflow.pytorch.save_model(model, str(path), mlflow_model=mm, signature=infer_signature(example, out),
+                                  input_example=example, metadata=dict(metadata or {}),
+                                  pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
+                                  serialization_format="pickle")
+    finally:
+        quiet.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -191,9 +300,12 @@ def ensure_experiment(client, uri: str, name: str) -> str:
     for attempt in range(5):
         exp = client.get_experiment_by_name(name)
         if exp is not None:
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # made before archsearch set it (or by hand)
+                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return exp.experiment_id
         try:
-            return client.create_experiment(name, artifact_location=artifact_location)
+            return client.create_experiment(name, artifact_location=artifact_location,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except Exception:  # another process created it first (or schema race): look again
             time.sleep(0.2 * (attempt + 1))
     exp = client.get_experiment_by_name(name)
@@ -206,5 +318,10 @@ def make_tracker(cfg: Mapping[str, Any] | None, base_dir: str | Path | None = No
     """``cfg`` is the ``tracking`` config group."""
     if not cfg or not cfg.get("enabled", True):
         return NullTracker()
+    from .config import ConfigError
+
+    for key in ("log_model", "log_checkpoint"):
+        if not isinstance(cfg.get(key, True), bool):
+            raise ConfigError(f"tracking.{key}: must be true or false; got {cfg.get(key)!r}")
     uri = cfg.get("uri") or default_uri(base_dir)
     return Tracker(uri, cfg.get("experiment") or "archsearch")
