@@ -3,9 +3,10 @@ job (pruning reports, through :mod:`archsearch.trial`) and the report: storages,
 
 Trial states as archsearch records them (user attribute ``state``):
 COMPLETE / PRUNED / FAIL (trained trials, they count towards ``n_trials``),
-REJECTED (refused by the budget before launch: told to Optuna as COMPLETE with the worst
-objective value and a positive ``budget`` constraint, so the sampler learns the feasible
-region, but not counted as trained), INTERRUPTED (its process died; retried).
+REJECTED (refused by the budget before launch: told to Optuna as PRUNED with no reported
+epoch and a positive ``budget`` constraint, so TPE ranks it infeasible and learns the feasible
+region, while Optuna's best trial, importance and plots, which read COMPLETE trials, never
+take it for a trained result; not counted as trained), INTERRUPTED (its process died; retried).
 """
 
 from __future__ import annotations

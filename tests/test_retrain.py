@@ -34,17 +34,19 @@ def journal_study(base, name="smoke"):
 
 
 def add_trial(st, params, state="COMPLETE", value=0.5, **attrs):
-    """A finished trial as the sweeper records it (REJECTED: told COMPLETE, with the worst value)."""
+    """A finished trial as the sweeper records it (REJECTED: told PRUNED, no epoch, budget constraint > 0)."""
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
     def dist(k, v):
         return FloatDistribution(1e-3, 1.0, log=True) if k == "optim.lr" else CategoricalDistribution([v])
 
-    ostate = optuna.trial.TrialState.PRUNED if state == "PRUNED" else optuna.trial.TrialState.COMPLETE
+    pruned = state in ("PRUNED", "REJECTED")
+    ostate = optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.COMPLETE
     st.add_trial(optuna.trial.create_trial(
-        state=ostate, value=None if state == "PRUNED" else (0.0 if state == "REJECTED" else value),
+        state=ostate, value=None if pruned else value,
         params=params, distributions={k: dist(k, v) for k, v in params.items()},
+        system_attrs={"constraints:budget": 1.0} if state == "REJECTED" else {},
         intermediate_values={1: value} if state != "REJECTED" else {}, user_attrs={"state": state, **attrs}))
 
 

@@ -63,6 +63,11 @@ def test_smoke_sweep_rejects_fails_prunes_and_logs_parent_child(tmp_path):
     assert 1 not in jobs and {0, 2, 3} <= jobs
     t1 = study(tmp_path).trials[1]
     assert not t1.intermediate_values and t1.constraints["budget"] > 0
+    # Optuna's own views (best trial, importance, dashboards) never read a rejection as a result of 0
+    from optuna.trial import TrialState
+    st = study(tmp_path)
+    assert t1.state == TrialState.PRUNED and t1.value is None
+    assert st.best_trial.number == 0 and st.metric_names == ["val_acc"]
     assert "params 165,624 exceed max_params 100,000" in t1.user_attrs["reasons"][0]
     t3 = study(tmp_path).trials[3]
     assert len(t3.intermediate_values) < 3  # stopped before its last epoch
@@ -237,3 +242,82 @@ def test_multi_objective_gives_a_pareto_front_without_pruning(tmp_path):
     done = [t for t in st.trials if t.user_attrs.get("state") == "COMPLETE"]
     assert len(done) == 3 and all(t.values[1] == t.user_attrs["model.params"] for t in done)
     assert st.best_trials  # the Pareto front
+
+
+def test_plan_slots_divides_devices_and_cores():
+    import pytest
+
+    from hydra_plugins.archsearch_sweeper._pool import plan_slots
+
+    cpu = plan_slots(2, "auto", 1, cores=[0, 1], gpus=[])
+    assert [(s.gpu, s.cores) for s in cpu] == [(None, (0,)), (None, (1,))]  # one core each, no oversubscription
+    assert cpu[0].env()["OMP_NUM_THREADS"] == "1" and "CUDA_VISIBLE_DEVICES" not in cpu[0].env()
+    gpu = plan_slots(None, "auto", 2, cores=list(range(8)), gpus=[0, 1])  # null: every slot of every GPU
+    assert [s.gpu for s in gpu] == [0, 0, 1, 1] and gpu[2].env()["CUDA_VISIBLE_DEVICES"] == "1"
+    assert len(plan_slots(None, "auto", 1, cores=[0, 1], gpus=[])) == 1
+    with pytest.raises(ValueError, match=r"hydra.sweeper.n_jobs: 3 concurrent trials need 3 slots, but devices \[0\]"):
+        plan_slots(3, [0], 1, cores=[0, 1])
+    with pytest.raises(ValueError, match="hydra.sweeper.devices: expected auto, cpu or a list"):
+        plan_slots(2, "gpus", 1, cores=[0, 1])
+
+
+def test_n_jobs_keeps_two_trials_running_without_a_batch_barrier(tmp_path):
+    """n_jobs=2 on 2 cores: trials in processes of their own, one core each, overlapping in time;
+    rejection before launch, pruning through the storage and MLflow parent/child runs as with one."""
+    import mlflow
+
+    st = study(tmp_path)
+    st.enqueue_trial({"model.wide": 72, "model.dropout": 0.0, "optim.lr": 0.05})  # over budget: rejected
+    p = sweep(tmp_path, "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=4", "trainer.epochs=2",
+              "model.wide=choice(32,48,72)")
+    out = p.stdout + p.stderr
+    assert "2 trials at a time" in out
+    st = study(tmp_path)
+    s = states(st)
+    assert sum(v in ("COMPLETE", "PRUNED", "FAIL") for v in s.values()) == 4 and s[0] == "REJECTED"
+    trained = [t for t in st.trials if t.user_attrs.get("state") in ("COMPLETE", "PRUNED")]
+    assert {t.user_attrs["slot"].split(" (")[0] for t in trained} == {"slot 0", "slot 1"}
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trained)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))  # two trials ran at the same time
+    for t in trained:  # each job folder as Hydra keeps it, plus what the trial process returned
+        job = tmp_path / "multirun" / "s" / str(t.number)
+        assert (job / ".hydra" / "config.yaml").exists() and (job / "result.json").exists()
+        assert t.intermediate_values  # reported from the trial's own process
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["archsearch"])
+    parent = runs[runs["tags.archsearch.role"] == "parent"].run_id.iloc[0]
+    kids = runs[runs["tags.mlflow.parentRunId"] == parent]
+    assert len(kids) == len(s) and not (kids.status == "RUNNING").any()
+
+
+def test_n_jobs_a_killed_trial_process_is_retried_and_the_sweep_goes_on(tmp_path):
+    from optuna.trial import TrialState
+
+    proc = sweep(tmp_path, "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=3", "trainer.epochs=4",
+                 "hydra.sweeper.pruner={name:none}", "model.wide=choice(32,48)", background=True)
+    victim, deadline = None, time.time() + 300
+    while victim is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        try:
+            running = [t for t in study(tmp_path).trials if t.state == TrialState.RUNNING and t.intermediate_values]
+        except Exception:
+            continue
+        if running:
+            victim = running[0].number
+            job = f"multirun/s/{victim}"
+            for pid in os.listdir("/proc"):
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                except (OSError, ValueError):
+                    continue
+                if b"archsearch.trialjob" in cmd and any(a.decode().endswith(job) for a in cmd):
+                    os.kill(int(pid), signal.SIGKILL)
+    out, _ = proc.communicate(timeout=600)
+    assert victim is not None and proc.returncode == 0, out[-3000:]
+    st = study(tmp_path)
+    s = states(st)
+    assert s[victim] == "INTERRUPTED" and "killed by signal 9" in st.trials[victim].user_attrs["error"]
+    retry = [t for t in st.trials if t.user_attrs.get("retry_of") == victim]
+    assert len(retry) == 1 and retry[0].params == st.trials[victim].params
+    assert sum(v in ("COMPLETE", "PRUNED", "FAIL") for v in s.values()) == 3
+    assert not [t for t in st.trials if t.state == TrialState.RUNNING]

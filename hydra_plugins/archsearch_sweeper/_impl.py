@@ -3,7 +3,7 @@
 One loop per worker process, on Optuna's ask/tell API:
 
     ask -> suggest the search space -> compose the job config -> budget gate
-      rejected: tell COMPLETE with the worst value + a positive "budget" constraint, an
+      rejected: tell PRUNED (no epoch reported) + a positive "budget" constraint, an
                 MLflow child run in state REJECTED; nothing is launched
       accepted: launch the job (it reports val accuracy each epoch to the storage and
                 stops itself when the pruner says so) -> tell COMPLETE / PRUNED / FAIL
@@ -159,13 +159,6 @@ class SweeperImpl:
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
-    def _worst(self, direction: str, name: str, report) -> float:
-        if name in MEASURED and report is not None:
-            return float(getattr(report, name))
-        if name == "val_acc":
-            return 0.0 if direction == "maximize" else 1.0
-        return 1e12 if direction == "minimize" else 0.0
-
     def _counts(self, study) -> dict[str, int]:
         from optuna.trial import TrialState
 
@@ -246,27 +239,33 @@ class SweeperImpl:
         import warnings
 
         import optuna
-        from hydra.core.utils import JobStatus
-        from optuna.trial import TrialState
 
-        from archsearch.gate import BudgetRejected, gate
-        from archsearch.spec import SpecError
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        study = self._open_study(arguments)
+        pool = self._pool()
+        c = self._counts(study)
+        log.info("study %s (%s): %d/%d trained trials so far, %d rejected; storage %s%s", self.study_name,
+                 "/".join(d.name.lower() for d in study.directions), c["trained"], int(self.conf.n_trials),
+                 c["REJECTED"], self.url, f"; {len(pool.free)} trials at a time" if pool else "")
+        stop_reason = self._loop(study, pool)
+        return self._finish(study, self.parent, self.sweep_dir, stop_reason)
+
+    def _open_study(self, arguments: list[str]):
+        """The study (created or resumed), its search space, the MLflow parent run, the sweep folder."""
+        import optuna
+
         from archsearch.study import (
             forget_storage,
             make_pruner,
             make_sampler,
             open_storage,
             storage_url,
-            worker_id,
         )
         from archsearch.tracking import make_tracker
-        from archsearch.trial import Pruned, TrialRef
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         base_dir = Path(os.environ.get("ARCHSEARCH_BASE", os.getcwd()))
-        choices = self.config.hydra.runtime.choices
-        self.study_name = str(self.conf.study_name or choices.get("sweep") or "archsearch")
+        self.study_name = str(self.conf.study_name or self.config.hydra.runtime.choices.get("sweep") or "archsearch")
         directions = self._directions()
         params_conf = {str(k): str(v) for k, v in (self.conf.params or {}).items()}
         base, cli_space = [], {}
@@ -276,21 +275,21 @@ class SweeperImpl:
                 cli_space[k.lstrip("+")] = v if not ("," in v and "(" not in v) else f"choice({v})"
             else:
                 base.append(a)
-        space, fixed = parse_space({**params_conf, **cli_space})
-        base += fixed
-        url = storage_url(self.conf.storage, self.study_name, base_dir)
+        self.space, fixed = parse_space({**params_conf, **cli_space})
+        self.base = base + fixed
+        self.url = url = storage_url(self.conf.storage, self.study_name, base_dir)
         max_epochs = int(self.config.trainer.epochs)
         pconf = OmegaConf.to_container(self.conf.pruner, resolve=True)
         if len(directions) > 1 and pconf.get("name") != "none":
             log.warning("multi-objective study: Optuna cannot prune it, so pruning is off")
             pconf = {"name": "none"}
         make_pruner(pconf, max_epochs)  # validate the pruner config now
-        sconf = OmegaConf.to_container(self.conf.sampler, resolve=True)
+        self.sconf = OmegaConf.to_container(self.conf.sampler, resolve=True)
         for attempt in range(5):  # workers starting together race to create the storage's tables
             try:
-                storage = open_storage(url, heartbeat=True)
-                study = optuna.create_study(study_name=self.study_name, storage=storage, directions=directions,
-                                            sampler=make_sampler(sconf), load_if_exists=True)
+                self.storage = open_storage(url, heartbeat=True)
+                study = optuna.create_study(study_name=self.study_name, storage=self.storage, directions=directions,
+                                            sampler=make_sampler(self.sconf), load_if_exists=True)
                 break
             except Exception:
                 forget_storage(url)
@@ -300,118 +299,231 @@ class SweeperImpl:
         if list(d.name.lower() for d in study.directions) != directions:
             raise SweepConfigError(f"hydra.sweeper.direction: study {self.study_name!r} in {url} already has "
                                    f"directions {[d.name.lower() for d in study.directions]}")
-        study.set_user_attr("archsearch.pruner", pconf)
-        study.set_user_attr("archsearch.max_epochs", max_epochs)
-        study.set_user_attr("archsearch.base_overrides", base)  # retrain/export rebuild a trial's architecture
+        self._label(study, pconf, max_epochs)
         self.tracker = make_tracker(OmegaConf.to_container(self.config.tracking, resolve=True), base_dir)
         self._recover(study)
-        parent = self._parent_run(study)
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        self.parent = self._parent_run(study)
+        self.sweep_dir = Path(self.config.hydra.sweep.dir)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+        return study
+
+    def _label(self, study, pconf: dict, max_epochs: int) -> None:
+        import warnings
+
+        with warnings.catch_warnings():  # dashboards show "val_acc", not "Objective 0" (experimental API)
+            warnings.simplefilter("ignore")
+            study.set_metric_names(list(self.objectives))
+        study.set_user_attr("archsearch.pruner", pconf)
+        study.set_user_attr("archsearch.max_epochs", max_epochs)
+        study.set_user_attr("archsearch.base_overrides", self.base)  # retrain/export rebuild a trial's architecture
+
+    def _pool(self):
+        """None: trials run one at a time in this process (Hydra's launcher). A Pool of trial processes
+        when ``n_jobs`` > 1 or GPUs are listed, one per slot (see ``_pool.plan_slots``)."""
+        from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+
+        from ._pool import Pool, plan_slots
+
+        devices = self.conf.get("devices", "auto")
+        devices = list(devices) if OmegaConf.is_list(devices) else devices
+        n_jobs = self.conf.get("n_jobs", 1)
+        try:
+            slots = plan_slots(n_jobs, devices, int(self.conf.get("trials_per_device", 1)))
+        except ValueError as e:
+            raise SweepConfigError(str(e)) from None
+        listed = isinstance(devices, list) and bool(devices)
+        if len(slots) == 1 and not listed:
+            return None
+        if not isinstance(self.launcher, BasicLauncher):
+            raise SweepConfigError(f"hydra.sweeper.n_jobs: {len(slots)} concurrent trials run as local processes, "
+                                   f"not through the {type(self.launcher).__name__}; set n_jobs=1 (the launcher "
+                                   "runs the trials) or drop the launcher override")
+        for s in slots:
+            log.info("%s: cores %s", s.describe(), ",".join(map(str, s.cores)))
+        return Pool(slots)
+
+    def _loop(self, study, pool) -> str | None:
+        """Ask, gate and start trials until n_trials are trained (or a stop rule fires); with a pool,
+        a new trial starts as soon as a slot frees up: no batch waits for its slowest trial."""
+        from ._pool import Pool
 
         n_trials, max_fail = int(self.conf.n_trials), int(self.conf.max_failures)
         max_rej = int(self.conf.max_rejections_in_a_row)
         rejected_in_a_row, stop_reason = 0, None
-        c = self._counts(study)
-        log.info("study %s (%s): %d/%d trained trials so far, %d rejected; storage %s", self.study_name,
-                 "/".join(directions), c["trained"], n_trials, c["REJECTED"], url)
-        while True:
-            c = self._counts(study)
-            if c["trained"] + c["RUNNING"] >= n_trials:
-                break
-            if c["FAIL"] >= max_fail:
-                stop_reason = f"stopped: {c['FAIL']} failed trials reached max_failures {max_fail}"
-                break
-            trial = study.ask()
-            study.sampler = make_sampler(sconf, seed_offset=trial.number)  # distinct draws per trial, any worker
-            trial.set_user_attr("worker", worker_id())
-            values = {}
-            try:
-                for name, sw in space.items():
-                    values[name] = suggest(trial, name, sw)
-            except ValueError as e:
-                trial.set_user_attr("state", "INVALID")  # the sweep's settings, not a trained trial: not counted
-                study.tell(trial, state=TrialState.FAIL)
-                if isinstance(e, SweepConfigError):
-                    raise
-                raise SweepConfigError(  # Optuna refuses a space other than the study's
-                    f"hydra.sweeper.params.{name}: study {self.study_name!r} in {url} already searches "
-                    f"{name} over a different space ({e}); keep the study's space or start a new study "
-                    "with hydra.sweeper.study_name=NEW") from None
-            overrides = base + [f"{k}={_fmt(v)}" for k, v in values.items()]
-            overrides += TrialRef(self.study_name, url, trial.number, trial._trial_id, parent).overrides(_fmt)
-            report, reasons, cfg = None, [], None
-            try:
-                cfg = self._compose(overrides)
-                spec, report = gate(cfg)
-            except BudgetRejected as e:
-                from archsearch.analysis import analyze
+        try:
+            while True:
+                for r, result in (pool.reap() if pool else []):
+                    r.extra["hb"].stop()
+                    self._tell(study, r.extra["trial"], result, r.extra["report"], r.extra["values"],
+                               time.time() - r.started)
+                running = len(pool.running) if pool else 0
+                c = self._counts(study)
+                if stop_reason is None and c["FAIL"] >= max_fail:
+                    stop_reason = f"stopped: {c['FAIL']} failed trials reached max_failures {max_fail}"
+                room = pool.has_room() if pool else True
+                if stop_reason is None and room and c["trained"] + c["RUNNING"] < n_trials:
+                    cand = self._candidate(study)
+                    if cand is None:  # rejected by the budget
+                        rejected_in_a_row += 1
+                        if rejected_in_a_row >= max_rej:
+                            stop_reason = (f"stopped: {rejected_in_a_row} candidates in a row were rejected by the "
+                                           "budget (max_rejections_in_a_row); widen the budget or narrow the search space")
+                        continue
+                    rejected_in_a_row = 0
+                    self._start(study, cand, pool)
+                    continue
+                if not running:
+                    return stop_reason
+                pool.wait(0.5)
+        finally:
+            if isinstance(pool, Pool) and pool.running:
+                for r in pool.stop_all():
+                    r.extra["hb"].stop()
+                    self._interrupted(study, r.extra["trial"], "the sweep was stopped during the trial")
 
-                report = analyze(e.spec)
-                reasons = [v.message for v in e.violations]
-                amount = sum(v.amount for v in e.violations)
-            except SpecError as e:
-                reasons, amount = [str(e)], 1.0
-            except Exception as e:  # an override that cannot be composed
-                reasons, amount = [" ".join(str(e).split())[:300]], 1.0
-            if reasons:
-                rejected_in_a_row += 1
-                trial.set_constraint("budget", amount)
-                trial.set_user_attr("state", "REJECTED")
-                trial.set_user_attr("reasons", reasons)
-                if report is not None:
-                    for k in MEASURED:
-                        trial.set_user_attr(f"model.{k}", getattr(report, k))
-                self._log_rejected(parent, trial, values, report, reasons)
-                study.tell(trial, [self._worst(d, o, report) for d, o in zip(directions, self.objectives)])
-                log.info("trial %d REJECTED (no job launched): %s", trial.number, "; ".join(reasons))
-                if rejected_in_a_row >= max_rej:
-                    stop_reason = (f"stopped: {rejected_in_a_row} candidates in a row were rejected by the budget "
-                                   "(max_rejections_in_a_row); widen the budget or narrow the search space")
-                    break
-                continue
-            rejected_in_a_row = 0
-            trial.set_constraint("budget", 0.0)
-            trial.set_user_attr("model.params", report.params)
-            trial.set_user_attr("model.rf", report.rf)
-            trial.set_user_attr("model.macs", report.macs)
+    def _candidate(self, study):
+        """Ask a trial, suggest its values, compose and gate its config -> (trial, values, overrides, cfg,
+        report), or None when the budget rejected it (recorded, nothing launched)."""
+        from archsearch.gate import BudgetRejected, gate
+        from archsearch.spec import SpecError
+        from archsearch.study import make_sampler, worker_id
+        from archsearch.trial import TrialRef
+
+        trial = study.ask()
+        study.sampler = make_sampler(self.sconf, seed_offset=trial.number)  # distinct draws per trial, any worker
+        trial.set_user_attr("worker", worker_id())
+        values = self._suggest(study, trial)
+        overrides = self.base + [f"{k}={_fmt(v)}" for k, v in values.items()]
+        overrides += TrialRef(self.study_name, self.url, trial.number, trial._trial_id, self.parent).overrides(_fmt)
+        report, reasons, cfg, amount = None, [], None, 0.0
+        try:
+            cfg = self._compose(overrides)
+            spec, report = gate(cfg)
+        except BudgetRejected as e:
+            from archsearch.analysis import analyze
+
+            report = analyze(e.spec)
+            reasons = [v.message for v in e.violations]
+            amount = sum(v.amount for v in e.violations)
+        except SpecError as e:
+            reasons, amount = [str(e)], 1.0
+        except Exception as e:  # an override that cannot be composed
+            reasons, amount = [" ".join(str(e).split())[:300]], 1.0
+        if reasons:
+            self._reject(study, trial, values, report, reasons, amount)
+            return None
+        trial.set_constraint("budget", 0.0)
+        for k in MEASURED:
+            trial.set_user_attr(f"model.{k}", getattr(report, k))
+        return trial, values, overrides, cfg, report
+
+    def _suggest(self, study, trial) -> dict[str, Any]:
+        from optuna.trial import TrialState
+
+        values: dict[str, Any] = {}
+        try:
+            for name, sw in self.space.items():
+                values[name] = suggest(trial, name, sw)
+        except ValueError as e:
+            trial.set_user_attr("state", "INVALID")  # the sweep's settings, not a trained trial: not counted
+            study.tell(trial, state=TrialState.FAIL)
+            if isinstance(e, SweepConfigError):
+                raise
+            raise SweepConfigError(  # Optuna refuses a space other than the study's
+                f"hydra.sweeper.params.{name}: study {self.study_name!r} in {self.url} already searches "
+                f"{name} over a different space ({e}); keep the study's space or start a new study "
+                "with hydra.sweeper.study_name=NEW") from None
+        return values
+
+    def _reject(self, study, trial, values, report, reasons: list[str], amount: float) -> None:
+        from optuna.trial import TrialState
+
+        trial.set_constraint("budget", amount)
+        trial.set_user_attr("state", "REJECTED")
+        trial.set_user_attr("reasons", reasons)
+        if report is not None:
+            for k in MEASURED:
+                trial.set_user_attr(f"model.{k}", getattr(report, k))
+        self._log_rejected(self.parent, trial, values, report, reasons)
+        # PRUNED with no reported epoch and a positive constraint: TPE ranks it infeasible (it learns
+        # the feasible region), while best trial, importance, history plots and dashboards, which
+        # read COMPLETE trials, never see an untrained candidate as a result of 0
+        study.tell(trial, state=TrialState.PRUNED)
+        log.info("trial %d REJECTED (no job launched): %s", trial.number, "; ".join(reasons))
+
+    def _start(self, study, cand, pool) -> None:
+        """Run the trial here (no pool: wait for it) or start it on a free slot of the pool."""
+        trial, values, overrides, cfg, report = cand
+        hb = _Heartbeat(self.storage, trial._trial_id)
+        if pool is None:
             t0 = time.time()
-            hb = _Heartbeat(storage, trial._trial_id)
             try:
-                ret = self._launch(cfg, overrides, trial.number)
+                result = _as_result(self._launch(cfg, overrides, trial.number))
             finally:
                 hb.stop()
-            dur = time.time() - t0
-            if ret.status == JobStatus.COMPLETED:
-                val = ret.return_value
-                if val is None or (isinstance(val, float) and not math.isfinite(val)):
-                    trial.set_user_attr("state", "FAIL")
-                    trial.set_user_attr("error", f"job returned {val!r}")
-                    study.tell(trial, state=TrialState.FAIL)
-                    log.warning("trial %d FAIL: job returned %r", trial.number, val)
-                    continue
+            self._tell(study, trial, result, report, values, time.time() - t0)
+            return
+        job_dir = (self.sweep_dir / str(trial.number)).resolve()
+        _write_job(cfg, overrides, job_dir)
+        try:
+            r = pool.start(trial.number, job_dir, trial=trial, report=report, values=values, hb=hb)
+        except BaseException:
+            hb.stop()
+            raise
+        trial.set_user_attr("slot", r.slot.describe())
+        log.info("trial %d: started on %s (pid %d): %s", trial.number, r.slot.describe(), r.proc.pid,
+                 " ".join(overrides[:len(self.base) + len(values)]))
+
+    def _tell(self, study, trial, result: dict[str, Any], report, values, dur: float) -> None:
+        from optuna.trial import TrialState
+
+        status = result.get("status")
+        if status == "COMPLETE":
+            val = result.get("value")
+            if val is None or (isinstance(val, float) and not math.isfinite(val)):
+                result = {"status": "FAIL", "error": f"job returned {val!r}"}
+            else:
                 trial.set_user_attr("state", "COMPLETE")
                 vals = [float(val) if o == "val_acc" else float(getattr(report, o)) for o in self.objectives]
                 study.tell(trial, vals)
                 log.info("trial %d COMPLETE: %s in %.0fs %s", trial.number,
                          ", ".join(f"{o}={v:.4g}" for o, v in zip(self.objectives, vals)), dur, values)
-            else:
-                err = ret._return_value
-                if isinstance(err, Pruned):
-                    trial.set_user_attr("state", "PRUNED")
-                    trial.set_user_attr("epochs", err.epoch)
-                    study.tell(trial, state=TrialState.PRUNED)
-                    log.info("trial %d PRUNED after epoch %d (val_acc %.4f)", trial.number, err.epoch, err.value)
-                else:
-                    _release(err)  # e.g. CUDA out of memory: free the failed trial's tensors first
-                    msg = f"{type(err).__name__}: {err}"[:1000]
-                    trial.set_user_attr("state", "FAIL")
-                    trial.set_user_attr("error", msg)
-                    study.tell(trial, state=TrialState.FAIL)
-                    log.warning("trial %d FAIL: %s", trial.number, msg)
+                return
+        if result["status"] == "PRUNED":
+            trial.set_user_attr("state", "PRUNED")
+            trial.set_user_attr("epochs", result["epoch"])
+            study.tell(trial, state=TrialState.PRUNED)
+            log.info("trial %d PRUNED after epoch %d (val_acc %.4f)", trial.number, result["epoch"], result["value"])
+        elif result["status"] == "INTERRUPTED":
+            self._interrupted(study, trial, result["error"])
+        else:
+            trial.set_user_attr("state", "FAIL")
+            trial.set_user_attr("error", result["error"])
+            study.tell(trial, state=TrialState.FAIL)
+            log.warning("trial %d FAIL: %s", trial.number, result["error"])
 
-        return self._finish(study, parent, sweep_dir, stop_reason)
+    def _interrupted(self, study, trial, why: str) -> None:
+        """A trial whose process was stopped or killed (not the trial's fault): failed as INTERRUPTED (not
+        counted) and its parameters re-queued once, as for a worker found dead at start-up."""
+        from optuna.trial import TrialState
+
+        frozen = study._storage.get_trial(trial._trial_id)
+        trial.set_user_attr("state", "INTERRUPTED")
+        trial.set_user_attr("error", why)
+        study.tell(trial, state=TrialState.FAIL)
+        if frozen.params and not frozen.user_attrs.get("retry_of"):
+            study.enqueue_trial(frozen.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        rid = frozen.user_attrs.get("mlflow_run_id")
+        if rid and self.tracker.enabled:
+            try:
+                run = self.tracker.client.get_run(rid)
+                if run.info.status == "RUNNING":
+                    self.tracker.client.set_tag(rid, "state", "FAIL")
+                    self.tracker.client.set_terminated(rid, "KILLED")
+            except Exception:
+                pass
+        log.warning("trial %d INTERRUPTED (%s); re-queued", trial.number, why)
 
     def _finish(self, study, parent, sweep_dir: Path, stop_reason: str | None):
         from archsearch.report import leaderboard, summary_line, write_outputs
@@ -444,6 +556,30 @@ class SweeperImpl:
             return self.config.budget.max_params
         except Exception:
             return None
+
+
+def _as_result(ret) -> dict[str, Any]:
+    """Hydra's JobReturn (a trial run in this process) -> the result record a trial process writes."""
+    from hydra.core.utils import JobStatus
+
+    from archsearch.trial import Pruned
+
+    if ret.status == JobStatus.COMPLETED:
+        return {"status": "COMPLETE", "value": ret.return_value}
+    err = ret._return_value
+    if isinstance(err, Pruned):
+        return {"status": "PRUNED", "epoch": err.epoch, "value": err.value}
+    _release(err)  # e.g. CUDA out of memory: free the failed trial's tensors first
+    return {"status": "FAIL", "error": f"{type(err).__name__}: {err}"[:1000]}
+
+
+def _write_job(cfg, overrides: list[str], job_dir: Path) -> None:
+    """A trial process's config, where Hydra keeps a job's: JOB_DIR/.hydra/config.yaml (as composed,
+    without the hydra node) and overrides.yaml."""
+    node = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
+    (job_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(node, job_dir / ".hydra" / "config.yaml")  # unresolved: a model's knobs stay interpolations
+    OmegaConf.save(OmegaConf.create(list(overrides)), job_dir / ".hydra" / "overrides.yaml")
 
 
 def _release(err: BaseException) -> None:

@@ -43,6 +43,11 @@ class ArchsearchSweeperConf:
     n_trials: int = 20  # trained trials in total (rejected candidates do not count)
     max_failures: int = 5  # failed trials in the study before the sweep stops
     max_rejections_in_a_row: int = 50  # budget-rejected candidates in a row before giving up
+    # trials running at once; each in its own process once > 1, the next started as soon as one ends.
+    # null: one per device slot (every GPU listed x trials_per_device; 1 on a CPU)
+    n_jobs: int | None = None
+    devices: Any = "auto"  # auto (every visible GPU; none on a CPU) | cpu | a list of GPU indices [0, 1]
+    trials_per_device: int = 1  # several small trials may share one GPU
     sampler: SamplerConf = field(default_factory=SamplerConf)
     pruner: PrunerConf = field(default_factory=PrunerConf)
     params: dict[str, str] = field(default_factory=dict)  # search space, Hydra override grammar
