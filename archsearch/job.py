@@ -247,6 +247,7 @@ def _run_epoch(s: _Setup, state: TrainState, run, epoch: int, save: bool) -> Non
 def _finish(s: _Setup, state: TrainState, run, cfg, t0: float) -> TrainResult:
     """The final test evaluation, its metrics and artifacts, and the run's one closing line."""
     from .plots import write_plots
+    from .tracking import ui_link
 
     test_loss, test_acc, preds, parts = s.engine.test(s.tta)
     wall = time.time() - t0
@@ -269,6 +270,9 @@ def _finish(s: _Setup, state: TrainState, run, cfg, t0: float) -> TrainResult:
              s.spec.name, test_acc, f" ({'; '.join(how)})" if how else "", test_loss,
              f"best val acc {state.best_val:.4f}" if has_val else "no validation split (data.val_size=0)",
              f"{r.params:,}", r.rf, len(state.history), wall)
+    link = ui_link(run, run.run_id)
+    if link:
+        log.info("MLflow: %s", link)
     return TrainResult(state.best_val, test_acc, test_loss, len(state.history), r.params, r.rf, r.macs, wall,
                        run.run_id, state.history, s.engine.precision.describe())
 

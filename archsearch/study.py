@@ -52,12 +52,13 @@ def storage_url(storage: str | None, study_name: str, base_dir: str | Path) -> s
 _STORAGES: dict[str, Any] = {}
 
 
-def open_storage(url: str, heartbeat: bool = False):
+def open_storage(url: str, heartbeat: tuple[int, int] | bool = False):
     """One storage object per URL and process: trials launched in-process reuse the sweeper's
     (heartbeat included), so a journal file is not replayed from the start for every trial
-    (flat per-trial overhead). ``heartbeat`` applies when this call opens the storage."""
+    (flat per-trial overhead). ``heartbeat`` ((interval, grace) seconds, or True for 30, 120)
+    applies to RDB storages when this call opens the storage."""
     if url not in _STORAGES:
-        _STORAGES[url] = _open_storage(url, heartbeat)
+        _STORAGES[url] = _open_storage(url, (30, 120) if heartbeat is True else heartbeat)
     return _STORAGES[url]
 
 
@@ -65,7 +66,7 @@ def forget_storage(url: str) -> None:
     _STORAGES.pop(url, None)
 
 
-def _open_storage(url: str, heartbeat: bool):
+def _open_storage(url: str, heartbeat):
     import optuna
 
     if url.startswith("journal:"):
@@ -75,15 +76,32 @@ def _open_storage(url: str, heartbeat: bool):
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if url.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql"):
-        kw: dict[str, Any] = {}
+        # a connection the server dropped (a restart) is replaced on its next use, not raised
+        kw: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}}
         if heartbeat:  # lets another machine fail (and retry) a trial whose worker died
-            from optuna.storages import RetryFailedTrialCallback
-
-            kw = {"heartbeat_interval": 30, "grace_period": 120,
-                  "failed_trial_callback": RetryFailedTrialCallback(max_retry=1)}
+            interval, grace = heartbeat
+            kw.update(heartbeat_interval=int(interval), grace_period=int(grace))  # the sweeper fails stale trials
         return optuna.storages.RDBStorage(url, **kw)
     raise StudyError(f"hydra.sweeper.storage: unsupported storage {url!r}; use null (journal file), "
                      "journal:PATH, sqlite:///PATH or postgresql://user:pass@host/db")
+
+
+def retrying(call, *args, attempts: int = 8, **kw):
+    """``call(*args, **kw)``, retried with backoff (about 30 s in all) while the database is unreachable
+    (a PostgreSQL restart): a report or a tell outlives a short outage instead of failing the trial."""
+    import time
+
+    from sqlalchemy.exc import DBAPIError
+
+    for i in range(attempts):
+        try:
+            return call(*args, **kw)
+        except DBAPIError as e:
+            if not e.connection_invalidated and "connect" not in str(e).lower() and "terminat" not in str(e).lower():
+                raise
+            if i == attempts - 1:
+                raise
+            time.sleep(min(0.5 * 2 ** i, 8.0))
 
 
 def make_sampler(conf: Mapping[str, Any], seed_offset: int = 0):

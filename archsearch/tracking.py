@@ -314,6 +314,20 @@ def ensure_experiment(client, uri: str, name: str) -> str:
     return exp.experiment_id
 
 
+def ui_link(tracker, run_id: str | None = None) -> str | None:
+    """Where a user sees the experiment's runs (or one run) in the MLflow UI, opened on "Model training":
+    MLflow 3.17's UI decides GenAI vs model training from a per-browser switch (default GenAI, an empty
+    Overview) that the ``workflowType`` parameter sets; the experiment tag alone does not."""
+    if not getattr(tracker, "enabled", False):
+        return None
+    uri = str(tracker.uri)
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    page = f"runs/{run_id}" if run_id else "runs"
+    link = f"{base}/#/experiments/{tracker.experiment_id}/{page}?workflowType=machine_learning"
+    return link if base != "http://127.0.0.1:5000" or uri.startswith("http") else \
+        f"{link} (after: mlflow ui --backend-store-uri {uri})"
+
+
 def make_tracker(cfg: Mapping[str, Any] | None, base_dir: str | Path | None = None):
     """``cfg`` is the ``tracking`` config group."""
     if not cfg or not cfg.get("enabled", True):

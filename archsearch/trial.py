@@ -59,7 +59,7 @@ def pruning_hook(ref: TrialRef, max_epochs: int):
     the MLflow run id on the trial. Works from any process or machine that reaches the storage."""
     import optuna
 
-    from .study import make_pruner, open_storage
+    from .study import make_pruner, open_storage, retrying
 
     storage = open_storage(ref.storage)
     study = optuna.load_study(study_name=ref.study_name, storage=storage)
@@ -72,11 +72,11 @@ def pruning_hook(ref: TrialRef, max_epochs: int):
     def hook(epoch: int, val_acc: float) -> None:
         if not single:
             return
-        trial.report(val_acc, epoch)
-        if prune and epoch < max_epochs and trial.should_prune():  # nothing left to save at the end
+        retrying(trial.report, val_acc, epoch)  # a database restart mid-trial is waited out
+        if prune and epoch < max_epochs and retrying(trial.should_prune):  # nothing left to save at the end
             raise Pruned(epoch, val_acc)
 
     def run_started(run_id: str) -> None:
-        trial.set_user_attr("mlflow_run_id", run_id)
+        retrying(trial.set_user_attr, "mlflow_run_id", run_id)
 
     return hook, run_started

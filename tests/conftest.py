@@ -27,43 +27,79 @@ def run_validate(capsys):
     return _run
 
 
+class Postgres:
+    """A throwaway PostgreSQL server on loopback, really started (and restartable, for fault tests)."""
+
+    def __init__(self, bindir, root: str, port: int):
+        self.bindir, self.root, self.port = bindir, root, port
+        self.pre = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def ctl(self, *args: str) -> None:
+        import subprocess
+
+        subprocess.run([*self.pre, str(self.bindir / "pg_ctl"), "-D", f"{self.root}/data", *args],
+                       check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        self.ctl("-l", f"{self.root}/log", "-w", "-o",
+                 f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1", "start")
+
+    def restart(self) -> None:
+        """Drops every connection (fast shutdown) and starts again on the same port."""
+        self.ctl("-m", "fast", "-w", "stop")
+        self.start()
+
+    def create_database(self, name: str) -> str:
+        import sqlalchemy
+
+        eng = sqlalchemy.create_engine(self.url, isolation_level="AUTOCOMMIT")
+        with eng.connect() as c:
+            c.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+        eng.dispose()
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
+
 @pytest.fixture(scope="session")
-def postgres_url():
-    """A throwaway PostgreSQL server on loopback (really started), or $ARCHSEARCH_TEST_POSTGRES.
-    Skips when PostgreSQL is not installed, unless ARCHSEARCH_REQUIRE_POSTGRES=1 (CI sets it)."""
+def postgres():
+    """The :class:`Postgres` server. Skips when PostgreSQL is not installed, unless
+    ARCHSEARCH_REQUIRE_POSTGRES=1 (CI sets it)."""
     import glob
     import shutil
     import socket
-    import subprocess
     import tempfile
     from pathlib import Path
 
-    url = os.environ.get("ARCHSEARCH_TEST_POSTGRES")
-    if url:
-        yield url
-        return
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
     if not bins:
         if os.environ.get("ARCHSEARCH_REQUIRE_POSTGRES") == "1":
             pytest.fail("PostgreSQL is required here but not installed (apt-get install postgresql)")
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run does)")
+    import subprocess
+
     bindir = Path(bins[-1]).parent
     d = tempfile.mkdtemp(prefix="archsearch-pg-", dir="/tmp")
     os.chmod(d, 0o777)
-    pre = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    subprocess.run([*pre, str(bindir / "initdb"), "-D", f"{d}/data", "-A", "trust", "-U", "postgres"],
+    pg = Postgres(bindir, d, port)
+    subprocess.run([*pg.pre, str(bindir / "initdb"), "-D", f"{d}/data", "-A", "trust", "-U", "postgres"],
                    check=True, capture_output=True)
-    subprocess.run([*pre, str(bindir / "pg_ctl"), "-D", f"{d}/data", "-l", f"{d}/log", "-w", "-o",
-                    f"-p {port} -k {d} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    pg.start()
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield pg
     finally:
-        subprocess.run([*pre, str(bindir / "pg_ctl"), "-D", f"{d}/data", "-m", "immediate", "stop"],
+        subprocess.run([*pg.pre, str(bindir / "pg_ctl"), "-D", f"{d}/data", "-m", "immediate", "stop"],
                        capture_output=True)
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(request):
+    """A PostgreSQL URL: $ARCHSEARCH_TEST_POSTGRES, else the throwaway server's."""
+    url = os.environ.get("ARCHSEARCH_TEST_POSTGRES")
+    return url or request.getfixturevalue("postgres").url
 
 
 @pytest.fixture(scope="session")

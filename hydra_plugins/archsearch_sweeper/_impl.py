@@ -173,36 +173,50 @@ class SweeperImpl:
         return c
 
     def _recover(self, study) -> None:
-        """Trials left RUNNING by a worker that died (SIGKILL, power cut) on this host are
-        marked failed (state INTERRUPTED, not counted) and their parameters re-queued."""
-        import warnings
-
-        import optuna
+        """Trials left RUNNING by a worker that died (SIGKILL, power cut): on this host found by their
+        pid, on an RDB storage by their heartbeat (any host). Each is failed as INTERRUPTED (not
+        counted), its parameters re-queued once and its MLflow run closed."""
         from optuna.trial import TrialState
 
         from archsearch.study import pid_alive
 
-        if getattr(study._storage, "heartbeat_interval", None):  # RDB: heartbeats stopped elsewhere
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                optuna.storages.fail_stale_trials(study)
+        self._fail_stale(study)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             w = t.user_attrs.get("worker")
             if w is None or pid_alive(w) is not False:
                 continue
-            study._storage.set_trial_user_attr(t._trial_id, "state", "INTERRUPTED")
-            study.tell(t.number, state=TrialState.FAIL)
-            if t.params and not t.user_attrs.get("retry_of"):
-                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
-            run_id = t.user_attrs.get("mlflow_run_id")
-            if run_id and self.tracker.enabled:
-                try:
-                    self.tracker.client.set_tag(run_id, "state", "FAIL")
-                    self.tracker.client.set_tag(run_id, "error", f"worker {w} died during the trial")
-                    self.tracker.client.set_terminated(run_id, "FAILED")
-                except Exception:
-                    pass
-            log.warning("trial %d: its worker %s died; marked failed and re-queued", t.number, w)
+            self._interrupted(study, t, f"worker {w} died during the trial")
+
+    def _fail_stale(self, study) -> None:
+        """RDB storages: RUNNING trials whose worker sent no heartbeat for grace_period seconds (killed,
+        machine lost), from any host, are failed as INTERRUPTED and re-queued. Optuna's own
+        fail_stale_trials fails them first and cannot annotate them after, so this reads the stale ids."""
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        from archsearch.study import retrying
+
+        interval = _heartbeat_interval(study)
+        if not interval or time.time() - getattr(self, "_stale_checked", 0.0) < interval / 2:
+            return
+        self._stale_checked = time.time()
+        for tid in retrying(self.storage._get_stale_trial_ids, study._study_id):
+            t = study._storage.get_trial(tid)
+            try:
+                self._interrupted(study, t, f"no heartbeat from its worker {t.user_attrs.get('worker')}")
+            except UpdateFinishedTrialError:
+                pass  # another worker failed it first (and re-queued it)
+
+    def _close_run(self, run_id: str | None, why: str) -> None:
+        """An interrupted trial's MLflow run, if still RUNNING: closed as KILLED with the reason."""
+        if not run_id or not self.tracker.enabled:
+            return
+        try:
+            if self.tracker.client.get_run(run_id).info.status == "RUNNING":
+                self.tracker.client.set_tag(run_id, "state", "INTERRUPTED")
+                self.tracker.client.set_tag(run_id, "error", why[:4000])
+                self.tracker.client.set_terminated(run_id, "KILLED")
+        except Exception as e:  # the tracking server is down: the run stays as it was, the sweep goes on
+            log.warning("could not close MLflow run %s: %s", run_id, e)
 
     def _parent_run(self, study) -> str | None:
         if not self.tracker.enabled:
@@ -287,7 +301,8 @@ class SweeperImpl:
         self.sconf = OmegaConf.to_container(self.conf.sampler, resolve=True)
         for attempt in range(5):  # workers starting together race to create the storage's tables
             try:
-                self.storage = open_storage(url, heartbeat=True)
+                self.storage = open_storage(url, heartbeat=(self.conf.get("heartbeat_interval", 30),
+                                                            self.conf.get("grace_period", 120)))
                 study = optuna.create_study(study_name=self.study_name, storage=self.storage, directions=directions,
                                             sampler=make_sampler(self.sconf), load_if_exists=True)
                 break
@@ -358,6 +373,7 @@ class SweeperImpl:
                     self._tell(study, r.extra["trial"], result, r.extra["report"], r.extra["values"],
                                time.time() - r.started)
                 running = len(pool.running) if pool else 0
+                self._fail_stale(study)
                 c = self._counts(study)
                 if stop_reason is None and c["FAIL"] >= max_fail:
                     stop_reason = f"stopped: {c['FAIL']} failed trials reached max_failures {max_fail}"
@@ -374,6 +390,10 @@ class SweeperImpl:
                     self._start(study, cand, pool)
                     continue
                 if not running:
+                    if stop_reason is None and c["RUNNING"] and _heartbeat_interval(study):
+                        # other workers' trials may yet come back as retries (their worker dies): stay for them
+                        time.sleep(min(5.0, float(_heartbeat_interval(study))))
+                        continue
                     return stop_reason
                 pool.wait(0.5)
         finally:
@@ -476,8 +496,22 @@ class SweeperImpl:
                  " ".join(overrides[:len(self.base) + len(values)]))
 
     def _tell(self, study, trial, result: dict[str, Any], report, values, dur: float) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        from archsearch.study import retrying
+
+        try:
+            retrying(self._tell_now, study, trial, result, report, values, dur)  # outlives a database restart
+        except UpdateFinishedTrialError:  # its heartbeats did not arrive in time: another worker re-queued it
+            log.warning("trial %d: failed by another worker meanwhile (no heartbeat for grace_period); this "
+                        "result (%s) is dropped, the re-queued copy runs instead", trial.number, result.get("status"))
+
+    def _tell_now(self, study, trial, result: dict[str, Any], report, values, dur: float) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
+        if study._storage.get_trial(trial._trial_id).state.is_finished():
+            raise UpdateFinishedTrialError(f"trial {trial.number} already finished")
         status = result.get("status")
         if status == "COMPLETE":
             val = result.get("value")
@@ -509,21 +543,14 @@ class SweeperImpl:
         from optuna.trial import TrialState
 
         frozen = study._storage.get_trial(trial._trial_id)
-        trial.set_user_attr("state", "INTERRUPTED")
-        trial.set_user_attr("error", why)
-        study.tell(trial, state=TrialState.FAIL)
+        study._storage.set_trial_user_attr(trial._trial_id, "state", "INTERRUPTED")
+        study._storage.set_trial_user_attr(trial._trial_id, "error", why)
+        # the storage's own transition: raises UpdateFinishedTrialError if another worker failed it first
+        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
         if frozen.params and not frozen.user_attrs.get("retry_of"):
-            study.enqueue_trial(frozen.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
-        rid = frozen.user_attrs.get("mlflow_run_id")
-        if rid and self.tracker.enabled:
-            try:
-                run = self.tracker.client.get_run(rid)
-                if run.info.status == "RUNNING":
-                    self.tracker.client.set_tag(rid, "state", "FAIL")
-                    self.tracker.client.set_terminated(rid, "KILLED")
-            except Exception:
-                pass
-        log.warning("trial %d INTERRUPTED (%s); re-queued", trial.number, why)
+            study.enqueue_trial(frozen.params, user_attrs={"retry_of": frozen.number}, skip_if_exists=False)
+        self._close_run(frozen.user_attrs.get("mlflow_run_id"), why)
+        log.warning("trial %d INTERRUPTED (%s); re-queued", frozen.number, why)
 
     def _finish(self, study, parent, sweep_dir: Path, stop_reason: str | None):
         from archsearch.report import leaderboard, summary_line, write_outputs
@@ -556,6 +583,13 @@ class SweeperImpl:
             return self.config.budget.max_params
         except Exception:
             return None
+
+
+def _heartbeat_interval(study) -> int | None:
+    """Seconds between heartbeats of an RDB storage with heartbeats on (the study's storage is Optuna's
+    cache around it); None for the journal file."""
+    get = getattr(study._storage, "get_heartbeat_interval", None)
+    return get() if get else None
 
 
 def _as_result(ret) -> dict[str, Any]:
@@ -600,12 +634,13 @@ class _Heartbeat:
     """RDB storages: record a heartbeat while the job runs so another machine can fail
     (and retry) the trial if this worker dies. No-op for the journal file."""
 
-    def __init__(self, storage, trial_id: int, interval: float = 30.0):
+    def __init__(self, storage, trial_id: int, interval: float | None = None):
         import threading
 
         self._stop = threading.Event()
         self._thread = None
         if hasattr(storage, "record_heartbeat") and getattr(storage, "heartbeat_interval", None):
+            interval = interval or float(storage.heartbeat_interval)  # the storage's, which grace_period is set against
             def beat():
                 while not self._stop.wait(0):
                     try:

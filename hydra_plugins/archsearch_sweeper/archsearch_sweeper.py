@@ -48,6 +48,10 @@ class ArchsearchSweeperConf:
     n_jobs: int | None = None
     devices: Any = "auto"  # auto (every visible GPU; none on a CPU) | cpu | a list of GPU indices [0, 1]
     trials_per_device: int = 1  # several small trials may share one GPU
+    # RDB storages (PostgreSQL): a running trial's worker beats every heartbeat_interval s; a trial
+    # silent for grace_period s is failed by the next worker that looks, and its parameters re-queued
+    heartbeat_interval: int = 30
+    grace_period: int = 120
     sampler: SamplerConf = field(default_factory=SamplerConf)
     pruner: PrunerConf = field(default_factory=PrunerConf)
     params: dict[str, str] = field(default_factory=dict)  # search space, Hydra override grammar
