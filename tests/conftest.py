@@ -102,6 +102,72 @@ def postgres_url(request):
     return url or request.getfixturevalue("postgres").url
 
 
+class MlflowServer:
+    """A real `mlflow server` (PostgreSQL backend store, local artifacts) on 127.0.0.1; stoppable."""
+
+    def __init__(self, store: str, artifacts: str):
+        import socket
+
+        self.store, self.artifacts = store, artifacts
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout: float = 120) -> None:
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+        from pathlib import Path
+
+        exe = Path(sys.executable).parent / "mlflow"
+        self.log = open(Path(self.artifacts).parent / "server.log", "a")
+        self.proc = subprocess.Popen([str(exe), "server", "--backend-store-uri", self.store, "--artifacts-destination",
+                                      self.artifacts, "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        end = time.time() + timeout
+        while time.time() < end:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"mlflow server did not come up; see {self.log.name}")
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def servers(postgres):
+    """PostgreSQL (Optuna's study and MLflow's backend store) and an MLflow tracking server on it."""
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="archsearch-mlflow-server-")
+    store = postgres.create_database(f"mlflow_{os.getpid()}")
+    srv = MlflowServer(store, f"{d}/artifacts")
+    srv.start()
+    try:
+        yield postgres, srv
+    finally:
+        srv.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def _mlflow_schema_template(tmp_path_factory):
     """An empty MLflow database with its schema, created once: creating the tables costs
