@@ -5,13 +5,15 @@ the median of several repetitions after a warm-up, with its spread (min-max). Wr
 table, with machine, device, torch version and date, to ``BENCHMARKS.md``.
 
 Options (key=value):
-  parts        comma list of: train, breakdown, compile, validator, sweep, memory (default: all)
+  parts        comma list of: train, breakdown, compile, validator, sweep, concurrency, memory (default: all)
   data         synthetic (default) | folder;  data.root=PATH for folder (e.g. the CIFAR-10 copy)
   images       training images per measured epoch (default 4096)
   reps         measured repetitions after one warm-up (default 3)
   batch        batch size for both loops (default 128)
   workers      DataLoader workers for both loops in part train (default auto, as training uses)
   trials       sweep part: trials in the overhead sweep (default 200)
+  conc_trials  concurrency part: trials per sweep (default 8); conc_images training images (default 2000),
+               conc_epochs epochs per trial (default 2)
   mem_images   memory part: training images (default 50000, CIFAR-10's size); mem_workers (default 2)
   out          where to write the table (default BENCHMARKS.md; out=- prints only)
 """
@@ -34,7 +36,7 @@ from typing import Any
 
 __all__ = ["main", "reference_epoch"]
 
-PARTS = ("train", "breakdown", "compile", "validator", "sweep", "memory")
+PARTS = ("train", "breakdown", "compile", "validator", "sweep", "concurrency", "memory")
 
 
 def _med(xs: Sequence[float]) -> tuple[float, float, float]:
@@ -369,6 +371,48 @@ def part_sweep(opts: dict, rows: list, notes: list) -> None:
                  "the first time each architecture is seen: the smoke space has 8, 4 widths x 2 dropout rates).")
 
 
+def _timed_sweep(opts: dict, n_jobs: int, td: str) -> tuple[float, int]:
+    """One archsearch sweep of small real trials -> (wall seconds, trained trials)."""
+    import optuna
+
+    from .study import open_storage
+
+    n = int(opts.get("conc_trials", 8))
+    if opts.get("data", "synthetic") == "folder":
+        data = ["data=folder", f"data.root={opts['data.root']}", f"data.limit_train={int(opts.get('conc_images', 2000))}",
+                "data.val_size=1000", "data.limit_test=1000"]
+    else:
+        data = [f"data.n_train={int(opts.get('conc_images', 2000)) + 1000}", "data.val_size=1000", "data.n_test=1000"]
+    name = f"conc{n_jobs}"
+    cmd = [sys.executable, "-m", "archsearch.train", "-m", "sweep=smoke", *data, f"hydra.sweeper.study_name={name}",
+           f"hydra.sweeper.n_trials={n}", f"hydra.sweeper.n_jobs={n_jobs}", "hydra.sweeper.pruner={name:none}",
+           "model.wide=choice(32,48,56,64)", f"trainer.epochs={int(opts.get('conc_epochs', 2))}", "trainer.tta=none",
+           "trainer.batch_size=128", "trainer.amp=off", "trainer.channels_last=true", f"hydra.sweep.dir=multirun/{name}"]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    t0 = time.time()
+    p = subprocess.run(cmd, cwd=td, capture_output=True, text=True, env=env)
+    wall = time.time() - t0
+    if p.returncode:
+        raise RuntimeError(p.stderr[-2000:])
+    st = optuna.load_study(study_name=name, storage=open_storage(f"journal:{td}/mlruns/optuna/{name}.journal"))
+    return wall, sum(t.user_attrs.get("state") in ("COMPLETE", "PRUNED") for t in st.trials)
+
+
+def part_concurrency(opts: dict, rows: list, notes: list) -> None:
+    """Trials per hour of the same small real sweep with one trial at a time (all cores) and with
+    one trial per core (``hydra.sweeper.n_jobs`` = cores, each pinned to its core, one thread)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory() as td:
+        w1, n1 = _timed_sweep(opts, 1, td)
+        wn, nn = _timed_sweep(opts, cores, td)
+    r1, rn = 3600 * n1 / w1, 3600 * nn / wn
+    rows.append((f"6. sweep throughput (trials/hour), {n1} trials", f"n_jobs=1, {cores} threads: {r1:.0f}",
+                 f"n_jobs={cores}, 1 thread each: {rn:.0f}", f"{rn / r1:.2f}x"))
+    notes.append(f"part 6: the smoke space ({opts.get('conc_epochs', 2)} epochs on {opts.get('conc_images', 2000)} "
+                 f"training images, 1,000 val, 1,000 test, fp32 channels_last, no pruning); wall {w1:.0f}s vs {wn:.0f}s, "
+                 "process start, data loading and MLflow logging included.")
+
+
 _MEM_CHILD = r"""
 import json, os, sys, time, threading
 from archsearch.config import compose
@@ -490,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes: list = []
     fns: dict[str, Callable] = {"train": part_train, "breakdown": part_breakdown, "compile": part_compile,
                                 "validator": part_validator,
-                                "sweep": part_sweep, "memory": part_memory}
+                                "sweep": part_sweep, "concurrency": part_concurrency, "memory": part_memory}
     for p in parts:
         t0 = time.time()
         print(f"bench: {p} ...", file=sys.stderr, flush=True)

@@ -115,31 +115,32 @@ def test_a_worker_sigkilled_mid_trial_is_retried_through_the_heartbeat(servers, 
     assert f["trained"] >= N_TRIALS and f["metrics_complete"]
 
 
-def test_postgresql_restarted_mid_sweep(servers, tmp_path):
+def sweep_through(servers, tmp_path, study: str, what: str, fault) -> dict:
+    """3 workers; ``fault()`` once a trial has trained an epoch; every worker must end cleanly."""
     postgres, mlflow_server = servers
-    procs = start_workers(tmp_path, "fault_pg", postgres.url, mlflow_server.url)
-    when_a_trial_has_trained_an_epoch(postgres.url, "fault_pg", procs)
-    postgres.restart()
+    procs = start_workers(tmp_path, study, postgres.url, mlflow_server.url)
+    when_a_trial_has_trained_an_epoch(postgres.url, study, procs)
+    fault()
     codes = wait_all(procs, tmp_path)
     logs = "".join((tmp_path / f"worker{i}.log").read_text()[-1500:] for i in range(3))
     assert codes == [0, 0, 0], logs
-    f = figures(postgres.url, "fault_pg", mlflow_server.url)
-    report("PostgreSQL restarted mid-sweep", f)
+    f = figures(postgres.url, study, mlflow_server.url)
+    report(what, f)
     assert (f["lost"], f["duplicated"], f["running_optuna"], f["running_mlflow"]) == (0, 0, 0, 0)
-    assert f["trained"] >= N_TRIALS
+    assert f["trained"] >= N_TRIALS and f["metrics_complete"]  # training went on, its metrics arrived
+    return f
+
+
+def test_postgresql_restarted_mid_sweep(servers, tmp_path):
+    sweep_through(servers, tmp_path, "fault_pg", "PostgreSQL restarted mid-sweep", servers[0].restart)
 
 
 def test_mlflow_server_down_for_10_s_mid_trial(servers, tmp_path):
-    postgres, mlflow_server = servers
-    procs = start_workers(tmp_path, "fault_mlflow", postgres.url, mlflow_server.url)
-    when_a_trial_has_trained_an_epoch(postgres.url, "fault_mlflow", procs)
-    mlflow_server.stop()
-    time.sleep(10)
-    mlflow_server.start()
-    codes = wait_all(procs, tmp_path)
-    logs = "".join((tmp_path / f"worker{i}.log").read_text()[-1500:] for i in range(3))
-    assert codes == [0, 0, 0], logs
-    f = figures(postgres.url, "fault_mlflow", mlflow_server.url)
-    report("MLflow server down 10 s mid-trial", f)
-    assert (f["lost"], f["duplicated"], f["running_optuna"], f["running_mlflow"]) == (0, 0, 0, 0)
-    assert f["trained"] >= N_TRIALS and f["metrics_complete"]  # training went on, its metrics arrived
+    mlflow_server = servers[1]
+
+    def outage():
+        mlflow_server.stop()
+        time.sleep(10)
+        mlflow_server.start()
+
+    sweep_through(servers, tmp_path, "fault_mlflow", "MLflow server down 10 s mid-trial", outage)
