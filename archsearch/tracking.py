@@ -30,8 +30,8 @@ __all__ = ["EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "NullTracker", "Tracker", "
            "make_tracker", "run_lifecycle"]
 
 STATUSES = ("FINISHED", "FAILED", "KILLED")
-# MLflow 3's experiment-level setting for the kind of experiment (what its UI opens on): without it
-# the UI may infer "GenAI apps & agents" and open on an empty Overview/Traces page instead of the runs
+# MLflow 3's experiment-level setting for the kind of experiment. MLflow 3.17's UI does not read it (its
+# per-browser GenAI / Model training switch decides, see ui_link); other MLflow versions and clients may
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # shown as "Machine learning"
 
@@ -321,11 +321,11 @@ def ui_link(tracker, run_id: str | None = None) -> str | None:
     if not getattr(tracker, "enabled", False):
         return None
     uri = str(tracker.uri)
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    served = uri.startswith(("http://", "https://"))  # a tracking server; else a store `mlflow ui` serves
+    base = uri.rstrip("/") if served else "http://127.0.0.1:5000"
     page = f"runs/{run_id}" if run_id else "runs"
     link = f"{base}/#/experiments/{tracker.experiment_id}/{page}?workflowType=machine_learning"
-    return link if base != "http://127.0.0.1:5000" or uri.startswith("http") else \
-        f"{link} (after: mlflow ui --backend-store-uri {uri})"
+    return link if served else f"{link} (after: mlflow ui --backend-store-uri {uri})"
 
 
 def make_tracker(cfg: Mapping[str, Any] | None, base_dir: str | Path | None = None):

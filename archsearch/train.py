@@ -82,20 +82,15 @@ def _task(cfg) -> float | None:
     out_dir = hc.runtime.output_dir
     base_dir = Path(os.environ.get("ARCHSEARCH_BASE", os.getcwd()))
     ref = TrialRef.from_cfg(cfg.get("trial"))
-    hook = started = parent = None
-    tags: dict[str, Any] = {}
+    kw: dict[str, Any] = {}
     if ref is not None:  # launched by the archsearch sweeper
-        from .trial import pruning_hook
+        from .trial import trial_job_kwargs
 
-        hook, started = pruning_hook(ref, int(cfg.trainer.epochs))
-        parent = ref.parent_run_id
-        tags = {"trial_number": ref.number, "study": ref.study_name}
+        kw = trial_job_kwargs(ref, int(cfg.trainer.epochs))
     elif hc.mode == RunMode.MULTIRUN:
         gate(cfg)  # refuse before _cached_data below loads the dataset
-        parent = _multirun_parent(cfg, hc.sweep.dir)
-        tags = {"multirun_job": hc.job.num}
-    res = train(cfg, out_dir, epoch_hook=hook, parent_run_id=parent, run_tags=tags,
-                data=_cached_data(cfg, base_dir) if hc.mode == RunMode.MULTIRUN else None, run_started=started)
+        kw = {"parent_run_id": _multirun_parent(cfg, hc.sweep.dir), "run_tags": {"multirun_job": hc.job.num}}
+    res = train(cfg, out_dir, data=_cached_data(cfg, base_dir) if hc.mode == RunMode.MULTIRUN else None, **kw)
     return res.val_acc
 
 

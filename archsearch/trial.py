@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["NonFiniteLoss", "Pruned", "TrialRef", "pruning_hook"]
+__all__ = ["NonFiniteLoss", "Pruned", "TrialRef", "pruning_hook", "trial_job_kwargs"]
 
 
 class Pruned(Exception):
@@ -80,3 +80,11 @@ def pruning_hook(ref: TrialRef, max_epochs: int):
         retrying(trial.set_user_attr, "mlflow_run_id", run_id)
 
     return hook, run_started
+
+
+def trial_job_kwargs(ref: TrialRef, max_epochs: int) -> dict[str, Any]:
+    """What :func:`archsearch.job.train` takes to run as a sweep trial, in the sweeper's process or
+    a trial process of its own: the pruning hook, the MLflow parent run and the trial's tags."""
+    hook, started = pruning_hook(ref, max_epochs)
+    return {"epoch_hook": hook, "run_started": started, "parent_run_id": ref.parent_run_id,
+            "run_tags": {"trial_number": ref.number, "study": ref.study_name}}

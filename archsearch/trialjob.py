@@ -29,15 +29,13 @@ RESULT = "result.json"
 def run_trial(cfg, job_dir: Path) -> dict[str, Any]:
     """Train one trial's config in ``job_dir`` -> the result record (never raises for a trial's own failure)."""
     from .job import train
-    from .trial import Pruned, TrialRef, pruning_hook
+    from .trial import Pruned, TrialRef, trial_job_kwargs
 
     ref = TrialRef.from_cfg(cfg.get("trial"))
     if ref is None:
         raise SystemExit(f"error: {job_dir / '.hydra' / 'config.yaml'}: no trial node; this module runs sweep trials")
-    hook, started = pruning_hook(ref, int(cfg.trainer.epochs))
     try:
-        res = train(cfg, job_dir, epoch_hook=hook, parent_run_id=ref.parent_run_id,
-                    run_tags={"trial_number": ref.number, "study": ref.study_name}, run_started=started)
+        res = train(cfg, job_dir, **trial_job_kwargs(ref, int(cfg.trainer.epochs)))
     except Pruned as e:
         return {"status": "PRUNED", "epoch": e.epoch, "value": e.value}
     except Exception as e:  # the trial failed; the sweep goes on
@@ -62,11 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # SIGTERM (the sweeper stopping, or dying) unwinds like Ctrl-C: the MLflow run is closed as KILLED
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    threads = os.environ.get("ARCHSEARCH_THREADS")
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
     cfg = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
     write_result(job_dir, run_trial(cfg, job_dir))
     return 0

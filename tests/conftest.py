@@ -35,11 +35,11 @@ class Postgres:
         self.pre = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
 
-    def ctl(self, *args: str) -> None:
+    def ctl(self, *args: str, check: bool = True) -> None:
         import subprocess
 
         subprocess.run([*self.pre, str(self.bindir / "pg_ctl"), "-D", f"{self.root}/data", *args],
-                       check=True, capture_output=True, timeout=120)
+                       check=check, capture_output=True, timeout=120)
 
     def start(self) -> None:
         self.ctl("-l", f"{self.root}/log", "-w", "-o",
@@ -90,8 +90,7 @@ def postgres():
     try:
         yield pg
     finally:
-        subprocess.run([*pg.pre, str(bindir / "pg_ctl"), "-D", f"{d}/data", "-m", "immediate", "stop"],
-                       capture_output=True)
+        pg.ctl("-m", "immediate", "stop", check=False)
         shutil.rmtree(d, ignore_errors=True)
 
 

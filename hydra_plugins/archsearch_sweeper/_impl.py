@@ -634,13 +634,13 @@ class _Heartbeat:
     """RDB storages: record a heartbeat while the job runs so another machine can fail
     (and retry) the trial if this worker dies. No-op for the journal file."""
 
-    def __init__(self, storage, trial_id: int, interval: float | None = None):
+    def __init__(self, storage, trial_id: int):
         import threading
 
         self._stop = threading.Event()
         self._thread = None
         if hasattr(storage, "record_heartbeat") and getattr(storage, "heartbeat_interval", None):
-            interval = interval or float(storage.heartbeat_interval)  # the storage's, which grace_period is set against
+            interval = float(storage.heartbeat_interval)  # the storage's, which grace_period is set against
             def beat():
                 while not self._stop.wait(0):
                     try:

@@ -31,7 +31,7 @@ class Slot:
 
     def env(self) -> dict[str, str]:
         t = str(max(1, len(self.cores)))
-        env = {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "ARCHSEARCH_THREADS": t}
+        env = {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t}  # torch's thread count at start-up
         if self.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(self.gpu)
         return env
