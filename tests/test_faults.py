@@ -14,7 +14,7 @@ import pytest
 from test_sweep import FIXED, TINY
 
 N_TRIALS = 5
-EPOCHS = 4
+EPOCHS = 6  # the window a fault has to land in: from a trial's first epoch to the end of the sweep
 
 
 def start_workers(cwd: Path, study: str, postgres_url: str, tracking_url: str, n: int = 3, grace: int = 20):
@@ -47,20 +47,32 @@ def wait_all(procs, cwd: Path, timeout: float = 600) -> list[int]:
 
 
 def when_a_trial_has_trained_an_epoch(postgres_url: str, study: str, procs, timeout: float = 300):
-    """-> the RUNNING trial (FrozenTrial) that has reported at least one epoch."""
+    """-> the RUNNING trial (FrozenTrial) that has reported at least one epoch.
+
+    One storage for the whole wait: a fresh ``load_study`` per poll costs an engine, a
+    connection and a schema check, which on a loaded machine outlasted a whole trial."""
     import optuna
     from optuna.trial import TrialState
 
     end = time.time() + timeout
-    while time.time() < end and any(p.poll() is None for p in procs):
-        try:
-            st = optuna.load_study(study_name=study, storage=postgres_url)
-            running = [t for t in st.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.intermediate_values]
-        except Exception:
-            running = []
-        if running:
-            return running[0]
-        time.sleep(0.3)
+    storage = study_id = None
+    try:
+        while time.time() < end and any(p.poll() is None for p in procs):
+            if study_id is None:  # the workers create the schema and the study; until then, wait
+                try:
+                    storage = storage or optuna.storages.RDBStorage(postgres_url)
+                    study_id = storage.get_study_id_from_name(study)
+                except Exception:
+                    time.sleep(0.2)
+                continue
+            running = [t for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+                       if t.intermediate_values]
+            if running:
+                return running[0]
+            time.sleep(0.05)
+    finally:
+        if storage is not None:
+            storage.engine.dispose()
     pytest.fail("no trial was seen running")
 
 
