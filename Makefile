@@ -21,9 +21,9 @@ install: $(STAMP)
 train: $(STAMP)
 	$(PY) -m archsearch.train $(ARGS)
 
-## the fast suite (CPU, synthetic data), one pytest worker per core; slow tests too: make test-all
+## the fast suite (CPU, synthetic data), one pytest worker per core; the fault, browser and slow tests too: make test-all
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto --dist worksteal -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -n auto --dist worksteal -m "not slow and not servers" $(ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist worksteal $(ARGS)

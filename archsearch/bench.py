@@ -6,13 +6,15 @@ table, with machine, device, torch version and date, to ``BENCHMARKS.md``.
 
 Options (key=value):
   parts        comma list of: train, breakdown, compile, validator, sweep, concurrency, memory (default: all)
+  model        the network of parts train, breakdown, compile (default dilated_sep; any conf/model name)
   data         synthetic (default) | folder;  data.root=PATH for folder (e.g. the CIFAR-10 copy)
   images       training images per measured epoch (default 4096)
   reps         measured repetitions after one warm-up (default 3)
   batch        batch size for both loops (default 128)
   workers      DataLoader workers for both loops in part train (default auto, as training uses)
   trials       sweep part: trials in the overhead sweep (default 200)
-  conc_trials  concurrency part: trials per sweep (default 8); conc_images training images (default 2000),
+  conc_trials  concurrency part: trials per sweep (default 8); conc_images training images (default 2000;
+               as many validation and test images, up to 1000),
                conc_epochs epochs per trial (default 2)
   mem_images   memory part: training images (default 50000, CIFAR-10's size); mem_workers (default 2)
   out          where to write the table (default BENCHMARKS.md; out=- prints only)
@@ -47,6 +49,10 @@ def _fmt(xs: Sequence[float], unit: str = "", digits: int = 0) -> str:
     m, lo, hi = _med(xs)
     f = f"{{:,.{digits}f}}"
     return f"{f.format(m)}{unit} ({f.format(lo)}-{f.format(hi)})"
+
+
+def _model(opts: dict) -> str:
+    return str(opts.get("model", "dilated_sep"))
 
 
 # ------------------------------------------------------------------ data
@@ -140,7 +146,7 @@ def part_train(opts: dict, rows: list, notes: list) -> None:
     mean, std = _stats(x)
     splits = Splits(x, y, x[:256], y[:256], x[:256], y[:256], tuple(f"c{i}" for i in range(10)), mean, std)
     # ours: the real loop; epoch 1 is the warm-up
-    cfg = compose("config", ["model=dilated_sep", "tracking=none", f"trainer.epochs={reps + 1}",
+    cfg = compose("config", [f"model={_model(opts)}", "tracking=none", f"trainer.epochs={reps + 1}",
                              f"trainer.batch_size={batch}", "trainer.progress=false", "trainer.checkpoint=false",
                              f"trainer.workers={opts.get('workers', 'auto')}",
                              # every measured epoch does the full era_s9 work, as the reference does
@@ -150,7 +156,7 @@ def part_train(opts: dict, rows: list, notes: list) -> None:
     ours = [h["images_per_s"] for h in res.history[1:]]
     # the reference, same model, same data, same batch and workers
     ref = []
-    model = build_model(load_spec("dilated_sep")).to(device)
+    model = build_model(load_spec(_model(opts))).to(device)
     for i in range(reps + 1):
         v = reference_epoch(model, x, y, batch, workers, device)
         if i:
@@ -166,15 +172,15 @@ def part_train(opts: dict, rows: list, notes: list) -> None:
                  "log_softmax+NLL, .item() every step.")
 
 
-def _auto_precision(device, batch: int):
-    """What trainer.amp=auto / channels_last=auto pick for dilated_sep here (the cached probe)."""
+def _auto_precision(device, batch: int, name: str):
+    """What trainer.amp=auto / channels_last=auto pick for model ``name`` here (the cached probe)."""
     from omegaconf import OmegaConf
 
     from . import build_model, load_spec
     from .precision import choose_precision
     from .spec import spec_hash
 
-    spec = load_spec("dilated_sep")
+    spec = load_spec(name)
     return choose_precision(OmegaConf.create({"amp": "auto", "channels_last": "auto"}), device, build_model(spec),
                             spec_hash(spec), batch, spec.input_shape, spec.num_classes)
 
@@ -221,12 +227,12 @@ def part_breakdown(opts: dict, rows: list, notes: list) -> None:
     device = pick_device("auto")
     reps, batch = int(opts.get("reps", 3)), int(opts.get("batch", 128))
     steps = 8 if device.type == "cpu" else 50
-    spec = load_spec("dilated_sep")
+    spec = load_spec(_model(opts))
     cands = _candidates(device, "auto", None)
     runs = [probe(build_model(spec), device, cands, batch, spec.input_shape, spec.num_classes, steps=steps)
             for _ in range(reps)]
     base = [r["fp32 NCHW"] for r in runs]
-    chosen = _auto_precision(device, batch)
+    chosen = _auto_precision(device, batch, _model(opts))
     for label in runs[0]:
         if label == "fp32 NCHW":
             continue
@@ -259,10 +265,10 @@ def part_compile(opts: dict, rows: list, notes: list) -> None:
 
     device = pick_device("auto")
     batch = int(opts.get("batch", 128))
-    chosen = _auto_precision(device, batch)
+    chosen = _auto_precision(device, batch, _model(opts))
     amp, cl = chosen.amp, chosen.channels_last
     steps = 8 if device.type == "cpu" else 50
-    spec = load_spec("dilated_sep")
+    spec = load_spec(_model(opts))
     eager = _step_rate(build_model(spec).to(device), device, batch, amp, cl, steps)
     torch._dynamo.reset()
     import torch._inductor.config as inductor_config
@@ -377,12 +383,13 @@ def _timed_sweep(opts: dict, n_jobs: int, td: str) -> tuple[float, int]:
 
     from .study import open_storage
 
-    n = int(opts.get("conc_trials", 8))
+    n, images = int(opts.get("conc_trials", 8)), int(opts.get("conc_images", 2000))
+    held = min(1000, images)  # validation and test images
     if opts.get("data", "synthetic") == "folder":
-        data = ["data=folder", f"data.root={opts['data.root']}", f"data.limit_train={int(opts.get('conc_images', 2000))}",
-                "data.val_size=1000", "data.limit_test=1000"]
+        data = ["data=folder", f"data.root={opts['data.root']}", f"data.limit_train={images}",
+                f"data.val_size={held}", f"data.limit_test={held}"]
     else:
-        data = [f"data.n_train={int(opts.get('conc_images', 2000)) + 1000}", "data.val_size=1000", "data.n_test=1000"]
+        data = [f"data.n_train={images + held}", f"data.val_size={held}", f"data.n_test={held}"]
     name = f"conc{n_jobs}"
     cmd = [sys.executable, "-m", "archsearch.train", "-m", "sweep=smoke", *data, f"hydra.sweeper.study_name={name}",
            f"hydra.sweeper.n_trials={n}", f"hydra.sweeper.n_jobs={n_jobs}", "hydra.sweeper.pruner={name:none}",
@@ -409,7 +416,7 @@ def part_concurrency(opts: dict, rows: list, notes: list) -> None:
     rows.append((f"6. sweep throughput (trials/hour), {n1} trials", f"n_jobs=1, {cores} threads: {r1:.0f}",
                  f"n_jobs={cores}, 1 thread each: {rn:.0f}", f"{rn / r1:.2f}x"))
     notes.append(f"part 6: the smoke space ({opts.get('conc_epochs', 2)} epochs on {opts.get('conc_images', 2000)} "
-                 f"training images, 1,000 val, 1,000 test, fp32 channels_last, no pruning); wall {w1:.0f}s vs {wn:.0f}s, "
+                 f"training images, as many val and test images up to 1,000, fp32 channels_last, no pruning); wall {w1:.0f}s vs {wn:.0f}s, "
                  "process start, data loading and MLflow logging included.")
 
 
@@ -521,6 +528,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad:
         print(f"error: parts: unknown part {bad[0]!r}; choose from {', '.join(PARTS)}", file=sys.stderr)
         return 2
+    from .config import available
+
+    if _model(opts) not in available("model"):
+        print(f"error: model: unknown model {_model(opts)!r}; choose one of {', '.join(available('model'))}",
+              file=sys.stderr)
+        return 2
     if opts.get("data", "synthetic") not in ("synthetic", "folder"):
         print(f"error: data: unknown data {opts['data']!r}; choose one of synthetic, folder", file=sys.stderr)
         return 2
@@ -547,7 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "# Benchmarks", "",
         "Written by `python -m archsearch.bench " + " ".join(argv) + "`. Each cell: median (min-max) of the "
         "measured repetitions after a warm-up; every comparison ran side by side in one invocation.", "",
-        f"- machine: {_machine()}", f"- data: {data}", "",
+        f"- machine: {_machine()}", f"- data: {data}",
+        f"- model (parts train, breakdown, compile): {_model(opts)}", "",
         *table, "", *[f"- {n}" for n in notes], ""])
     print(text)
     out = opts.get("out", "BENCHMARKS.md")
@@ -558,4 +572,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from archsearch import cli
+
+    cli.run(main)

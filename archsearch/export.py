@@ -269,4 +269,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from archsearch import cli
+
+    cli.run(main)

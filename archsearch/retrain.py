@@ -391,4 +391,6 @@ def _study_args(overrides: Sequence[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from archsearch import cli
+
+    cli.run(main)

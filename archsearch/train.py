@@ -142,6 +142,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     # run the canonical module, not __main__, so exception classes (Pruned, ...) are one
+    from archsearch import cli
     from archsearch.train import main as _main
 
-    _main()
+    cli.run(_main)

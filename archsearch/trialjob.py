@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # the canonical module, not __main__, so exception classes (Pruned, ...) are one
+    from archsearch import cli
     from archsearch.trialjob import main as _main
 
-    sys.exit(_main())
+    cli.run(_main)

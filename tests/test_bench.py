@@ -5,25 +5,39 @@ import re
 
 from archsearch.bench import main
 
+SMALL = ["model=compact", "images=96", "reps=1", "batch=32", "trials=2", "mem_images=256", "mem_workers=1",
+         "conc_trials=1", "conc_images=64", "conc_epochs=1"]
 
-def test_bench_runs_all_parts_and_writes_the_table(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+def bench_table(tmp_path, parts: str) -> str:
     out = tmp_path / "B.md"
-    parts = "parts=train,breakdown,validator,sweep,concurrency,memory"  # compile (minutes of C++ builds): the real bench
-    code = main([parts, "images=96", "reps=1", "batch=32", "trials=2", "mem_images=256", "mem_workers=1",
-                 "conc_trials=1", "conc_images=64", "conc_epochs=1", f"out={out}"])
-    assert code == 0
+    assert main([f"parts={parts}", *SMALL, f"out={out}"]) == 0
     text = out.read_text()
-    for part in ("1. training, end to end", "2a. model step alone", "2b. era_s9 augmentation",
-                 "3. validator: dilated_sep", "3. validator: long30 (30 layers)", "4. sweep overhead",
-                 "5. peak memory", "6. sweep throughput (trials/hour)"):
-        assert part in text
     ratios = [float(r.replace(",", "")) for r in re.findall(r"\| \**([\d.,]+)x", text)]
     assert ratios and all(r > 0 for r in ratios)
-    assert "torch" in text and "machine:" in text
+    assert "torch" in text and "machine:" in text and "model (parts train, breakdown, compile): compact" in text
+    return text
+
+
+# every part but compile (minutes of C++ builds: the real bench), in two halves that run side by side
+def test_bench_model_parts_write_the_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    text = bench_table(tmp_path, "train,breakdown,validator,memory")
+    for part in ("1. training, end to end", "2a. model step alone", "2b. era_s9 augmentation",
+                 "3. validator: dilated_sep", "3. validator: long30 (30 layers)", "5. peak memory"):
+        assert part in text
+
+
+def test_bench_sweep_parts_write_the_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    text = bench_table(tmp_path, "sweep,concurrency")
+    for part in ("4. sweep overhead", "6. sweep throughput (trials/hour)"):
+        assert part in text
 
 
 def test_bench_rejects_bad_options(capsys):
     assert main(["parts=train,nope"]) == 2
     assert "parts: unknown part 'nope'" in capsys.readouterr().err
     assert main(["data=folder"]) == 2
+    assert main(["model=nope"]) == 2
+    assert "model: unknown model 'nope'; choose one of" in capsys.readouterr().err

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.servers
+
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 

@@ -81,7 +81,7 @@ def test_a_users_own_model_validates_trains_and_sweeps(tmp_path, user_conf, run_
                         "model=choice(mynet,tab,laughs)", "hydra.sweeper.n_trials=1",
                         "hydra.sweeper.sampler.n_startup_trials=100", "trainer.epochs=1", "data.n_train=300",
                         "data.val_size=100", "data.n_test=50", "trainer.amp=off", "trainer.channels_last=false",
-                        "hydra.sweep.dir=multirun/u"],
+                        "trainer.tta=none", "tracking.log_model=false", "hydra.sweep.dir=multirun/u"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=300,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
