@@ -115,6 +115,27 @@ def _check_data(data, spec: ModelSpec, sweep_trial: bool) -> None:
         raise ConfigError("data.val_size: a sweep trial is judged on validation accuracy; set data.val_size > 0")
 
 
+def check_knobs(cfg) -> None:
+    """The recipe's knobs (trainer, optim, aug), refused in one line before torch is imported,
+    data loaded or an MLflow run started; ``_setup`` reads the same parsers for their values."""
+    from omegaconf import OmegaConf
+
+    from .augment import split_flip
+    from .evaluate import parse_tta
+    from .optim import parse_ema, parse_norm_knobs
+    from .recipe import check_recipe
+
+    acfg = OmegaConf.to_container(cfg.aug, resolve=True)
+    _cooldown_epochs(acfg, int(cfg.trainer.epochs))
+    parse_ema(cfg.trainer)
+    parse_tta(cfg.trainer)
+    check_recipe(cfg.trainer)
+    parse_norm_knobs(cfg.optim)
+    flip = str(acfg.get("flip") or "random")
+    split_flip(acfg.get("train"), flip, "aug.train")
+    split_flip(acfg.get("cooldown"), flip, "aug.cooldown")
+
+
 def _setup(cfg, spec: ModelSpec, report: Report, out_dir, data, sweep_trial: bool) -> _Setup:
     """Everything before the first epoch, in an order that keeps runs reproducible: the
     global RNGs are seeded first and only the model's initialisation draws from them."""
@@ -180,6 +201,7 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
 
     t0 = time.time()
     spec, report = gate(cfg)  # may raise: nothing loaded yet
+    check_knobs(cfg)
     sys_every = _system_metrics_interval(cfg.trainer.get("system_metrics"))
     s = _setup(cfg, spec, report, out_dir, data, sweep_trial=epoch_hook is not None)
     tcfg = cfg.trainer

@@ -21,13 +21,7 @@ def _param_groups(cfg, model) -> list[dict]:
     tensors learn at ``optim.norm_lr_scale`` times the lr (default 1): fast-training recipes
     give BatchNorm's shifts a much higher rate than the weights. Each group carries its
     ``lr_scale`` so the schedule scales its peak the same way."""
-    flag = cfg.get("decay_norm_and_bias", True)
-    if not isinstance(flag, bool):
-        raise ConfigError(f"optim.decay_norm_and_bias: must be true or false, got {flag!r}")
-    scale = cfg.get("norm_lr_scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1000:
-        raise ConfigError(f"optim.norm_lr_scale: the lr multiplier for BatchNorm and biases must be a number in "
-                          f"(0, 1000], such as 1 (off) or 10; got {scale!r}")
+    flag, scale = parse_norm_knobs(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     if flag and scale == 1:
         return [{"params": params, "lr_scale": 1.0}]
@@ -36,6 +30,18 @@ def _param_groups(cfg, model) -> list[dict]:
     if not flag:
         groups[1]["weight_decay"] = 0.0
     return groups
+
+
+def parse_norm_knobs(cfg) -> tuple[bool, float]:
+    """``optim.decay_norm_and_bias`` and ``optim.norm_lr_scale``, checked."""
+    flag = cfg.get("decay_norm_and_bias", True)
+    if not isinstance(flag, bool):
+        raise ConfigError(f"optim.decay_norm_and_bias: must be true or false, got {flag!r}")
+    scale = cfg.get("norm_lr_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1000:
+        raise ConfigError(f"optim.norm_lr_scale: the lr multiplier for BatchNorm and biases must be a number in "
+                          f"(0, 1000], such as 1 (off) or 10; got {scale!r}")
+    return flag, float(scale)
 
 
 def _with_lr(groups: list[dict], lr: float) -> list[dict]:
