@@ -122,11 +122,11 @@ def _merge(block: BlockSpec, ends: list[_State]) -> tuple[int, int, int]:
     names = block.path_names
     first = ends[0]
     for name, e in zip(names[1:], ends[1:]):
-        a, b = "x".join(map(str, first.shape)), "x".join(map(str, e.shape))
         if not (first.spatial and e.spatial):
             raise SpecError(block.path, "gap/linear cannot sit inside a block: its paths must end in spatial maps")
         same = first.shape == e.shape if block.merge == "add" else first.shape[1:] == e.shape[1:]
         if not same:
+            a, b = "x".join(map(str, first.shape)), "x".join(map(str, e.shape))
             need = "C, H and W" if block.merge == "add" else "H and W"
             raise SpecError(block.path, f"{block.merge} needs the same {need} on every path: {names[0]} gives {a}, "
                                         f"{name} gives {b}")

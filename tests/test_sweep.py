@@ -134,7 +134,7 @@ def test_a_bad_sweep_setting_is_one_line(tmp_path):
 def test_sigkill_mid_trial_resumes_keeping_completed(tmp_path):
     from optuna.trial import TrialState
 
-    proc = sweep(tmp_path, "hydra.sweeper.n_trials=3", "trainer.epochs=4", "hydra.sweeper.pruner={name:none}",
+    proc = sweep(tmp_path, "hydra.sweeper.n_trials=2", "trainer.epochs=4", "hydra.sweeper.pruner={name:none}",
                  background=True)
     deadline = time.time() + 240
     killed_trial = None
@@ -154,7 +154,7 @@ def test_sigkill_mid_trial_resumes_keeping_completed(tmp_path):
     assert killed_trial is not None, "never saw a completed and a running trial"
     completed_before = {t.number for t in study(tmp_path).trials if t.user_attrs.get("state") == "COMPLETE"}
 
-    sweep(tmp_path, "hydra.sweeper.n_trials=3", "trainer.epochs=4", "hydra.sweeper.pruner={name:none}",
+    sweep(tmp_path, "hydra.sweeper.n_trials=2", "trainer.epochs=4", "hydra.sweeper.pruner={name:none}",
           sweep_dir="multirun/s2")
     st = study(tmp_path)
     s = states(st)
@@ -162,7 +162,7 @@ def test_sigkill_mid_trial_resumes_keeping_completed(tmp_path):
     retry = [t for t in st.trials if t.user_attrs.get("retry_of") == killed_trial]
     assert len(retry) == 1 and retry[0].params == st.trials[killed_trial].params
     assert completed_before <= {n for n, v in s.items() if v == "COMPLETE"}
-    assert sum(v in ("COMPLETE", "PRUNED", "FAIL") for v in s.values()) == 3
+    assert sum(v in ("COMPLETE", "PRUNED", "FAIL") for v in s.values()) == 2
 
 
 def test_two_workers_share_one_study(tmp_path):
@@ -236,13 +236,13 @@ def test_multi_objective_gives_a_pareto_front_without_pruning(tmp_path):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     p = sweep(tmp_path, "hydra.sweeper.direction=[maximize,minimize]", "hydra.sweeper.objectives=[val_acc,params]",
-              "hydra.sweeper.n_trials=3", "trainer.epochs=2", "model.wide=choice(32,48)")
+              "hydra.sweeper.n_trials=2", "trainer.epochs=1", "model.wide=choice(32,48)")
     assert "multi-objective study: Optuna cannot prune it, so pruning is off" in p.stdout + p.stderr
     path = tmp_path / "mlruns" / "optuna" / "smoke.journal"
     st = optuna.load_study(study_name="smoke", storage=JournalStorage(JournalFileBackend(str(path))))
     assert [d.name for d in st.directions] == ["MAXIMIZE", "MINIMIZE"]
     done = [t for t in st.trials if t.user_attrs.get("state") == "COMPLETE"]
-    assert len(done) == 3 and all(t.values[1] == t.user_attrs["model.params"] for t in done)
+    assert len(done) == 2 and all(t.values[1] == t.user_attrs["model.params"] for t in done)
     assert st.best_trials  # the Pareto front
 
 
