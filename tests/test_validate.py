@@ -77,3 +77,13 @@ def test_real_cli_exit_codes():
     bad = subprocess.run([sys.executable, "-m", "archsearch.validate", "model.layers.7.k=0"], capture_output=True, text=True)
     assert ok.returncode == 0 and "OK dilated_sep" in ok.stdout
     assert bad.returncode == 2 and bad.stderr.strip() == "error: model.layers[7].k: must be a positive int, got 0"
+
+
+def test_a_command_under_a_profiler_still_writes_its_profile(tmp_path):
+    """Commands skip the interpreter's teardown on exit (archsearch.cli.run), except under a
+    profiler, debugger or coverage tool, which write their results after the command's end."""
+    prof = tmp_path / "validate.prof"
+    p = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "archsearch.validate", "model=too_wide"],
+                       capture_output=True, text=True)
+    assert p.returncode == 1 and "REJECTED too_wide" in p.stdout
+    assert prof.exists() and prof.stat().st_size > 0
