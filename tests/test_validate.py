@@ -85,5 +85,5 @@ def test_a_command_under_a_profiler_still_writes_its_profile(tmp_path):
     prof = tmp_path / "validate.prof"
     p = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "archsearch.validate", "model=too_wide"],
                        capture_output=True, text=True)
-    assert p.returncode == 1 and "REJECTED too_wide" in p.stdout
+    assert "REJECTED too_wide" in p.stdout  # (cProfile itself swallows the exit status)
     assert prof.exists() and prof.stat().st_size > 0
