@@ -115,9 +115,22 @@ def _check_data(data, spec: ModelSpec, sweep_trial: bool) -> None:
         raise ConfigError("data.val_size: a sweep trial is judged on validation accuracy; set data.val_size > 0")
 
 
-def check_knobs(cfg) -> None:
+@dataclass(frozen=True)
+class _Knobs:
+    """The recipe's knobs, parsed: the augmentation lists as built (``aug.flip`` applied) and
+    whether each phase flips alternate epochs, the cool-down epochs, EMA decay and TTA."""
+    train_spec: Any
+    alt_train: bool
+    cool_spec: Any
+    alt_cool: bool
+    cool: int
+    ema_decay: float | None
+    tta: str
+
+
+def parse_knobs(cfg) -> _Knobs:
     """The recipe's knobs (trainer, optim, aug), refused in one line before torch is imported,
-    data loaded or an MLflow run started; ``_setup`` reads the same parsers for their values."""
+    data loaded or an MLflow run started."""
     from omegaconf import OmegaConf
 
     from .augment import split_flip
@@ -126,29 +139,27 @@ def check_knobs(cfg) -> None:
     from .recipe import check_recipe
 
     acfg = OmegaConf.to_container(cfg.aug, resolve=True)
-    _cooldown_epochs(acfg, int(cfg.trainer.epochs))
-    parse_ema(cfg.trainer)
-    parse_tta(cfg.trainer)
-    check_recipe(cfg.trainer)
+    tcfg = cfg.trainer
+    cool, ema_decay, tta = _cooldown_epochs(acfg, int(tcfg.epochs)), parse_ema(tcfg), parse_tta(tcfg)
+    check_recipe(tcfg)
     parse_norm_knobs(cfg.optim)
     flip = str(acfg.get("flip") or "random")
-    split_flip(acfg.get("train"), flip, "aug.train")
-    split_flip(acfg.get("cooldown"), flip, "aug.cooldown")
+    train_spec, alt_train = split_flip(acfg.get("train"), flip, "aug.train")
+    cool_spec, alt_cool = split_flip(acfg.get("cooldown"), flip, "aug.cooldown")
+    return _Knobs(train_spec, alt_train, cool_spec, alt_cool, cool, ema_decay, tta)
 
 
-def _setup(cfg, spec: ModelSpec, report: Report, out_dir, data, sweep_trial: bool) -> _Setup:
+def _setup(cfg, spec: ModelSpec, report: Report, k: _Knobs, out_dir, data, sweep_trial: bool) -> _Setup:
     """Everything before the first epoch, in an order that keeps runs reproducible: the
     global RNGs are seeded first and only the model's initialisation draws from them."""
     import torch
     from omegaconf import OmegaConf
 
-    from .augment import build_pipeline, split_flip
+    from .augment import build_pipeline
     from .build import build_model
     from .data import load_data
-    from .evaluate import parse_tta
-    from .optim import parse_ema
     from .precision import choose_precision, pick_device
-    from .recipe import apply_recipe, check_recipe
+    from .recipe import apply_recipe
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,21 +169,15 @@ def _setup(cfg, spec: ModelSpec, report: Report, out_dir, data, sweep_trial: boo
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     device = pick_device(str(tcfg.device))
-    acfg = OmegaConf.to_container(cfg.aug, resolve=True)
     epochs = int(tcfg.epochs)
-    cool, ema_decay, tta = _cooldown_epochs(acfg, epochs), parse_ema(tcfg), parse_tta(tcfg)
-    check_recipe(tcfg)
     if device.type == "cuda" and not tcfg.deterministic:
         torch.backends.cudnn.benchmark = True
     if data is None:
         data = load_data(OmegaConf.to_container(cfg.data, resolve=True), base_dir)
     _check_data(data, spec, sweep_trial)
     mean_px = [m * 255 for m in data.mean]
-    flip = str(acfg.get("flip") or "random")
-    train_spec, alt_train = split_flip(acfg.get("train"), flip, "aug.train")
-    cool_spec, alt_cool = split_flip(acfg.get("cooldown"), flip, "aug.cooldown")
-    pipeline = build_pipeline(train_spec, mean_px)
-    cool_pipeline = build_pipeline(cool_spec, mean_px, where="aug.cooldown") if cool else None
+    pipeline = build_pipeline(k.train_spec, mean_px)
+    cool_pipeline = build_pipeline(k.cool_spec, mean_px, where="aug.cooldown") if k.cool else None
     model, sh = build_model(spec), spec_hash(spec)
     applied = apply_recipe(model, tcfg, data.x_train, mean_px, [s * 255 for s in data.std], int(cfg.seed))
     if applied:
@@ -181,9 +186,9 @@ def _setup(cfg, spec: ModelSpec, report: Report, out_dir, data, sweep_trial: boo
     model = model.to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    engine = Engine(cfg, model, data, precision, (pipeline, cool_pipeline), epochs, cool, ema_decay,
-                    (alt_train, alt_cool and bool(cool)))
-    return _Setup(spec, report, data, engine, epochs, tta, out, base_dir, pipeline, sh)
+    engine = Engine(cfg, model, data, precision, (pipeline, cool_pipeline), epochs, k.cool, k.ema_decay,
+                    (k.alt_train, k.alt_cool and bool(k.cool)))
+    return _Setup(spec, report, data, engine, epochs, k.tta, out, base_dir, pipeline, sh)
 
 
 # ------------------------------------------------------------------ the run
@@ -201,9 +206,9 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
 
     t0 = time.time()
     spec, report = gate(cfg)  # may raise: nothing loaded yet
-    check_knobs(cfg)
+    knobs = parse_knobs(cfg)
     sys_every = _system_metrics_interval(cfg.trainer.get("system_metrics"))
-    s = _setup(cfg, spec, report, out_dir, data, sweep_trial=epoch_hook is not None)
+    s = _setup(cfg, spec, report, knobs, out_dir, data, sweep_trial=epoch_hook is not None)
     tcfg = cfg.trainer
     state = checkpoint.load(str(tcfg.resume), s.engine, s.spec_hash) if tcfg.resume else TrainState()
     resolved = OmegaConf.to_container(cfg, resolve=True)
