@@ -21,6 +21,7 @@ Pure Python: no torch import.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 from .ops import OPS, OpError
@@ -74,27 +75,40 @@ class Report:
     top: tuple[LayerReport, ...] = ()  # the rows of the model's own list (blocks hold their children)
     leaves: tuple[LayerReport, ...] = ()  # the rows of layers (not blocks), inside blocks too: what the rules see
 
+    @cached_property
+    def _counts(self) -> tuple[int, int, int, int]:
+        """(maxpool, separable, dilated, gap) layers, counted in one pass (the budget check reads all four)."""
+        maxpool = separable = dilated = gap = 0
+        for r in self.leaves:
+            op = r.op
+            if op == "conv" or op == "sepconv":
+                a = r.layer.args
+                if a["d"] > 1:
+                    dilated += 1
+                if op == "sepconv" or (a["groups"] > 1 and a["groups"] == r.in_shape[0]):
+                    separable += 1
+            elif op == "maxpool":
+                maxpool += 1
+            elif op == "gap":
+                gap += 1
+        return maxpool, separable, dilated, gap
+
     @property
     def n_maxpool(self) -> int:
-        return sum(1 for r in self.leaves if r.op == "maxpool")
+        return self._counts[0]
 
     @property
     def n_separable(self) -> int:
         """sepconv layers, plus convs that are depthwise (groups == in channels > 1)."""
-        n = 0
-        for r in self.leaves:
-            a = r.layer.args
-            if r.op == "sepconv" or (r.op == "conv" and a["groups"] > 1 and a["groups"] == r.in_shape[0]):
-                n += 1
-        return n
+        return self._counts[1]
 
     @property
     def n_dilated(self) -> int:
-        return sum(1 for r in self.leaves if r.op in ("conv", "sepconv") and r.layer.args["d"] > 1)
+        return self._counts[2]
 
     @property
     def has_gap(self) -> bool:
-        return any(r.op == "gap" for r in self.leaves)
+        return self._counts[3] > 0
 
     def to_dict(self) -> dict:
         return {
@@ -107,6 +121,11 @@ class Report:
             "out_shape": list(self.out_shape),
             "layers": [l.to_dict() for l in (self.top or self.layers)],
         }
+
+
+# LayerReport(...) runs a Python-level __new__; building the tuple directly (as namedtuple's own
+# _make does) takes a third of the time, and the validator makes one row per layer. Every field is given.
+_new = tuple.__new__
 
 
 class _State(NamedTuple):
@@ -140,51 +159,64 @@ def _merge(block: BlockSpec, ends: list[_State]) -> tuple[int, int, int]:
 def _block(block: BlockSpec, st: _State, depth: int) -> tuple[list[LayerReport], _State]:
     if not st.spatial:
         raise SpecError(block.path, f"{block.op} needs a spatial input; it comes after global pooling here")
-    children, ends = [], []
+    below: list[LayerReport] = []  # every row inside the block, in reading order
+    kids, ends = [], []
+    params = macs = 0
     for p in block.paths:
-        rows, end = _walk(p, st, depth + 1)
-        children.append(tuple(rows))
+        rows, own, p_params, p_macs, end = _walk(p, st, depth + 1)
+        below += rows
+        kids.append(own)
         ends.append(end)
+        params += p_params
+        macs += p_macs
     shape = _merge(block, ends)
-    kids = tuple(tuple(r for r in rows if r.depth == depth + 1) for rows in children)  # each path's own rows
-    params, macs = sum(r.params for p in kids for r in p), sum(r.macs for p in kids for r in p)
     rf, jump = max(e.rf for e in ends), ends[0].jump
     row = LayerReport(block.index, block.path, block.op, block, st.shape, shape, params, macs, rf, jump, True,
-                      depth, kids, True)
-    return [row, *(r for rows in children for r in rows)], _State(shape, rf, jump, True, st.rf_before_pool)
+                      depth, tuple(kids), True)
+    below.insert(0, row)
+    return below, _State(shape, rf, jump, True, st.rf_before_pool)
 
 
-def _walk(nodes, st: _State, depth: int) -> tuple[list[LayerReport], _State]:
-    """Rows of ``nodes`` from state ``st``. Plain layers are handled inline (the validator's
+def _walk(nodes, st: _State, depth: int):
+    """Rows of ``nodes`` from state ``st``: (every row, nested ones too; the rows of ``nodes`` themselves;
+    their params; their MACs; the state after them). Plain layers are handled inline (the validator's
     speed is this loop's): one Step from the op's rule, one row."""
     rows: list[LayerReport] = []
+    own: list[LayerReport] = []
+    total_params = total_macs = 0
     shape, rf, jump, spatial, before = st
     for node in nodes:
         if isinstance(node, BlockSpec):
             more, (shape, rf, jump, spatial, before) = _block(node, _State(shape, rf, jump, spatial, before), depth)
-            rows.extend(more)
-            continue
-        try:
-            step = OPS[node.op].analyze(node.args, shape)
-        except OpError as e:
-            raise SpecError(f"{node.path}.{e.field}" if e.field else node.path, e.message) from None
-        out, k_eff, stride, step_spatial = step.out, step.k_eff, step.stride, step.spatial
-        params = step.params + (2 * out[0] if node.bn else 0)
-        if spatial:
-            if step_spatial:
-                rf += (k_eff - 1) * jump
-                jump *= stride
-            else:
-                before, spatial = rf, False
-        rows.append(LayerReport(node.index, node.where or node.path, node.op, node, shape, out, params, step.macs, rf, jump,
-                                spatial, depth, (), False))
-        shape = out
-    return rows, _State(shape, rf, jump, spatial, before)
+            row = more[0]
+            rows += more
+        else:
+            try:
+                step = OPS[node.op].analyze(node.args, shape)
+            except OpError as e:
+                raise SpecError(f"{node.path}.{e.field}" if e.field else node.path, e.message) from None
+            out, params, macs, k_eff, stride, step_spatial = step
+            if node.bn:
+                params += 2 * out[0]
+            if spatial:
+                if step_spatial:
+                    rf += (k_eff - 1) * jump
+                    jump *= stride
+                else:
+                    before, spatial = rf, False
+            row = _new(LayerReport, (node.index, node.where or node.path, node.op, node, shape, out, params, macs, rf,
+                                     jump, spatial, depth, (), False))
+            rows.append(row)
+            shape = out
+        own.append(row)
+        total_params += row.params
+        total_macs += row.macs
+    return rows, tuple(own), total_params, total_macs, _State(shape, rf, jump, spatial, before)
 
 
 def analyze(spec: ModelSpec) -> Report:
     """Walk the layers and blocks; raise :class:`SpecError` (with the YAML path) on impossible shapes."""
-    rows, end = _walk(spec.layers, _State(spec.input_shape, 1, 1, True, None), 0)
+    rows, top, params, macs, end = _walk(spec.layers, _State(spec.input_shape, 1, 1, True, None), 0)
     shape = end.shape
     if shape[1:] != (1, 1):
         c, h, w = shape
@@ -197,10 +229,8 @@ def analyze(spec: ModelSpec) -> Report:
         with_out = [l for l in walk(spec.layers) if "out" in l.args]
         where = f"{with_out[-1].path}.out" if with_out else spec.layers[-1].path
         raise SpecError(where, f"the model outputs {shape[0]} classes but model.num_classes is {spec.num_classes}")
-    top = tuple(r for r in rows if r.depth == 0)
     model_rf = end.rf_before_pool if end.rf_before_pool is not None else end.rf
-    return Report(spec, tuple(rows), sum(r.params for r in top), sum(r.macs for r in top), model_rf, shape, top,
-                  tuple(r for r in rows if not r.is_block))
+    return Report(spec, tuple(rows), params, macs, model_rf, shape, top, tuple(r for r in rows if not r.is_block))
 
 
 def receptive_field(spec: ModelSpec) -> int:

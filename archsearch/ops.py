@@ -104,40 +104,46 @@ class OpDef:
     takes_defaults: bool = False  # fills unset extras from the model's layer_defaults
 
 
-def _spatial_out(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
-
-
 def _pad(a: dict) -> int:
     return a["p"] if a.get("p") is not None else a["d"] * (a["k"] - 1) // 2
 
 
+# Step(...) runs a Python-level __new__; the conv rules, which the validator calls once per conv,
+# build the tuple directly (as namedtuple's own _make does), every field given.
+_new = tuple.__new__
+
+
 def _conv_geometry(a: dict, shape: Shape) -> tuple[int, int, int, int]:
+    """(in channels, out height, out width, effective kernel): out = (in + 2p - d(k-1) - 1) // s + 1.
+    Runs once per conv in the validator's loop, hence written out flat."""
     c, h, w = shape
-    p = _pad(a)
-    ho = _spatial_out(h, a["k"], a["s"], p, a["d"])
-    wo = _spatial_out(w, a["k"], a["s"], p, a["d"])
+    k, d, s = a["k"], a["d"], a["s"]
+    k_eff = d * (k - 1) + 1
+    p = a.get("p")
+    if p is None:
+        p = (k_eff - 1) // 2
+    ho = (h + 2 * p - k_eff) // s + 1
+    wo = (w + 2 * p - k_eff) // s + 1
     if ho <= 0 or wo <= 0:
         raise OpError(
             None,
             f"spatial size collapses to {max(ho, 0)}x{max(wo, 0)} (input {h}x{w}, effective kernel "
-            f"{a['d'] * (a['k'] - 1) + 1}, stride {a['s']}, padding {p})",
+            f"{k_eff}, stride {s}, padding {p})",
         )
-    return c, ho, wo, p
+    return c, ho, wo, k_eff
 
 
 
 # ---------------------------------------------------------------- conv
 def _conv_analyze(a: dict, shape: Shape) -> Step:
-    cin, ho, wo, _ = _conv_geometry(a, shape)
-    g = a["groups"]
+    cin, ho, wo, k_eff = _conv_geometry(a, shape)
+    g, out, k = a["groups"], a["out"], a["k"]
     if cin % g:
         raise OpError("groups", f"groups {g} does not divide the input channels {cin}")
-    if a["out"] % g:
-        raise OpError("groups", f"groups {g} does not divide out {a['out']}")
-    w = (cin // g) * a["k"] * a["k"] * a["out"]
-    params = w + (a["out"] if a["bias"] else 0)
-    return Step((a["out"], ho, wo), params, w * ho * wo, a["d"] * (a["k"] - 1) + 1, a["s"])
+    if out % g:
+        raise OpError("groups", f"groups {g} does not divide out {out}")
+    w = (cin // g) * k * k * out
+    return _new(Step, ((out, ho, wo), w + out if a["bias"] else w, w * ho * wo, k_eff, a["s"], True))
 
 
 def _conv_build(a: dict, cin: int) -> list:
@@ -150,11 +156,10 @@ def _conv_build(a: dict, cin: int) -> list:
 
 # ---------------------------------------------------------------- sepconv
 def _sep_analyze(a: dict, shape: Shape) -> Step:
-    cin, ho, wo, _ = _conv_geometry(a, shape)
-    dw = cin * a["k"] * a["k"]
-    pw = cin * a["out"]
-    params = dw + pw + (a["out"] if a["bias"] else 0)
-    return Step((a["out"], ho, wo), params, (dw + pw) * ho * wo, a["d"] * (a["k"] - 1) + 1, a["s"])
+    cin, ho, wo, k_eff = _conv_geometry(a, shape)
+    k, out = a["k"], a["out"]
+    w = cin * k * k + cin * out  # depthwise + pointwise
+    return _new(Step, ((out, ho, wo), w + out if a["bias"] else w, w * ho * wo, k_eff, a["s"], True))
 
 
 def _sep_build(a: dict, cin: int) -> list:
@@ -173,8 +178,8 @@ def _pool_args(a: dict) -> dict:
 
 def _maxpool_analyze(a: dict, shape: Shape) -> Step:
     g = _pool_args(a)
-    c, ho, wo, _ = _conv_geometry(g, shape)
-    return Step((c, ho, wo), 0, 0, g["k"], g["s"])
+    c, ho, wo, k_eff = _conv_geometry(g, shape)
+    return Step((c, ho, wo), 0, 0, k_eff, g["s"])
 
 
 def _maxpool_build(a: dict, cin: int) -> list:
