@@ -145,27 +145,29 @@ def part_train(opts: dict, rows: list, notes: list) -> None:
     workers = _workers(opts.get("workers", "auto"), device)
     mean, std = _stats(x)
     splits = Splits(x, y, x[:256], y[:256], x[:256], y[:256], tuple(f"c{i}" for i in range(10)), mean, std)
-    # ours: the real loop; epoch 1 is the warm-up
+    # ours: the real loop; the reference runs one epoch after each of ours (from the epoch hook, outside
+    # our timed loop), so each pair compared is measured back to back and drift hits both alike; the
+    # first epoch of each is the warm-up
     cfg = compose("config", [f"model={_model(opts)}", "tracking=none", f"trainer.epochs={reps + 1}",
                              f"trainer.batch_size={batch}", "trainer.progress=false", "trainer.checkpoint=false",
                              f"trainer.workers={opts.get('workers', 'auto')}",
                              # every measured epoch does the full era_s9 work, as the reference does
                              "aug.cooldown_fraction=0", "trainer.tta=none"])
-    with tempfile.TemporaryDirectory() as td:
-        res = train(cfg, td, data=splits)
-    ours = [h["images_per_s"] for h in res.history[1:]]
-    # the reference, same model, same data, same batch and workers
-    ref = []
     model = build_model(load_spec(_model(opts))).to(device)
-    for i in range(reps + 1):
-        v = reference_epoch(model, x, y, batch, workers, device)
-        if i:
-            ref.append(v)
+    ref: list[float] = []
+
+    def reference(epoch: int, val_acc: float) -> None:
+        ref.append(reference_epoch(model, x, y, batch, workers, device))
+
+    with tempfile.TemporaryDirectory() as td:
+        res = train(cfg, td, epoch_hook=reference, data=splits)
+    ours, ref = [h["images_per_s"] for h in res.history[1:]], ref[1:]
     ratio = [o / r for o, r in zip(ours, ref)]
     rows.append(("1. training, end to end (images/s)", f"reference loop: {_fmt(ref)}", f"archsearch: {_fmt(ours)}",
                  f"**{statistics.median(ratio):.2f}x** ({min(ratio):.2f}-{max(ratio):.2f})"))
     notes.append(f"part 1: {len(x):,} images/epoch, batch {batch}, {workers} DataLoader worker(s) for both, "
-                 f"{reps} measured epochs after 1 warm-up; archsearch with its defaults (trainer.amp=auto, "
+                 f"{reps} measured epochs after 1 warm-up, alternating (one of ours, one of the reference); "
+                 "archsearch with its defaults (trainer.amp=auto, "
                  f"trainer.channels_last=auto chose {res.precision}), "
                  "uint8 batches normalised on the device; reference: the same era_s9 transforms then "
                  "Normalize+ToTensorV2 per sample, fp32, NCHW, "
@@ -185,36 +187,17 @@ def _auto_precision(device, batch: int, name: str):
                             spec_hash(spec), batch, spec.input_shape, spec.num_classes)
 
 
-def _step_rate(model, device, batch: int, amp, channels_last: bool, steps: int) -> float:
+def _step_rate(model, device, batch: int, precision, steps: int) -> float:
+    """Training-step images/s of ``model`` itself (the precision probe's step, 3 warm-up steps)."""
     import torch
-    import torch.nn.functional as F
 
-    x = torch.randn(batch, 3, 32, 32, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-        model = model.to(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,), device=device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    model.train()
+    from .precision import _Stepper
 
-    def step():
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            out = model(x)
-        loss = F.cross_entropy(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    s = _Stepper(model, device, precision.amp_short, precision.channels_last, torch.randn(batch, 3, 32, 32), 10,
+                 own_copy=False)
     for _ in range(3):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - t0)
+        s.step()
+    return steps * batch / sum(s.step() for _ in range(steps))
 
 
 def part_breakdown(opts: dict, rows: list, notes: list) -> None:
@@ -266,19 +249,18 @@ def part_compile(opts: dict, rows: list, notes: list) -> None:
     device = pick_device("auto")
     batch = int(opts.get("batch", 128))
     chosen = _auto_precision(device, batch, _model(opts))
-    amp, cl = chosen.amp, chosen.channels_last
     steps = 8 if device.type == "cpu" else 50
     spec = load_spec(_model(opts))
-    eager = _step_rate(build_model(spec).to(device), device, batch, amp, cl, steps)
+    eager = _step_rate(build_model(spec).to(device), device, batch, chosen, steps)
     torch._dynamo.reset()
     import torch._inductor.config as inductor_config
 
     inductor_config.force_disable_caches = True  # measure a cold compile, as a new trial process pays it
     t0 = time.perf_counter()
     compiled_model = torch.compile(build_model(spec).to(device))
-    _step_rate(compiled_model, device, batch, amp, cl, 1)  # compiles forward and backward
+    _step_rate(compiled_model, device, batch, chosen, 1)  # compiles forward and backward (in its warm-up)
     compile_s = time.perf_counter() - t0
-    compiled = _step_rate(compiled_model, device, batch, amp, cl, steps)
+    compiled = _step_rate(compiled_model, device, batch, chosen, steps)
     gain = 1 / eager - 1 / compiled  # seconds saved per image
     breakeven = compile_s / gain if gain > 0 else float("inf")
     rows.append(("2c. torch.compile (model step, images/s)", f"eager: {eager:,.0f}",

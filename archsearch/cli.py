@@ -3,8 +3,8 @@
 A process that has imported torch, MLflow, Hydra and Optuna spends 1-3 s after its last line
 in the interpreter's teardown: freeing the objects of thousands of modules one by one, none
 of which has anything left to write. A sweep of 2-second trials pays that once per trial
-process. :func:`run` does the part of the teardown that matters itself (waits for the
-non-daemon threads, runs the ``atexit`` handlers: logging flushes and closes its files,
+process. :func:`run` does the part of the teardown that matters itself (stops thread pools and
+waits for the non-daemon threads, runs the ``atexit`` handlers: logging flushes and closes its files,
 MLflow ends its active runs, multiprocessing stops its daemonic children; flushes stdout and
 stderr) and then ends the process at once with :func:`os._exit`.
 
@@ -38,9 +38,10 @@ def run(main: Callable[[], int | None]) -> NoReturn:
         code = 1
     if sys.getprofile() is not None or sys.gettrace() is not None:
         sys.exit(code)  # under cProfile, a debugger or coverage: they write their results after this
-    for t in threading.enumerate():
-        if t is not threading.main_thread() and not t.daemon:
-            t.join()
+    # what the interpreter does first at exit: the callbacks registered with threading (thread pools
+    # such as torch.compile's stop their workers there), then a join of the non-daemon threads;
+    # joining without the callbacks would wait forever on an idle pool's worker
+    threading._shutdown()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -92,10 +92,14 @@ class Precision:
         return str(self.amp).replace("torch.", "") if self.amp is not None else "off"
 
     @property
+    def amp_short(self) -> str:
+        """``fp32`` / ``bf16`` / ``fp16``: as the probe names the candidates' autocast."""
+        return {"off": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(self.amp_name, self.amp_name)
+
+    @property
     def label(self) -> str:
         """As the probe names candidates: ``fp32 NCHW``, ``bf16 channels_last``, ..."""
-        short = {"off": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(self.amp_name, self.amp_name)
-        return _label(short, self.channels_last)
+        return _label(self.amp_short, self.channels_last)
 
     def describe(self) -> str:
         layout = "channels_last" if self.channels_last else "NCHW"
@@ -131,13 +135,14 @@ def _label(amp: str, cl: bool) -> str:
 
 
 class _Stepper:
-    """One candidate's training step on its own copy of the model, with a fixed random batch."""
+    """One candidate's training step on its own copy of the model (``own_copy=False``: on ``model``
+    itself, e.g. a compiled one, which cannot be copied), with a fixed random batch."""
 
-    def __init__(self, model, device, amp: str, cl: bool, batch, num_classes: int):
+    def __init__(self, model, device, amp: str, cl: bool, batch, num_classes: int, own_copy: bool = True):
         import torch
 
         fmt = torch.channels_last if cl else torch.contiguous_format
-        self.model = copy.deepcopy(model).to(device).to(memory_format=fmt).train()
+        self.model = (copy.deepcopy(model) if own_copy else model).to(device).to(memory_format=fmt).train()
         self.x = batch.to(device).contiguous(memory_format=fmt)
         self.y = torch.arange(len(batch), device=device) % num_classes
         self.dtype = _dtype(amp)

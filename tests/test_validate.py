@@ -87,3 +87,15 @@ def test_a_command_under_a_profiler_still_writes_its_profile(tmp_path):
                        capture_output=True, text=True)
     assert "REJECTED too_wide" in p.stdout  # (cProfile itself swallows the exit status)
     assert prof.exists() and prof.stat().st_size > 0
+
+
+def test_a_command_with_an_idle_thread_pool_still_exits(tmp_path):
+    """torch.compile leaves a thread pool behind; ending a command stops it as the interpreter
+    would (before joining the threads) instead of waiting on its idle workers forever."""
+    script = tmp_path / "pool.py"
+    script.write_text("from concurrent.futures import ThreadPoolExecutor\n"
+                      "from archsearch import cli\n"
+                      "pool = ThreadPoolExecutor(2)\n"
+                      "cli.run(lambda: print(pool.submit(sum, [20, 22]).result()))\n")
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == "42", p.stderr
