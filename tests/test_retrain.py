@@ -299,7 +299,8 @@ def small_study(tmp_path, monkeypatch):
 
 
 RETRAIN_MISTAKES = [
-    (["sweep=nope"], "error: sweep: no config 'nope'; available: arch_dilated, arch_residual, hparams, pareto, smoke"),
+    (["sweep=nope"], "error: sweep: no config 'nope'; available: arch_dilated, arch_residual, hparams, pareto, "
+                     "proxy_rank, smoke"),
     (["sweep=hparams"], "error: sweep: no study 'hparams' in journal:"),
     (["sweep=smoke", "hydra.sweeper.study_name=empty"], "error: sweep: study 'empty' has no COMPLETE trial yet"),
     (["sweep=smoke", "top=0"], "error: top: must be a whole number >= 1; got '0'"),
