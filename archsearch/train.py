@@ -137,7 +137,13 @@ def main() -> None:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2 if not isinstance(e, NonFiniteLoss) else 3)
 
-    _entry()
+    try:
+        _entry()
+    except ValueError as e:  # Hydra's own check of its flags (e.g. -m with --cfg) raises a bare ValueError
+        if not str(e).startswith("Only one of --run, --multirun"):
+            raise
+        print(f"error: {e}: drop -m to print one run's config or info", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

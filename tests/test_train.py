@@ -125,6 +125,14 @@ def test_cli_unknown_model_lists_choices(tmp_path):
     assert p.returncode == 2 and "model: no config 'nope'; available: branchy, compact, dilated_sep" in p.stderr
 
 
+def test_cli_multirun_with_cfg_is_one_line(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "archsearch.train", "-m", "sweep=smoke", "--cfg", "job"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 2 and not (tmp_path / "multirun").exists() and not (tmp_path / "outputs").exists()
+    assert p.stderr.strip() == ("error: Only one of --run, --multirun, --cfg, --info and --shell_completion can be "
+                                "specified: drop -m to print one run's config or info")
+
+
 def test_bad_augmentation_argument_names_transform_and_argument():
     from archsearch.augment import AugError, build_pipeline
 
