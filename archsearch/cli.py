@@ -8,6 +8,11 @@ waits for the non-daemon threads, runs the ``atexit`` handlers: logging flushes 
 MLflow ends its active runs, multiprocessing stops its daemonic children; flushes stdout and
 stderr) and then ends the process at once with :func:`os._exit`.
 
+SIGTERM (``kill``, a scheduler's pre-emption, a sweeper stopping its trials) unwinds like
+Ctrl-C but quietly: ``SystemExit(128 + 15)`` is raised where the command is, so its ``finally``
+blocks and context managers run (a training closes its MLflow run as KILLED, a half-written
+file is not left looking complete) and the process ends with status 143, as a killed one would.
+
 A bug (any exception other than ``SystemExit``) or Ctrl-C propagates as usual: traceback,
 normal teardown; so does every exit under a profiler, debugger or coverage tool, which write
 their results after the command's last line.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -25,8 +31,14 @@ from typing import NoReturn
 __all__ = ["run"]
 
 
+def _terminate(signum: int, frame) -> NoReturn:
+    raise SystemExit(128 + signum)
+
+
 def run(main: Callable[[], int | None]) -> NoReturn:
     """``main()`` -> exit with its code (or its ``SystemExit``'s), skipping the teardown."""
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # not when the caller chose to ignore it (nohup-like)
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         code = main()
     except SystemExit as e:

@@ -96,8 +96,6 @@ def _task(cfg) -> float | None:
 
 def main() -> None:
     """Console entry: user mistakes -> one line on stderr; exit 1 for budget, 2 for bad input."""
-    import signal
-
     import hydra
 
     from .augment import AugError
@@ -105,8 +103,6 @@ def main() -> None:
     from .data import DataError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    # SIGTERM (kill, a scheduler's pre-emption) unwinds like Ctrl-C: the MLflow run is closed as KILLED
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         check_choices([a for a in sys.argv[1:] if not a.startswith("-")])
     except ConfigError as e:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,8 +57,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     job_dir = Path(argv[0])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    # SIGTERM (the sweeper stopping, or dying) unwinds like Ctrl-C: the MLflow run is closed as KILLED
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     cfg = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
     write_result(job_dir, run_trial(cfg, job_dir))
     return 0

@@ -349,6 +349,28 @@ def test_cli_mistakes_exit_2_without_a_traceback(small_study):
         assert "Traceback" not in p.stderr
 
 
+def test_sigterm_stops_a_retrain_as_killed_and_records_nothing(small_study):
+    """kill (or a scheduler's pre-emption) mid-training: status 143, the MLflow run KILLED, no study record."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "archsearch.retrain", "sweep=smoke", "trials=0", *TINY, *FAST, "trainer.epochs=50",
+           "data.n_train=800"]
+    p = subprocess.Popen(cmd, cwd=small_study, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    last = small_study / "outputs" / "retrain" / "smoke" / "t0-s0" / "last.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not last.exists() and p.poll() is None:
+        time.sleep(0.3)
+    assert last.exists(), p.stderr.read() if p.poll() is not None else "no checkpoint within 120 s"
+    p.send_signal(signal.SIGTERM)
+    err = p.communicate(timeout=60)[1]
+    assert p.returncode == 143 and "Traceback" not in err, err
+    runs = retrain_runs(small_study)
+    assert len(runs) == 1 and runs.status.iloc[0] == "KILLED"  # not left RUNNING, not looking complete
+    assert "retrain.t0.s0" not in journal_study(small_study).user_attrs
+
+
 def test_export_warns_when_the_rebuilt_model_is_not_the_swept_one(small_study, capsys):
     """A study whose sweep command's model.* overrides were not recorded: the params disagree."""
     st = journal_study(small_study, "old")
