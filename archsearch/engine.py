@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .batches import BatchAug, EpochBatches, make_loader, to_device, worker_count
+from .compilation import CompileChoice
 from .evaluate import evaluate
 from .optim import WeightEMA, make_optimizer, make_scheduler
 from .precision import Precision
@@ -46,7 +47,8 @@ class Engine:
     """Everything that changes during training, built once per run from the config."""
 
     def __init__(self, cfg, model, data, precision: Precision, pipelines: tuple[Any, Any], epochs: int,
-                 cooldown_epochs: int, ema_decay: float | None, alternate_flip: tuple[bool, bool] = (False, False)):
+                 cooldown_epochs: int, ema_decay: float | None, alternate_flip: tuple[bool, bool] = (False, False),
+                 compiled: tuple[CompileChoice, Any] | None = None):
         import torch
 
         tcfg, dev = cfg.trainer, precision.device
@@ -65,7 +67,8 @@ class Engine:
         self.sched, self.sched_kind = make_scheduler(cfg.sched, self.opt, float(cfg.optim.lr), epochs,
                                                      len(self.sampler))
         self.scaler = torch.amp.GradScaler(dev.type, enabled=precision.amp == torch.float16)
-        self.step_fn = torch.compile(model) if tcfg.get("compile") else model
+        # (choice, module): the compiled wrapper takes the full batches (archsearch/compilation.py)
+        self.compiled, self.step_fn = compiled or (CompileChoice(False), model)
         self.ema = WeightEMA(model, ema_decay) if ema_decay else None
         self.eval_model = self.ema.model if self.ema else model  # what val/test accuracy and best.pt describe
         self.label_smoothing = float(tcfg.label_smoothing)
@@ -81,8 +84,9 @@ class Engine:
         p = self.precision
         x = to_device(xb, p.device, self.mean, self.istd, p.channels_last)
         y = yb.to(p.device, non_blocking=True)
+        fn = self.step_fn if len(y) == self.batch_size else self.model  # a new shape would compile again
         with torch.autocast(p.device.type, dtype=p.amp or torch.float32, enabled=p.amp is not None):
-            logits = self.step_fn(x)
+            logits = fn(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

@@ -134,6 +134,7 @@ def parse_knobs(cfg) -> _Knobs:
     from omegaconf import OmegaConf
 
     from .augment import split_flip
+    from .compilation import compile_setting
     from .evaluate import parse_tta
     from .optim import parse_ema, parse_norm_knobs
     from .recipe import check_recipe
@@ -142,6 +143,7 @@ def parse_knobs(cfg) -> _Knobs:
     tcfg = cfg.trainer
     cool, ema_decay, tta = _cooldown_epochs(acfg, int(tcfg.epochs)), parse_ema(tcfg), parse_tta(tcfg)
     check_recipe(tcfg)
+    compile_setting(tcfg.get("compile", "false"))
     parse_norm_knobs(cfg.optim)
     flip = str(acfg.get("flip") or "random")
     train_spec, alt_train = split_flip(acfg.get("train"), flip, "aug.train")
@@ -157,6 +159,7 @@ def _setup(cfg, spec: ModelSpec, report: Report, k: _Knobs, out_dir, data, sweep
 
     from .augment import build_pipeline
     from .build import build_model
+    from .compilation import choose_compile
     from .data import load_data
     from .precision import choose_precision, pick_device
     from .recipe import apply_recipe
@@ -186,8 +189,10 @@ def _setup(cfg, spec: ModelSpec, report: Report, k: _Knobs, out_dir, data, sweep
     model = model.to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    compiled = choose_compile(tcfg.get("compile", "false"), model, precision, sh, int(tcfg.batch_size),
+                              spec.input_shape, spec.num_classes, images=epochs * len(data.x_train))
     engine = Engine(cfg, model, data, precision, (pipeline, cool_pipeline), epochs, k.cool, k.ema_decay,
-                    (k.alt_train, k.alt_cool and bool(k.cool)))
+                    (k.alt_train, k.alt_cool and bool(k.cool)), compiled)
     return _Setup(spec, report, data, engine, epochs, k.tta, out, base_dir, pipeline, sh)
 
 
@@ -214,7 +219,8 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
     resolved = OmegaConf.to_container(cfg, resolve=True)
     tracker = tracker or make_tracker(resolved.get("tracking"), s.base_dir)
     tags = {"model": spec.name, "spec_hash": s.spec_hash, "git_commit": _git_sha(s.base_dir),
-            "device": str(s.engine.precision.device), **s.engine.precision.tags(), "seed": int(cfg.seed),
+            "device": str(s.engine.precision.device), **s.engine.precision.tags(),
+            **s.engine.compiled.tags(), "seed": int(cfg.seed),
             "data": resolved["data"].get("source"), **(run_tags or {})}
     resumed = state.run_id
     with run_lifecycle(tracker, name=cfg.get("run_name") or f"{spec.name}-{s.spec_hash[:6]}", tags=tags,
@@ -402,6 +408,6 @@ def _log_model(s: _Setup, state: TrainState, run) -> None:
 
 def _log_start(s: _Setup, resumed: bool) -> None:
     r, eng = s.report, s.engine
-    log.info("%s:%s params %s, RF %d, %s MACs | %s | device %s, %s, %d workers, batch %d",
+    log.info("%s:%s params %s, RF %d, %s MACs | %s | device %s, %s, %s, %d workers, batch %d",
              s.spec.name, " (resumed)" if resumed else "", f"{r.params:,}", r.rf, f"{r.macs:,}", s.data.summary(),
-             eng.precision.device, eng.precision.describe(), eng.workers, eng.batch_size)
+             eng.precision.device, eng.precision.describe(), eng.compiled.describe(), eng.workers, eng.batch_size)

@@ -32,7 +32,8 @@ from typing import Any
 
 from .config import ConfigError
 
-__all__ = ["Precision", "cache_path", "choose_precision", "machine_id", "pick_amp", "pick_device", "probe"]
+__all__ = ["Precision", "cache_key", "cache_path", "choose_precision", "machine_id", "pick_amp", "pick_device", "probe",
+           "read_entry", "write_entry"]
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 LAYOUTS = ("auto", "true", "false")
@@ -256,27 +257,43 @@ def _fastest(cands: list[tuple[str, bool]], rates: dict[str, float]) -> tuple[st
     base = cands[0]
     best = max(cands, key=lambda c: rates.get(_label(*c), 0.0))
     return best if rates.get(_label(*best), 0.0) > MARGIN * rates.get(_label(*base), 0.0) else base
+
+
+def cache_key(device, spec_key: str, batch_size: int, what: str) -> str:
+    """What a probe's result holds for: machine, torch, device, threads, spec, batch size, and what was timed."""
+    import torch
+
+    return "|".join([machine_id(device), f"torch {torch.__version__}", str(device), f"threads {torch.get_num_threads()}",
+                     spec_key, f"batch {batch_size}", what])
+
+
+def read_entry(key: str) -> dict | None:
+    """The cached probe result for ``key`` (None: not probed here yet)."""
+    entry = _read_cache(cache_path()).get(key)
+    return entry if isinstance(entry, dict) else None
+
+
+def write_entry(key: str, entry: dict) -> None:
+    _write_cache(cache_path(), key, entry)
+
+
 def choose_precision(tcfg, device, model, spec_key: str, batch_size: int, input_shape: tuple[int, int, int],
                      num_classes: int, probe_fn: Callable[..., dict[str, float]] = probe) -> Precision:
     """``trainer.amp`` / ``trainer.channels_last`` -> :class:`Precision`; probes (or reads the
     cache) for whatever is ``auto``."""
-    import torch
-
     amp_setting, layout = str(tcfg.amp), _layout(tcfg.channels_last)
     pick_amp(amp_setting)  # validates
     cands = _candidates(device, amp_setting, layout)
     if len(cands) == 1:
         a, cl = cands[0]
         return Precision(device, _dtype(a), cl)
-    key = "|".join([machine_id(device), f"torch {torch.__version__}", str(device), f"threads {torch.get_num_threads()}",
-                    spec_key, f"batch {batch_size}", ",".join(_label(a, cl) for a, cl in cands)])
-    path = cache_path()
-    entry = _read_cache(path).get(key)
+    key = cache_key(device, spec_key, batch_size, ",".join(_label(a, cl) for a, cl in cands))
+    entry = read_entry(key)
     source = "cache"
     if not entry or not isinstance(entry.get("rates"), dict):
         rates = probe_fn(model, device, cands, batch_size, input_shape, num_classes)
         entry, source = {"rates": rates, "when": time.strftime("%Y-%m-%d %H:%M:%S")}, "probe"
-        _write_cache(path, key, entry)
+        write_entry(key, entry)
     rates = {str(k): float(v) for k, v in entry["rates"].items()}
     a, cl = _fastest(cands, rates)
     return Precision(device, _dtype(a), cl, source, rates)

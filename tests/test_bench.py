@@ -6,7 +6,7 @@ import re
 from archsearch.bench import main
 
 SMALL = ["model=compact", "images=96", "reps=1", "batch=32", "trials=2", "mem_images=256", "mem_workers=1",
-         "conc_trials=1", "conc_images=64", "conc_epochs=1"]
+         "conc_trials=1", "conc_images=64", "conc_epochs=1", "run_images=1000"]
 
 
 def bench_table(tmp_path, parts: str) -> str:
@@ -23,7 +23,8 @@ def bench_table(tmp_path, parts: str) -> str:
 def test_bench_model_parts_write_the_table(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     text = bench_table(tmp_path, "train,breakdown,validator,memory")
-    for part in ("1. training, end to end", "2a. model step alone", "2b. era_s9 augmentation",
+    assert "trainer.compile=false: auto for a run of 1,000 images chose eager (short run" in text
+    for part in ("1. training, end to end", "1b. a run of 1,000 images, projected", "2a. model step alone", "2b. era_s9 augmentation",
                  "3. validator: dilated_sep", "3. validator: long30 (30 layers)", "5. peak memory"):
         assert part in text
 
@@ -38,6 +39,8 @@ def test_bench_sweep_parts_write_the_table(tmp_path, monkeypatch):
 def test_bench_rejects_bad_options(capsys):
     assert main(["parts=train,nope"]) == 2
     assert "parts: unknown part 'nope'" in capsys.readouterr().err
+    assert main(["compile=yes"]) == 2
+    assert "compile: must be one of auto, true, false; got 'yes'" in capsys.readouterr().err
     assert main(["data=folder"]) == 2
     assert main(["model=nope"]) == 2
     assert "model: unknown model 'nope'; choose one of" in capsys.readouterr().err

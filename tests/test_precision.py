@@ -96,3 +96,97 @@ def test_a_damaged_cache_is_probed_again(tmp_path, monkeypatch):
 def test_bad_precision_settings_are_one_line(key, value, message):
     with pytest.raises(ConfigError, match=message):
         _choose({"amp": "auto", "channels_last": "auto", key: value}, {}, [])
+
+
+# ------------------------------------------------------------------ trainer.compile
+def _compile(setting, images, rates=None, calls=None, eager_rate=100.0, spec_key="k"):
+    import torch
+
+    from archsearch.compilation import choose_compile
+    from archsearch.precision import Precision
+
+    def fake_probe(model, precision, *a, **k):
+        calls.append(precision.label)
+        return "compiled-module", rates, 50.0
+
+    p = Precision(torch.device("cpu"), None, True, "probe", {"fp32 channels_last": eager_rate})
+    model = _tiny_model()
+    choice, fn = choose_compile(setting, model, p, spec_key, 16, (3, 32, 32), 10, images, probe_fn=fake_probe)
+    return choice, ("model" if fn is model else fn)
+
+
+def test_compile_auto_leaves_short_runs_eager_without_a_probe(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path))
+    calls = []
+    # a sweep trial on a proxy: too few images; many images at a high rate: under 10 minutes eager
+    for images, rate in ((50_000, 10.0), (1_000_000, 5_000.0)):
+        choice, fn = _compile("auto", images, {"eager": 1.0, "compiled": 9.0}, calls, eager_rate=rate)
+        assert not choice.compiled and fn == "model" and choice.source == "short run"
+    assert not calls and not (tmp_path / "precision.json").exists()
+    assert choice.tags() == {"compile": "false", "compile.why": "eager (short run: 1,000,000 images, ~3 min eager)"}
+
+
+def test_compile_auto_probes_long_runs_keeps_the_faster_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path))
+    calls = []
+    choice, fn = _compile("auto", 900_000, {"eager": 100.0, "compiled": 125.0}, calls)
+    assert choice.compiled and choice.source == "probe" and fn == "compiled-module"  # the probe's compile is reused
+    assert "compiled 125 vs eager 100 (1.25x), 50 s to compile, 900,000 images" in choice.describe()
+    assert calls == ["fp32 channels_last"]
+    # the same architecture again: decided from the cache, compiled anew (a real torch.compile wrapper)
+    choice, fn = _compile("auto", 900_000, {}, calls)
+    assert choice.compiled and choice.source == "cache" and type(fn).__name__ == "OptimizedModule" and len(calls) == 1
+    # 4% faster: kept once the probe has paid the compile; from the cache, a run that would not win
+    # back its 50 s of compiling (100,000 images save 38 s) stays eager, still without a probe
+    choice, fn = _compile("auto", 100_000, {"eager": 100.0, "compiled": 104.0}, calls, spec_key="slim")
+    assert choice.compiled and choice.source == "probe" and len(calls) == 2
+    choice, fn = _compile("auto", 100_000, {}, calls, spec_key="slim")
+    assert not choice.compiled and fn == "model" and choice.source == "cache" and len(calls) == 2
+    # where compiling is slower (or within 3%), auto stays eager
+    for i, compiled_rate in enumerate((78.0, 102.0)):
+        choice, fn = _compile("auto", 900_000, {"eager": 100.0, "compiled": compiled_rate}, calls, spec_key=f"s{i}")
+        assert not choice.compiled and fn == "model" and choice.source == "probe"
+
+
+def test_compile_set_values_skip_the_probe_and_bad_ones_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path))
+    calls = []
+    choice, fn = _compile(True, 10, {}, calls)
+    assert choice.compiled and type(fn).__name__ == "OptimizedModule"
+    choice, fn = _compile("false", 10**9, {}, calls)
+    assert not choice.compiled and fn == "model" and not calls and choice.describe() == "eager (set)"
+    with pytest.raises(ConfigError, match=r"^trainer.compile: must be one of auto, true, false; got 'sometimes'$"):
+        _compile("sometimes", 10, {}, calls)
+
+
+@pytest.mark.slow
+def test_the_compile_probe_leaves_the_model_as_it_was_and_training_compiles_once(tmp_path, monkeypatch):
+    """The real probe (tens of seconds of C++ compiling): the model's weights, buffers and RNG
+    are untouched; a compiled run with a partial last batch compiles one graph, not two."""
+    import torch
+    import torch._dynamo.utils as dynamo_utils
+
+    from archsearch.compilation import probe_compile
+    from archsearch.config import compose
+    from archsearch.job import train
+    from archsearch.precision import Precision
+
+    monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path))
+    model = _tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    compiled, rates, secs = probe_compile(model, Precision(torch.device("cpu"), None, False), 16, (3, 32, 32), 10,
+                                          steps=2)
+    assert set(rates) == {"eager", "compiled"} and all(v > 0 for v in rates.values()) and secs > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(rng, torch.get_rng_state()) and all(p.grad is None for p in model.parameters())
+
+    torch._dynamo.reset()
+    dynamo_utils.counters.clear()
+    cfg = compose("config", ["data=synthetic", "data.n_train=200", "data.n_test=64", "data.val_size=64",
+                             "model.wide=8", "model.narrow=8", "trainer.batch_size=32", "trainer.epochs=2",
+                             "trainer.compile=true", "trainer.amp=off", "trainer.channels_last=false",
+                             "trainer.progress=false", "tracking=none", "trainer.tta=none"])
+    res = train(cfg, tmp_path / "out")  # 136 training images: 4 batches of 32 and one of 8 per epoch
+    assert res.epochs == 2 and res.test_acc == res.test_acc
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == 1
