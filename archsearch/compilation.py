@@ -10,7 +10,7 @@ So ``auto`` decides by measurement, and only where it can pay:
    training would take under :data:`MIN_SECONDS` at the rate the precision probe measured:
    it stays eager without a probe (sweep trials on a proxy, tests, smoke runs);
 2. otherwise the model is compiled and its training step timed against the eager one
-   (interleaved, on a fixed random batch; the weights, BatchNorm statistics and RNG are
+   (10 steps each, interleaved so that the machine's drift hits both alike, on a fixed random batch; the weights, BatchNorm statistics and RNG are
    restored afterwards). Compiled wins if it is :data:`MARGIN` faster and the time it saves
    over the run covers the compile time; the probe's compiled model is then the one that
    trains, so the compile is paid once.
@@ -68,7 +68,7 @@ class CompileChoice:
 
 
 def probe_compile(model, precision: Precision, batch_size: int, input_shape: tuple[int, int, int],
-                  num_classes: int, steps: int = 4) -> tuple[Any, dict[str, float], float]:
+                  num_classes: int, steps: int = 10) -> tuple[Any, dict[str, float], float]:
     """Compile ``model`` and time its training step against the eager one -> (compiled module,
     {"eager": img/s, "compiled": img/s}, compile seconds). ``model`` (already on its device, in its
     memory format) keeps its weights, buffers and the global RNG state; no gradients are left."""
@@ -86,6 +86,8 @@ def probe_compile(model, precision: Precision, batch_size: int, input_shape: tup
         comp.step()  # compiles forward and backward
         comp.step()  # the optimiser's first step with momentum buffers: may compile once more
         compile_s = time.perf_counter() - t0
+        comp.step()
+        eager.step()
         eager.step()
         times: dict[str, list[float]] = {"eager": [], "compiled": []}
         for _ in range(steps):
