@@ -26,6 +26,7 @@ second compilation.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from .precision import MARGIN, Precision, _Stepper, cache_key, read_entry, write
 __all__ = ["COMPILE_MODES", "CompileChoice", "choose_compile", "compile_setting", "probe_compile"]
 
 COMPILE_MODES = ("auto", "true", "false")
+log = logging.getLogger("archsearch")
+
 MIN_IMAGES = 100_000  # fewer training images: auto does not consider compiling
 MIN_SECONDS = 600.0  # eager training shorter than this (estimated): auto does not consider compiling
 
@@ -77,28 +80,40 @@ def probe_compile(model, precision: Precision, batch_size: int, input_shape: tup
     device = precision.device
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     compiled = torch.compile(model)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        batch = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
-        eager = _Stepper(model, device, precision.amp_short, precision.channels_last, batch, num_classes)
-        comp = _Stepper(compiled, device, precision.amp_short, precision.channels_last, batch, num_classes,
-                        own_copy=False)
-        t0 = time.perf_counter()
-        comp.step()  # compiles forward and backward
-        comp.step()  # the optimiser's first step with momentum buffers: may compile once more
-        compile_s = time.perf_counter() - t0
-        comp.step()
-        eager.step()
-        eager.step()
-        times: dict[str, list[float]] = {"eager": [], "compiled": []}
-        for _ in range(steps):
-            times["eager"].append(eager.step())
-            times["compiled"].append(comp.step())
-    with torch.no_grad():
-        model.load_state_dict(saved)
-    model.zero_grad(set_to_none=True)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            eager, comp, times, compile_s = _time_steps(model, compiled, precision, batch_size, input_shape,
+                                                        num_classes, steps)
+    finally:  # also when compiling failed half-way: the run goes on with the weights it had
+        with torch.no_grad():
+            model.load_state_dict(saved)
+        model.zero_grad(set_to_none=True)
     rates = {k: 0.0 if not s.finite else batch_size / sorted(t)[len(t) // 2]
              for (k, t), s in zip(times.items(), (eager, comp))}
     return compiled, rates, compile_s
+
+
+def _time_steps(model, compiled, precision: Precision, batch_size: int, input_shape: tuple[int, int, int],
+                num_classes: int, steps: int):
+    import torch
+
+    device = precision.device
+    batch = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
+    eager = _Stepper(model, device, precision.amp_short, precision.channels_last, batch, num_classes)
+    comp = _Stepper(compiled, device, precision.amp_short, precision.channels_last, batch, num_classes,
+                    own_copy=False)
+    t0 = time.perf_counter()
+    comp.step()  # compiles forward and backward
+    comp.step()  # the optimiser's first step with momentum buffers: may compile once more
+    compile_s = time.perf_counter() - t0
+    comp.step()
+    eager.step()
+    eager.step()
+    times: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for _ in range(steps):
+        times["eager"].append(eager.step())
+        times["compiled"].append(comp.step())
+    return eager, comp, times, compile_s
 
 
 def _pays(images: int, rates: dict[str, float], compile_s: float) -> bool:
@@ -135,7 +150,15 @@ def choose_compile(setting, model, precision: Precision, spec_key: str, batch_si
         pays = _pays(images, rates, secs)
         choice = CompileChoice(pays, "cache", _why(rates, secs, images), rates, secs)
         return choice, (torch.compile(model) if pays else model)
-    compiled, rates, secs = probe_fn(model, precision, batch_size, input_shape, num_classes)
+    if entry and entry.get("error"):
+        return CompileChoice(False, "cache", f"compiling failed here before: {entry['error']}"), model
+    try:
+        compiled, rates, secs = probe_fn(model, precision, batch_size, input_shape, num_classes)
+    except Exception as e:  # no C++ compiler, an op inductor cannot lower, ...: the run trains eager, and says so
+        msg = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+        log.warning("trainer.compile=auto: compiling failed (%s); training eager", msg)
+        write_entry(key, {"error": msg, "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+        return CompileChoice(False, "probe", f"compiling failed: {msg}"), model
     write_entry(key, {"rates": rates, "compile_s": round(secs, 2), "when": time.strftime("%Y-%m-%d %H:%M:%S")})
     pays = _pays(images, rates, 0.0)  # the probe has paid the compile: only the step rates matter now
     return CompileChoice(pays, "probe", _why(rates, secs, images), rates, secs), (compiled if pays else model)

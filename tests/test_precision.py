@@ -148,6 +148,29 @@ def test_compile_auto_probes_long_runs_keeps_the_faster_and_caches(tmp_path, mon
         assert not choice.compiled and fn == "model" and choice.source == "probe"
 
 
+def test_compile_auto_trains_eager_and_says_why_when_compiling_fails(tmp_path, monkeypatch, caplog):
+    import torch
+
+    from archsearch.compilation import choose_compile
+    from archsearch.precision import Precision
+
+    monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def broken(*a, **k):  # as on a machine without a C++ compiler
+        calls.append(1)
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
+
+    p = Precision(torch.device("cpu"), None, True, "probe", {"fp32 channels_last": 100.0})
+    model = _tiny_model()
+    for source in ("probe", "cache"):
+        choice, fn = choose_compile("auto", model, p, "k", 16, (3, 32, 32), 10, 900_000, probe_fn=broken)
+        assert not choice.compiled and fn is model and choice.source == source
+        assert "RuntimeError: InvalidCxxCompiler: No working C++ compiler found" in choice.describe()
+        assert "more detail" not in choice.describe()
+    assert len(calls) == 1 and "compiling failed" in caplog.text  # tried once per machine and spec
+
+
 def test_compile_set_values_skip_the_probe_and_bad_ones_are_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path))
     calls = []
