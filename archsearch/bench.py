@@ -222,19 +222,6 @@ def _auto_precision(device, batch: int, name: str):
                             spec_hash(spec), batch, spec.input_shape, spec.num_classes)
 
 
-def _step_rate(model, device, batch: int, precision, steps: int) -> float:
-    """Training-step images/s of ``model`` itself (the precision probe's step, 3 warm-up steps)."""
-    import torch
-
-    from .precision import _Stepper
-
-    s = _Stepper(model, device, precision.amp_short, precision.channels_last, torch.randn(batch, 3, 32, 32), 10,
-                 own_copy=False)
-    for _ in range(3):
-        s.step()
-    return steps * batch / sum(s.step() for _ in range(steps))
-
-
 def part_breakdown(opts: dict, rows: list, notes: list) -> None:
     """Model step alone (tensors already on the device) for every precision/layout candidate
     the probe times; augmentation rate."""
@@ -274,37 +261,38 @@ def part_breakdown(opts: dict, rows: list, notes: list) -> None:
 
 
 def part_compile(opts: dict, rows: list, notes: list) -> None:
-    """torch.compile: what it costs up front and what it gains per step, so you know when
-    ``trainer.compile=true`` pays off within a trial."""
+    """torch.compile: what it costs up front and what it gains per step (the probe of
+    ``trainer.compile=auto``, on a cold compile), so you know from how many images it pays off."""
     import torch
+    import torch._inductor.config as inductor_config
 
     from . import build_model, load_spec
+    from .compilation import probe_compile
     from .precision import pick_device
 
     device = pick_device("auto")
     batch = int(opts.get("batch", 128))
     chosen = _auto_precision(device, batch, _model(opts))
-    steps = 8 if device.type == "cpu" else 50
     spec = load_spec(_model(opts))
-    eager = _step_rate(build_model(spec).to(device), device, batch, chosen, steps)
+    fmt = torch.channels_last if chosen.channels_last else torch.contiguous_format
     torch._dynamo.reset()
-    import torch._inductor.config as inductor_config
-
-    inductor_config.force_disable_caches = True  # measure a cold compile, as a new trial process pays it
-    t0 = time.perf_counter()
-    compiled_model = torch.compile(build_model(spec).to(device))
-    _step_rate(compiled_model, device, batch, chosen, 1)  # compiles forward and backward (in its warm-up)
-    compile_s = time.perf_counter() - t0
-    compiled = _step_rate(compiled_model, device, batch, chosen, steps)
-    gain = 1 / eager - 1 / compiled  # seconds saved per image
+    cold = inductor_config.force_disable_caches
+    inductor_config.force_disable_caches = True  # a cold compile, as on a machine that never compiled this model
+    try:
+        _, rates, compile_s = probe_compile(build_model(spec).to(device).to(memory_format=fmt), chosen, batch,
+                                            spec.input_shape, spec.num_classes, steps=10 if device.type == "cpu" else 50)
+    finally:
+        inductor_config.force_disable_caches = cold
+    eager, compiled = rates["eager"], rates["compiled"]
+    gain = 1 / eager - 1 / compiled if eager and compiled else 0.0  # seconds saved per image
     breakeven = compile_s / gain if gain > 0 else float("inf")
-    rows.append(("2c. torch.compile (model step, images/s)", f"eager: {eager:,.0f}",
+    rows.append((f"2c. torch.compile, {chosen.label} (model step, images/s)", f"eager: {eager:,.0f}",
                  f"compiled: {compiled:,.0f} after {compile_s:.0f}s compiling",
                  f"{compiled / eager:.2f}x; pays off after "
                  + (f"{breakeven:,.0f} images" if math.isfinite(breakeven) else "never")))
-    notes.append("part 2c: single measurements; break-even = compile time / per-image time saved. A trial of "
-                 "E epochs over N images trains E*N images; enable trainer.compile only when that is well above "
-                 "the break-even.")
+    notes.append("part 2c: the compile probe of trainer.compile=auto (cold compile; then 10 steps each, eager "
+                 "and compiled interleaved, medians); break-even = compile time / per-image time saved. auto "
+                 "compiles a run when it is faster by 3% and the run's images save more than the compile costs.")
 
 
 def _long_spec():
