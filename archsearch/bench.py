@@ -292,7 +292,7 @@ def part_compile(opts: dict, rows: list, notes: list) -> None:
                  + (f"{breakeven:,.0f} images" if math.isfinite(breakeven) else "never")))
     notes.append("part 2c: the compile probe of trainer.compile=auto (cold compile; then 10 steps each, eager "
                  "and compiled interleaved, medians); break-even = compile time / per-image time saved. auto "
-                 "compiles a run when it is faster by 3% and the run's images save more than the compile costs.")
+                 "compiles a run when it is faster by 5% and the run's images save more than the compile costs.")
 
 
 def _long_spec():

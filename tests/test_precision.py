@@ -99,7 +99,7 @@ def test_bad_precision_settings_are_one_line(key, value, message):
 
 
 # ------------------------------------------------------------------ trainer.compile
-def _compile(setting, images, rates=None, calls=None, eager_rate=100.0, spec_key="k"):
+def _compile(setting, images, rates=None, calls=None, eager_rate=100.0, spec_key="k", compile_s=50.0):
     import torch
 
     from archsearch.compilation import choose_compile
@@ -107,7 +107,7 @@ def _compile(setting, images, rates=None, calls=None, eager_rate=100.0, spec_key
 
     def fake_probe(model, precision, *a, **k):
         calls.append(precision.label)
-        return "compiled-module", rates, 50.0
+        return "compiled-module", rates, compile_s
 
     p = Precision(torch.device("cpu"), None, True, "probe", {"fp32 channels_last": eager_rate})
     model = _tiny_model()
@@ -136,14 +136,14 @@ def test_compile_auto_probes_long_runs_keeps_the_faster_and_caches(tmp_path, mon
     # the same architecture again: decided from the cache, compiled anew (a real torch.compile wrapper)
     choice, fn = _compile("auto", 900_000, {}, calls)
     assert choice.compiled and choice.source == "cache" and type(fn).__name__ == "OptimizedModule" and len(calls) == 1
-    # 4% faster: kept once the probe has paid the compile; from the cache, a run that would not win
-    # back its 50 s of compiling (100,000 images save 38 s) stays eager, still without a probe
-    choice, fn = _compile("auto", 100_000, {"eager": 100.0, "compiled": 104.0}, calls, spec_key="slim")
+    # 6% faster: kept once the probe has paid the compile; from the cache, a run that would not win
+    # back its 80 s of compiling (100,000 images save 57 s) stays eager, still without a probe
+    choice, fn = _compile("auto", 100_000, {"eager": 100.0, "compiled": 106.0}, calls, spec_key="slim", compile_s=80)
     assert choice.compiled and choice.source == "probe" and len(calls) == 2
     choice, fn = _compile("auto", 100_000, {}, calls, spec_key="slim")
     assert not choice.compiled and fn == "model" and choice.source == "cache" and len(calls) == 2
-    # where compiling is slower (or within 3%), auto stays eager
-    for i, compiled_rate in enumerate((78.0, 102.0)):
+    # where compiling is slower (or within 5%), auto stays eager
+    for i, compiled_rate in enumerate((78.0, 104.0)):
         choice, fn = _compile("auto", 900_000, {"eager": 100.0, "compiled": compiled_rate}, calls, spec_key=f"s{i}")
         assert not choice.compiled and fn == "model" and choice.source == "probe"
 
