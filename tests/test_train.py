@@ -416,6 +416,7 @@ def test_fit_from_a_notebook_is_the_cli_run(tmp_path, monkeypatch):
     # what the run computed in, and why, is on the run
     assert row["tags.amp"] in ("off", "bfloat16") and row["tags.channels_last"] in ("true", "false")
     assert row["tags.precision.source"] in ("probe", "cache") and "img/s" in row["tags.precision.why"]
+    assert row["tags.compile"] == "false" and row["tags.compile.why"].startswith("eager (short run: 672 images")
     assert list((tmp_path / "outputs" / "fit").glob("*/*/last.pt"))
     with pytest.raises(Exception, match="either a composed cfg or overrides"):
         fit(cfg_for(tmp_path), overrides=["trainer.epochs=1"])
