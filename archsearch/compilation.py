@@ -1,17 +1,18 @@
 """Whether a run trains its model through ``torch.compile``, and why.
 
 ``trainer.compile``: ``true`` / ``false``, or ``auto`` (the default): compiling costs tens of
-seconds up front (cold, 40-55 s for ``dilated_sep`` on a 2-core CPU) and then makes each step
-faster or slower depending on the machine (the compiled fp32 step was 1.25x the eager one on a
-CPU without bf16 instructions, the compiled bf16 step 0.78x on one with them; BENCHMARKS.md).
-So ``auto`` decides by measurement, and only where it can pay:
+seconds up front (cold, 23-48 s for ``dilated_sep`` on a 2-core CPU) and then makes each step
+faster, or not, depending on the machine and the network (``dilated_sep``'s compiled step was
+1.18-1.26x the eager one on a CPU with bf16 instructions and without; a residual network from
+a search measured 1.03x; BENCHMARKS.md, docs/engine.md). So ``auto`` decides by measurement,
+and only where it can pay:
 
 1. a run is *short* when it trains fewer than :data:`MIN_IMAGES` images or its eager
    training would take under :data:`MIN_SECONDS` at the rate the precision probe measured:
    it stays eager without a probe (sweep trials on a proxy, tests, smoke runs);
 2. otherwise the model is compiled and its training step timed against the eager one
-   (10 steps each, interleaved so that the machine's drift hits both alike, on a fixed random batch; the weights, BatchNorm statistics and RNG are
-   restored afterwards). Compiled wins if it is :data:`MARGIN` faster and the time it saves
+   (10 steps each, interleaved so that the machine's drift hits both alike, on a fixed random
+   batch; the weights, BatchNorm statistics and RNG are restored afterwards). Compiled wins if it is :data:`MARGIN` faster and the time it saves
    over the run covers the compile time; the probe's compiled model is then the one that
    trains, so the compile is paid once.
 
