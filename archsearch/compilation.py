@@ -12,9 +12,9 @@ and only where it can pay:
    it stays eager without a probe (sweep trials on a proxy, tests, smoke runs);
 2. otherwise the model is compiled and its training step timed against the eager one
    (10 steps each, interleaved so that the machine's drift hits both alike, on a fixed random
-   batch; the weights, BatchNorm statistics and RNG are restored afterwards). Compiled wins if it is :data:`MARGIN` faster and the time it saves
-   over the run covers the compile time; the probe's compiled model is then the one that
-   trains, so the compile is paid once.
+   batch; the weights, BatchNorm statistics and RNG are restored afterwards). Compiled wins
+   if it is :data:`MARGIN` faster and the time it saves over the run covers the compile
+   time; the probe's compiled model is then the one that trains, so the compile is paid once.
 
 The probe's result is cached beside the precision probe's (same file, same key parts: machine,
 torch version, device, threads, spec hash, batch size, plus the precision): a later run of the
