@@ -191,26 +191,22 @@ def part_train(opts: dict, rows: list, notes: list) -> None:
 def _compile_for_run(setting: str, device, batch: int, name: str, images: int) -> tuple[str, str, float]:
     """Part 1's ``trainer.compile``: auto -> what ``auto`` picks for a run of ``images`` images
     (its probe, or its cache) -> (true/false, why, the compile seconds a run pays)."""
-    import torch
-
-    from . import build_model, load_spec
     from .compilation import choose_compile
     from .spec import spec_hash
 
     if setting != "auto":
         return setting, "set", 0.0
-    precision = _auto_precision(device, batch, name)
-    spec = load_spec(name)
-    fmt = torch.channels_last if precision.channels_last else torch.contiguous_format
-    model = build_model(spec).to(device).to(memory_format=fmt)
+    spec, precision, model = _auto_model(device, batch, name)
     choice, _ = choose_compile("auto", model, precision, spec_hash(spec), batch, spec.input_shape, spec.num_classes,
                                images)
     why = f"auto for a run of {images:,} images chose {choice.describe()}"
     return str(choice.compiled).lower(), why, (choice.compile_s or 0.0) if choice.compiled else 0.0
 
 
-def _auto_precision(device, batch: int, name: str):
-    """What trainer.amp=auto / channels_last=auto pick for model ``name`` here (the cached probe)."""
+def _auto_model(device, batch: int, name: str):
+    """Model ``name`` as a run with trainer.amp=auto / channels_last=auto has it here -> (spec,
+    precision (the cached probe), the model on the device in the chosen memory layout)."""
+    import torch
     from omegaconf import OmegaConf
 
     from . import build_model, load_spec
@@ -218,8 +214,11 @@ def _auto_precision(device, batch: int, name: str):
     from .spec import spec_hash
 
     spec = load_spec(name)
-    return choose_precision(OmegaConf.create({"amp": "auto", "channels_last": "auto"}), device, build_model(spec),
-                            spec_hash(spec), batch, spec.input_shape, spec.num_classes)
+    model = build_model(spec)
+    precision = choose_precision(OmegaConf.create({"amp": "auto", "channels_last": "auto"}), device, model,
+                                 spec_hash(spec), batch, spec.input_shape, spec.num_classes)
+    fmt = torch.channels_last if precision.channels_last else torch.contiguous_format
+    return spec, precision, model.to(device).to(memory_format=fmt)
 
 
 def part_breakdown(opts: dict, rows: list, notes: list) -> None:
@@ -237,7 +236,7 @@ def part_breakdown(opts: dict, rows: list, notes: list) -> None:
     runs = [probe(build_model(spec), device, cands, batch, spec.input_shape, spec.num_classes, steps=steps)
             for _ in range(reps)]
     base = [r["fp32 NCHW"] for r in runs]
-    chosen = _auto_precision(device, batch, _model(opts))
+    chosen = _auto_model(device, batch, _model(opts))[1]
     for label in runs[0]:
         if label == "fp32 NCHW":
             continue
@@ -266,21 +265,18 @@ def part_compile(opts: dict, rows: list, notes: list) -> None:
     import torch
     import torch._inductor.config as inductor_config
 
-    from . import build_model, load_spec
     from .compilation import probe_compile
     from .precision import pick_device
 
     device = pick_device("auto")
     batch = int(opts.get("batch", 128))
-    chosen = _auto_precision(device, batch, _model(opts))
-    spec = load_spec(_model(opts))
-    fmt = torch.channels_last if chosen.channels_last else torch.contiguous_format
+    spec, chosen, model = _auto_model(device, batch, _model(opts))
     torch._dynamo.reset()
     cold = inductor_config.force_disable_caches
     inductor_config.force_disable_caches = True  # a cold compile, as on a machine that never compiled this model
     try:
-        _, rates, compile_s = probe_compile(build_model(spec).to(device).to(memory_format=fmt), chosen, batch,
-                                            spec.input_shape, spec.num_classes, steps=10 if device.type == "cpu" else 50)
+        _, rates, compile_s = probe_compile(model, chosen, batch, spec.input_shape, spec.num_classes,
+                                            steps=10 if device.type == "cpu" else 50)
     finally:
         inductor_config.force_disable_caches = cold
     eager, compiled = rates["eager"], rates["compiled"]
@@ -539,8 +535,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: model: unknown model {_model(opts)!r}; choose one of {', '.join(available('model'))}",
               file=sys.stderr)
         return 2
-    if str(opts.get("compile", "auto")) not in ("auto", "true", "false"):
-        print(f"error: compile: must be one of auto, true, false; got {opts['compile']!r}", file=sys.stderr)
+    from .compilation import COMPILE_MODES
+
+    if str(opts.get("compile", "auto")) not in COMPILE_MODES:
+        print(f"error: compile: must be one of {', '.join(COMPILE_MODES)}; got {opts['compile']!r}", file=sys.stderr)
         return 2
     if opts.get("data", "synthetic") not in ("synthetic", "folder"):
         print(f"error: data: unknown data {opts['data']!r}; choose one of synthetic, folder", file=sys.stderr)
