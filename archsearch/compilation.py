@@ -23,11 +23,18 @@ same architecture decides from the cache, compiling again only if compiled wins.
 A compiled run sends only full batches through the compiled model: the epoch's last, smaller
 batch goes through the eager module (the same weights), so a new shape does not trigger a
 second compilation.
+
+``true`` is checked before any data is loaded: without a C++ compiler (inductor's, ``$CXX`` or
+``g++``) it is a one-line error rather than a traceback at the first training step (``auto``
+trains eager there and says so).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,10 +54,16 @@ MIN_SECONDS = 600.0  # eager training shorter than this (estimated): auto does n
 
 
 def compile_setting(value) -> str:
-    """``trainer.compile`` -> ``auto`` / ``true`` / ``false`` (YAML booleans allowed)."""
+    """``trainer.compile`` -> ``auto`` / ``true`` / ``false`` (YAML booleans allowed); ``true``
+    needs the C++ compiler torch.compile builds its kernels with."""
     v = str(value).lower()
     if v not in COMPILE_MODES:
         raise ConfigError(f"trainer.compile: must be one of {', '.join(COMPILE_MODES)}; got {value!r}")
+    if v == "true":
+        cxx = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
+        if shutil.which(cxx) is None:
+            raise ConfigError(f"trainer.compile=true: torch.compile needs a C++ compiler and {cxx!r} is not on PATH "
+                              "(install one, or set CXX); auto or false train without one")
     return v
 
 

@@ -36,11 +36,15 @@ def test_bench_sweep_parts_write_the_table(tmp_path, monkeypatch):
         assert part in text
 
 
-def test_bench_rejects_bad_options(capsys):
+def test_bench_rejects_bad_options(capsys, monkeypatch):
     assert main(["parts=train,nope"]) == 2
     assert "parts: unknown part 'nope'" in capsys.readouterr().err
     assert main(["compile=yes"]) == 2
     assert "compile: must be one of auto, true, false; got 'yes'" in capsys.readouterr().err
+    monkeypatch.setenv("CXX", "no-such-c++")
+    assert main(["compile=true"]) == 2
+    assert capsys.readouterr().err.startswith("error: compile=true: torch.compile needs a C++ compiler")
+    monkeypatch.delenv("CXX")
     assert main(["data=folder"]) == 2
     assert main(["model=nope"]) == 2
     assert "model: unknown model 'nope'; choose one of" in capsys.readouterr().err

@@ -180,6 +180,12 @@ def test_compile_set_values_skip_the_probe_and_bad_ones_are_one_line(tmp_path, m
     assert not choice.compiled and fn == "model" and not calls and choice.describe() == "eager (set)"
     with pytest.raises(ConfigError, match=r"^trainer.compile: must be one of auto, true, false; got 'sometimes'$"):
         _compile("sometimes", 10, {}, calls)
+    # without a C++ compiler, true is refused in one line before anything runs (auto trains eager)
+    monkeypatch.setenv("CXX", "no-such-c++")
+    with pytest.raises(ConfigError, match=r"^trainer.compile=true: torch.compile needs a C\+\+ compiler and "
+                                          r"'no-such-c\+\+' is not on PATH"):
+        _compile("true", 10, {}, calls)
+    assert _compile("auto", 10, {}, calls)[0].source == "short run"
 
 
 @pytest.mark.slow
