@@ -10,7 +10,8 @@ the study's ``retrain.t<trial>.s<seed>`` attributes), it also prints the proxy-v
 (proxy validation accuracy beside the full recipe's validation and single-view test accuracy
 per seed and their means) and how well the proxy ranks them: Kendall's tau-b and Spearman's
 rho over the retrained trials (at least 3), written to ``proxy_vs_full.csv`` and the
-``rank`` entry of ``summary.json``. The study is found as the sweeper finds it
+``rank`` entry of ``summary.json``. Beside it, the same for two proxies that cost nothing (the
+parameter count and the MACs, no training): a trained proxy should rank better than they do. The study is found as the sweeper finds it
 (``hydra.sweeper.study_name`` / ``hydra.sweeper.storage`` overrides work the same way).
 """
 
@@ -205,14 +206,16 @@ def proxy_vs_full(study, trials: Sequence[int] | None = None):
     runs = retrained(study)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     seeds = sorted({s for recs in runs.values() for s in recs})
-    cols = ["trial", "params", "rf", "proxy_val_acc", "full_val_acc", *[f"full_test_s{s}" for s in seeds],
+    cols = ["trial", "params", "rf", "macs", "proxy_val_acc", "full_val_acc", *[f"full_test_s{s}" for s in seeds],
             "full_test_acc", "seeds"]
     rows = []
     for n, recs in sorted(runs.items()):
         if trials is not None and n not in trials:
             continue
         first = recs[min(recs)]
+        trial = by_number.get(n)
         row = {"trial": n, "params": first.get("params"), "rf": first.get("rf"),
+               "macs": trial.user_attrs.get("model.macs") if trial is not None else None,
                "proxy_val_acc": proxy_val_acc(by_number.get(n)),
                "full_val_acc": _mean(r.get("val_acc") for r in recs.values()),
                "full_test_acc": _mean(r.get("test_acc_single_view") for r in recs.values()), "seeds": len(recs)}
@@ -220,31 +223,38 @@ def proxy_vs_full(study, trials: Sequence[int] | None = None):
             row[f"full_test_s{s}"] = _mean([recs.get(s, {}).get("test_acc_single_view")])
         rows.append(row)
     df = pd.DataFrame(rows, columns=cols)
-    for c in ("params", "rf"):
+    for c in ("params", "rf", "macs"):
         df[c] = df[c].astype("Int64")
     return df.sort_values("proxy_val_acc", ascending=False, na_position="last").reset_index(drop=True)
 
 
 RANKED = (("full_val_acc", "full-recipe val_acc (mean over seeds)"),
           ("full_test_acc", "full-recipe single-view test_acc (mean over seeds)"))
+FREE = (("params", "params"), ("macs", "MACs"))  # proxies that need no training, ranked against full_val_acc
+
+
+def _agreement(d, x_col: str, y_col: str) -> dict:
+    from .rank import kendall_tau_b, spearman_rho
+
+    d = d[d[x_col].notna() & d[y_col].notna()]
+    x, y = [float(v) for v in d[x_col]], [float(v) for v in d[y_col]]
+    tau, rho = kendall_tau_b(x, y), spearman_rho(x, y)
+    return {"n": len(d), "kendall_tau_b": None if math.isnan(tau) else tau,
+            "spearman_rho": None if math.isnan(rho) else rho}
 
 
 def rank_agreement(table) -> dict:
     """Kendall's tau-b and Spearman's rho between the proxy's validation accuracy and each of
-    the full recipe's accuracies (``RANKED``), over the rows of :func:`proxy_vs_full`."""
-    from .rank import kendall_tau_b, spearman_rho
-
+    the full recipe's accuracies (``RANKED``), over the rows of :func:`proxy_vs_full`; and, under
+    ``free``, between the no-training proxies (``FREE``) and the full recipe's validation accuracy."""
     ok = table[table.proxy_val_acc.notna() & table.full_val_acc.notna()]
     out: dict = {"n_trials": len(ok)}
     if len(ok) < MIN_RANKED:
         out["note"] = f"needs >= {MIN_RANKED} retrained trials, has {len(ok)}"
         return out
     for col, _ in RANKED:
-        d = ok[ok[col].notna()]
-        x, y = [float(v) for v in d.proxy_val_acc], [float(v) for v in d[col]]
-        tau, rho = kendall_tau_b(x, y), spearman_rho(x, y)
-        out[f"proxy_val_acc_vs_{col}"] = {"n": len(d), "kendall_tau_b": None if math.isnan(tau) else tau,
-                                          "spearman_rho": None if math.isnan(rho) else rho}
+        out[f"proxy_val_acc_vs_{col}"] = _agreement(ok, "proxy_val_acc", col)
+    out["free"] = {col: _agreement(ok, col, "full_val_acc") for col, _ in FREE if col in ok}
     return out
 
 
@@ -254,9 +264,17 @@ def rank_lines(agreement: dict) -> list[str]:
     lines = [f"rank agreement of proxy and full recipe over {agreement['n_trials']} retrained trials:"]
     for col, label in RANKED:
         r = agreement[f"proxy_val_acc_vs_{col}"]
-        tau, rho = (("n/a" if r[k] is None else f"{r[k]:+.3f}") for k in ("kendall_tau_b", "spearman_rho"))
+        tau, rho = (_fmt(r[k]) for k in ("kendall_tau_b", "spearman_rho"))
         lines.append(f"  proxy val_acc vs {label}: Kendall tau-b {tau}, Spearman rho {rho} (n={r['n']})")
+    free = [f"{label} tau-b {_fmt(r['kendall_tau_b'])} rho {_fmt(r['spearman_rho'])} (n={r['n']})"
+            for col, label in FREE if (r := agreement.get("free", {}).get(col)) and r["n"]]
+    if free:
+        lines.append("  for comparison, no-training proxies vs full-recipe val_acc: " + "; ".join(free))
     return lines
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:+.3f}"
 
 
 def print_table(df, drop: Sequence[str] = ()) -> None:

@@ -224,7 +224,8 @@ def test_report_proxy_vs_full_needs_three_for_a_rank(tmp_path, monkeypatch, caps
     monkeypatch.chdir(tmp_path)
     st = journal_study(tmp_path)
     for i, v in enumerate((0.5, 0.4, 0.3)):
-        add_trial(st, {"model.wide": 32, "optim.lr": 0.01 * (i + 1)}, value=v, **{"model.params": 1000 + i})
+        add_trial(st, {"model.wide": 32, "optim.lr": 0.01 * (i + 1)}, value=v,
+                  **{"model.params": 1000 + i, "model.macs": 9000 - i})
     recs = {(0, 0): (0.70, 0.68), (0, 1): (0.72, 0.66), (1, 0): (0.75, 0.74)}
     for (n, s), (val, test) in recs.items():
         st.set_user_attr(f"retrain.t{n}.s{s}", {"val_acc": val, "test_acc": test + 0.01, "test_acc_single_view": test,
@@ -246,6 +247,13 @@ def test_report_proxy_vs_full_needs_three_for_a_rank(tmp_path, monkeypatch, caps
     st.set_user_attr("retrain.t2.s0", {"val_acc": 0.8, "test_acc_single_view": 0.8, "params": 1002, "rf": 61})
     agreement = rank_agreement(proxy_vs_full(st))
     assert agreement["proxy_val_acc_vs_full_val_acc"] == {"n": 3, "kendall_tau_b": -1.0, "spearman_rho": -1.0}
+    # beside it, the proxies that need no training: here the parameter count ranks them all right
+    assert agreement["free"] == {"params": {"n": 3, "kendall_tau_b": 1.0, "spearman_rho": 1.0},
+                                 "macs": {"n": 3, "kendall_tau_b": -1.0, "spearman_rho": -1.0}}
+    code, out, err = run_main("report", capsys, "sweep=smoke", "tracking=none")
+    assert code == 0, err
+    assert ("no-training proxies vs full-recipe val_acc: params tau-b +1.000 rho +1.000 (n=3); "
+            "MACs tau-b -1.000 rho -1.000 (n=3)") in out
 
 
 # ------------------------------------------------------------------ rank correlation
