@@ -9,10 +9,16 @@ When trials of the study were retrained with the full recipe (``python -m archse
 the study's ``retrain.t<trial>.s<seed>`` attributes), it also prints the proxy-vs-full table
 (proxy validation accuracy beside the full recipe's validation and single-view test accuracy
 per seed and their means) and how well the proxy ranks them: Kendall's tau-b and Spearman's
-rho over the retrained trials (at least 3), written to ``proxy_vs_full.csv`` and the
-``rank`` entry of ``summary.json``. Beside it, the same for two proxies that cost nothing (the
-parameter count and the MACs, no training): a trained proxy should rank better than they do. The study is found as the sweeper finds it
-(``hydra.sweeper.study_name`` / ``hydra.sweeper.storage`` overrides work the same way).
+rho over the retrained trials (at least 3), beside the same for two proxies that cost no
+training (the parameter count and the MACs: a trained proxy should rank better than they do);
+written to ``proxy_vs_full.csv`` and the ``rank`` entry of ``summary.json``.
+
+``full_from=STUDY`` takes the full-recipe records from another study of the same candidates
+(swept under another proxy or proxy seed with the same sampler seed), matched by sampled
+values, and adds how well the two studies' proxies agree with each other:
+``python -m archsearch.report sweep=proxy_rank hydra.sweeper.study_name=proxy_rank_small full_from=proxy_rank``.
+The study is found as the sweeper finds it (``hydra.sweeper.study_name`` /
+``hydra.sweeper.storage`` overrides work the same way).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from pathlib import Path
 from .study import TRAINED
 
 __all__ = ["base_dir", "leaderboard", "main", "open_study", "pareto_front", "print_table", "proxy_val_acc",
-           "proxy_vs_full", "rank_agreement", "rank_lines", "retrained", "summary_line", "write_outputs"]
+           "load_named", "proxy_vs_full", "rank_agreement", "rank_lines", "retrained", "summary_line", "write_outputs"]
 
 COLUMNS = ["trial", "state", "val_acc", "test_acc", "params", "rf", "macs", "epochs", "duration_s", "sampled",
            "note", "run_id"]
@@ -150,26 +156,37 @@ def open_study(overrides: Sequence[str]):
     """``sweep=NAME`` (and any overrides, ``hydra.sweeper.study_name`` / ``storage`` included)
     -> (the composed config with its hydra node, the Optuna study, its storage URL).
     No sweep named, or no such study: ConfigError (one line)."""
-    import optuna
-
     from .config import ConfigError, compose_with_hydra
-    from .study import open_storage, storage_url
 
     cfg = compose_with_hydra("config", list(overrides))
     sw = cfg.hydra.sweeper
     name = sw.get("study_name") or cfg.hydra.runtime.choices.get("sweep")
     if not name:
         raise ConfigError("sweep: name a sweep (sweep=arch_dilated) or hydra.sweeper.study_name=NAME")
-    url = storage_url(sw.get("storage"), str(name), base_dir())
-    missing = ConfigError(f"sweep: no study {name!r} in {url}; run it first: python -m archsearch.train -m sweep={name}")
+    study, url = load_named(cfg, str(name))
+    return cfg, study, url
+
+
+def load_named(cfg, name: str, field_name: str = "sweep"):
+    """The study ``name`` in the storage the composed sweep config ``cfg`` points at -> (study,
+    storage URL); none there: ConfigError naming ``field_name``."""
+    import optuna
+
+    from .config import ConfigError
+    from .study import open_storage, storage_url
+
+    url = storage_url(cfg.hydra.sweeper.get("storage"), name, base_dir())
+    hint = f"run it first: python -m archsearch.train -m sweep={name}" if field_name == "sweep" else \
+        "name the study whose trials python -m archsearch.retrain trained"
+    missing = ConfigError(f"{field_name}: no study {name!r} in {url}; {hint}")
     if url.startswith("journal:") and not Path(url[len("journal:"):]).is_file():
         raise missing  # (opening it would leave an empty journal file behind)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=str(name), storage=open_storage(url))
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
     except KeyError:
         raise missing from None
-    return cfg, study, url
+    return study, url
 
 
 # ------------------------------------------------------------------ proxy vs full recipe
@@ -197,33 +214,56 @@ def proxy_val_acc(trial) -> float:
     return float(trial.values[0]) if trial is not None and trial.values else float("nan")
 
 
-def proxy_vs_full(study, trials: Sequence[int] | None = None):
-    """One row per retrained trial (or those of ``trials``): params, RF, the proxy's validation
-    accuracy, the full recipe's validation accuracy (mean over seeds) and single-view test
-    accuracy per seed and their mean; best proxy first."""
+def _same_candidates(study, full_study) -> dict[int, int]:
+    """``{trial of study: trial of full_study}`` for the trials of both with the same sampled
+    values (the same sampler seed draws the same candidates whatever the proxy)."""
+    def key(t) -> str:
+        return json.dumps(t.params, sort_keys=True, default=str)
+
+    theirs: dict[str, int] = {}
+    for t in full_study.get_trials(deepcopy=False):
+        theirs.setdefault(key(t), t.number)
+    return {t.number: theirs[key(t)] for t in study.get_trials(deepcopy=False) if t.values and key(t) in theirs}
+
+
+def proxy_vs_full(study, trials: Sequence[int] | None = None, full_study=None):
+    """One row per retrained trial (or those of ``trials``): params, RF, MACs, the proxy's
+    validation accuracy, the full recipe's validation accuracy (mean over seeds) and single-view
+    test accuracy per seed and their mean; best proxy first.
+
+    ``full_study``: the full-recipe records come from that study instead (e.g. the same
+    candidates swept under another proxy or seed and retrained there), matched to this study's
+    trials by their sampled values; the table adds that study's trial and proxy accuracy
+    (``ref_trial``, ``ref_proxy_val_acc``)."""
     import pandas as pd
 
-    runs = retrained(study)
+    source = study if full_study is None else full_study
+    runs = retrained(source)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    seeds = sorted({s for recs in runs.values() for s in recs})
-    cols = ["trial", "params", "rf", "macs", "proxy_val_acc", "full_val_acc", *[f"full_test_s{s}" for s in seeds],
-            "full_test_acc", "seeds"]
+    ref_number = {t.number: t for t in source.get_trials(deepcopy=False)}
+    pairs = ({n: n for n in runs} if full_study is None else
+             {mine: ref for mine, ref in _same_candidates(study, full_study).items() if ref in runs})
+    seeds = sorted({s for ref in pairs.values() for s in runs[ref]})
+    cols = ["trial", *(["ref_trial"] if full_study is not None else []), "params", "rf", "macs", "proxy_val_acc",
+            *(["ref_proxy_val_acc"] if full_study is not None else []), "full_val_acc",
+            *[f"full_test_s{s}" for s in seeds], "full_test_acc", "seeds"]
     rows = []
-    for n, recs in sorted(runs.items()):
+    for n, ref in sorted(pairs.items()):
         if trials is not None and n not in trials:
             continue
+        recs = runs[ref]
         first = recs[min(recs)]
         trial = by_number.get(n)
-        row = {"trial": n, "params": first.get("params"), "rf": first.get("rf"),
+        row = {"trial": n, "ref_trial": ref, "params": first.get("params"), "rf": first.get("rf"),
                "macs": trial.user_attrs.get("model.macs") if trial is not None else None,
-               "proxy_val_acc": proxy_val_acc(by_number.get(n)),
+               "proxy_val_acc": proxy_val_acc(trial), "ref_proxy_val_acc": proxy_val_acc(ref_number.get(ref)),
                "full_val_acc": _mean(r.get("val_acc") for r in recs.values()),
                "full_test_acc": _mean(r.get("test_acc_single_view") for r in recs.values()), "seeds": len(recs)}
         for s in seeds:
             row[f"full_test_s{s}"] = _mean([recs.get(s, {}).get("test_acc_single_view")])
         rows.append(row)
-    df = pd.DataFrame(rows, columns=cols)
-    for c in ("params", "rf", "macs"):
+    df = pd.DataFrame(rows, columns=cols)  # (a column not in cols, e.g. ref_trial of a study's own records: dropped)
+    for c in ("params", "rf", "macs", *(["ref_trial"] if full_study is not None else [])):
         df[c] = df[c].astype("Int64")
     return df.sort_values("proxy_val_acc", ascending=False, na_position="last").reset_index(drop=True)
 
@@ -254,6 +294,8 @@ def rank_agreement(table) -> dict:
         return out
     for col, _ in RANKED:
         out[f"proxy_val_acc_vs_{col}"] = _agreement(ok, "proxy_val_acc", col)
+    if "ref_proxy_val_acc" in ok:  # this proxy against the reference study's (another proxy, or another seed)
+        out["proxy_val_acc_vs_ref_proxy_val_acc"] = _agreement(ok, "proxy_val_acc", "ref_proxy_val_acc")
     out["free"] = {col: _agreement(ok, col, "full_val_acc") for col, _ in FREE if col in ok}
     return out
 
@@ -266,6 +308,9 @@ def rank_lines(agreement: dict) -> list[str]:
         r = agreement[f"proxy_val_acc_vs_{col}"]
         tau, rho = (_fmt(r[k]) for k in ("kendall_tau_b", "spearman_rho"))
         lines.append(f"  proxy val_acc vs {label}: Kendall tau-b {tau}, Spearman rho {rho} (n={r['n']})")
+    if r := agreement.get("proxy_val_acc_vs_ref_proxy_val_acc"):
+        lines.append(f"  proxy val_acc vs the proxy val_acc of {agreement.get('full_from', 'the reference study')}: "
+                     f"Kendall tau-b {_fmt(r['kendall_tau_b'])}, Spearman rho {_fmt(r['spearman_rho'])} (n={r['n']})")
     free = [f"{label} tau-b {_fmt(r['kendall_tau_b'])} rho {_fmt(r['spearman_rho'])} (n={r['n']})"
             for col, label in FREE if (r := agreement.get("free", {}).get(col)) and r["n"]]
     if free:
@@ -284,14 +329,21 @@ def print_table(df, drop: Sequence[str] = ()) -> None:
         print(df.drop(columns=list(drop)).to_string(index=False, float_format=lambda v: f"{v:.4f}", max_colwidth=70))
 
 
-def _report_retrained(study, out: Path, summary: dict) -> list[Path]:
-    """Print and write the proxy-vs-full table and the rank agreement, if any trial was retrained."""
-    table = proxy_vs_full(study)
+def _report_retrained(study, out: Path, summary: dict, full_study=None) -> list[Path]:
+    """Print and write the proxy-vs-full table and the rank agreement, if any trial was retrained
+    (in ``full_study``, if given: see :func:`proxy_vs_full`)."""
+    table = proxy_vs_full(study, full_study=full_study)
     if not len(table):
+        if full_study is not None:
+            print(f"\nno trial of {study.study_name} matches a retrained trial of {full_study.study_name} "
+                  "(the same sampled values)")
         return []
-    print(f"\nproxy vs full recipe ({len(table)} retrained trials; test accuracy single view):")
+    where = f" of {full_study.study_name}, matched by sampled values" if full_study is not None else ""
+    print(f"\nproxy vs full recipe ({len(table)} retrained trials{where}; test accuracy single view):")
     print_table(table)
     agreement = rank_agreement(table)
+    if full_study is not None:
+        agreement["full_from"] = full_study.study_name
     for line in rank_lines(agreement):
         print(line)
     summary["rank"] = agreement
@@ -304,14 +356,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from omegaconf import OmegaConf
 
     from .config import ConfigError
+    from .retrain import split_args
     from .tracking import make_tracker
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__.strip())
         return 0
+    mine, rest = split_args(argv, ("full_from",))
     try:
-        cfg, study, url = open_study(argv)
+        cfg, study, url = open_study(rest)
+        full_study = None
+        if "full_from" in mine:
+            if not mine["full_from"]:
+                raise ConfigError("full_from: name the study whose trials were retrained, e.g. full_from=proxy_rank")
+            full_study = load_named(cfg, mine["full_from"], "full_from")[0]
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -325,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     line = summary_line(study, df)
     print(line)
     summary: dict = {"study": name, "storage": url, "summary": line, "rank": None}
-    files += _report_retrained(study, out, summary)
+    files += _report_retrained(study, out, summary, full_study)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     files.append(out / "summary.json")
     print("wrote " + ", ".join(str(f) for f in files))

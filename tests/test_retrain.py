@@ -256,6 +256,35 @@ def test_report_proxy_vs_full_needs_three_for_a_rank(tmp_path, monkeypatch, caps
             "MACs tau-b -1.000 rho -1.000 (n=3)") in out
 
 
+def test_report_ranks_another_proxy_against_the_retrained_study(tmp_path, monkeypatch, capsys):
+    """full_from: the same candidates swept under another proxy (other trial numbers, a
+    rejection in between) are matched to the retrained study's records by their sampled values."""
+    monkeypatch.chdir(tmp_path)
+    full, other = journal_study(tmp_path), journal_study(tmp_path, "smoke_small")
+    lrs = (0.01, 0.02, 0.03, 0.04)
+    for i, lr in enumerate(lrs):  # proxy 0.5 .. 0.2; the full recipe ranks them the other way round
+        add_trial(full, {"model.wide": 32, "optim.lr": lr}, value=0.5 - 0.1 * i, **{"model.params": 1000 + i})
+        full.set_user_attr(f"retrain.t{i}.s0", {"val_acc": 0.7 + 0.01 * i, "test_acc_single_view": 0.7 + 0.01 * i,
+                                                "params": 1000 + i, "rf": 61})
+    add_trial(other, {"model.wide": 32, "optim.lr": 0.5}, state="REJECTED")
+    for i, lr in enumerate(lrs):  # the other proxy agrees with the full recipe
+        add_trial(other, {"model.wide": 32, "optim.lr": lr}, value=0.6 + 0.05 * i, **{"model.params": 1000 + i})
+    code, out, err = run_main("report", capsys, "sweep=smoke", "hydra.sweeper.study_name=smoke_small",
+                              "full_from=smoke", "tracking=none")
+    assert code == 0, err
+    assert "proxy vs full recipe (4 retrained trials of smoke, matched by sampled values" in out
+    assert "proxy val_acc vs full-recipe val_acc (mean over seeds): Kendall tau-b +1.000, Spearman rho +1.000 (n=4)" in out
+    assert "proxy val_acc vs the proxy val_acc of smoke: Kendall tau-b -1.000, Spearman rho -1.000 (n=4)" in out
+    table = (tmp_path / "outputs" / "reports" / "smoke_small" / "proxy_vs_full.csv").read_text().splitlines()
+    assert table[0].startswith("trial,ref_trial,params,rf,macs,proxy_val_acc,ref_proxy_val_acc,full_val_acc")
+    assert [r.split(",")[:2] for r in table[1:]] == [["4", "3"], ["3", "2"], ["2", "1"], ["1", "0"]]
+    summary = json.loads((tmp_path / "outputs" / "reports" / "smoke_small" / "summary.json").read_text())
+    assert summary["rank"]["full_from"] == "smoke" and summary["rank"]["n_trials"] == 4
+    code, out, err = run_main("report", capsys, "sweep=smoke", "full_from=nope", "tracking=none")
+    assert code == 2 and err.startswith("error: full_from: no study 'nope' in journal:") and "\n" == err[-1:]
+    assert err.count("\n") == 1
+
+
 # ------------------------------------------------------------------ rank correlation
 def test_rank_correlation_perfect_reversed_and_ties():
     from archsearch.rank import average_ranks, kendall_tau_b, spearman_rho
