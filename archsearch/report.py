@@ -15,7 +15,9 @@ written to ``proxy_vs_full.csv`` and the ``rank`` entry of ``summary.json``.
 
 ``full_from=STUDY`` takes the full-recipe records from another study of the same candidates
 (swept under another proxy or proxy seed with the same sampler seed), matched by sampled
-values, and adds how well the two studies' proxies agree with each other:
+values, and adds how well the two studies' proxies agree with each other (over the retrained
+candidates, and over every candidate both trained: with the same proxy at another ``seed``,
+how repeatable the proxy is):
 ``python -m archsearch.report sweep=proxy_rank hydra.sweeper.study_name=proxy_rank_small full_from=proxy_rank``.
 The study is found as the sweeper finds it (``hydra.sweeper.study_name`` /
 ``hydra.sweeper.storage`` overrides work the same way).
@@ -34,7 +36,7 @@ from pathlib import Path
 from .study import TRAINED
 
 __all__ = ["base_dir", "leaderboard", "main", "open_study", "pareto_front", "print_table", "proxy_val_acc",
-           "load_named", "proxy_vs_full", "rank_agreement", "rank_lines", "retrained", "summary_line", "write_outputs"]
+           "load_named", "proxies_agreement", "proxy_vs_full", "rank_agreement", "rank_lines", "retrained", "summary_line", "write_outputs"]
 
 COLUMNS = ["trial", "state", "val_acc", "test_acc", "params", "rf", "macs", "epochs", "duration_s", "sampled",
            "note", "run_id"]
@@ -226,6 +228,19 @@ def _same_candidates(study, full_study) -> dict[int, int]:
     return {t.number: theirs[key(t)] for t in study.get_trials(deepcopy=False) if t.values and key(t) in theirs}
 
 
+def proxies_agreement(study, other) -> dict:
+    """Kendall's tau-b and Spearman's rho between two studies' proxy accuracies over every
+    candidate both trained (matched by sampled values): how repeatable a proxy is (another seed)
+    or how two proxies agree, retrained or not."""
+    import pandas as pd
+
+    mine = {t.number: t for t in study.get_trials(deepcopy=False)}
+    theirs = {t.number: t for t in other.get_trials(deepcopy=False)}
+    d = pd.DataFrame([{"a": proxy_val_acc(mine[m]), "b": proxy_val_acc(theirs[o])}
+                      for m, o in _same_candidates(study, other).items()], columns=["a", "b"])
+    return _agreement(d, "a", "b")
+
+
 def proxy_vs_full(study, trials: Sequence[int] | None = None, full_study=None):
     """One row per retrained trial (or those of ``trials``): params, RF, MACs, the proxy's
     validation accuracy, the full recipe's validation accuracy (mean over seeds) and single-view
@@ -333,9 +348,15 @@ def _report_retrained(study, out: Path, summary: dict, full_study=None) -> list[
     """Print and write the proxy-vs-full table and the rank agreement, if any trial was retrained
     (in ``full_study``, if given: see :func:`proxy_vs_full`)."""
     table = proxy_vs_full(study, full_study=full_study)
+    both = proxies_agreement(study, full_study) if full_study is not None else None
+    if both is not None:
+        tau, rho = _fmt(both["kendall_tau_b"]), _fmt(both["spearman_rho"])
+        print(f"\nproxy val_acc of {study.study_name} vs {full_study.study_name} over all {both['n']} candidates both "
+              f"trained: Kendall tau-b {tau}, Spearman rho {rho}")
+        summary["proxies"] = {"full_from": full_study.study_name, **both}
     if not len(table):
         if full_study is not None:
-            print(f"\nno trial of {study.study_name} matches a retrained trial of {full_study.study_name} "
+            print(f"no trial of {study.study_name} matches a retrained trial of {full_study.study_name} "
                   "(the same sampled values)")
         return []
     where = f" of {full_study.study_name}, matched by sampled values" if full_study is not None else ""

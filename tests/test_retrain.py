@@ -269,9 +269,12 @@ def test_report_ranks_another_proxy_against_the_retrained_study(tmp_path, monkey
     add_trial(other, {"model.wide": 32, "optim.lr": 0.5}, state="REJECTED")
     for i, lr in enumerate(lrs):  # the other proxy agrees with the full recipe
         add_trial(other, {"model.wide": 32, "optim.lr": lr}, value=0.6 + 0.05 * i, **{"model.params": 1000 + i})
+    add_trial(full, {"model.wide": 32, "optim.lr": 0.05}, value=0.1, **{"model.params": 1004})  # not retrained
+    add_trial(other, {"model.wide": 32, "optim.lr": 0.05}, value=0.9, **{"model.params": 1004})
     code, out, err = run_main("report", capsys, "sweep=smoke", "hydra.sweeper.study_name=smoke_small",
                               "full_from=smoke", "tracking=none")
     assert code == 0, err
+    assert "proxy val_acc of smoke_small vs smoke over all 5 candidates both trained: Kendall tau-b -1.000" in out
     assert "proxy vs full recipe (4 retrained trials of smoke, matched by sampled values" in out
     assert "proxy val_acc vs full-recipe val_acc (mean over seeds): Kendall tau-b +1.000, Spearman rho +1.000 (n=4)" in out
     assert "proxy val_acc vs the proxy val_acc of smoke: Kendall tau-b -1.000, Spearman rho -1.000 (n=4)" in out
@@ -280,6 +283,7 @@ def test_report_ranks_another_proxy_against_the_retrained_study(tmp_path, monkey
     assert [r.split(",")[:2] for r in table[1:]] == [["4", "3"], ["3", "2"], ["2", "1"], ["1", "0"]]
     summary = json.loads((tmp_path / "outputs" / "reports" / "smoke_small" / "summary.json").read_text())
     assert summary["rank"]["full_from"] == "smoke" and summary["rank"]["n_trials"] == 4
+    assert summary["proxies"] == {"full_from": "smoke", "n": 5, "kendall_tau_b": -1.0, "spearman_rho": -1.0}
     code, out, err = run_main("report", capsys, "sweep=smoke", "full_from=nope", "tracking=none")
     assert code == 2 and err.startswith("error: full_from: no study 'nope' in journal:") and "\n" == err[-1:]
     assert err.count("\n") == 1
