@@ -35,8 +35,9 @@ from pathlib import Path
 
 from .study import TRAINED
 
-__all__ = ["base_dir", "leaderboard", "main", "open_study", "pareto_front", "print_table", "proxy_val_acc",
-           "load_named", "proxies_agreement", "proxy_vs_full", "rank_agreement", "rank_lines", "retrained", "summary_line", "write_outputs"]
+__all__ = ["base_dir", "leaderboard", "load_named", "main", "open_study", "pareto_front", "print_table",
+           "proxies_agreement", "proxy_val_acc", "proxy_vs_full", "rank_agreement", "rank_lines", "retrained",
+           "summary_line", "write_outputs"]
 
 COLUMNS = ["trial", "state", "val_acc", "test_acc", "params", "rf", "macs", "epochs", "duration_s", "sampled",
            "note", "run_id"]
