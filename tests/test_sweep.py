@@ -165,6 +165,38 @@ def test_sigkill_mid_trial_resumes_keeping_completed(tmp_path):
     assert sum(v in ("COMPLETE", "PRUNED", "FAIL") for v in s.values()) == 2
 
 
+def test_sigterm_mid_trial_marks_it_interrupted_at_once(tmp_path):
+    """A sweep stopped with SIGTERM (kill, a scheduler's pre-emption) while a trial runs in its own
+    process: exit 143, the trial INTERRUPTED and re-queued at once (not left RUNNING until a next
+    sweep recovers it), its MLflow run KILLED."""
+    import mlflow
+    from optuna.trial import TrialState
+
+    proc = sweep(tmp_path, "hydra.sweeper.n_trials=1", "trainer.epochs=20", "hydra.sweeper.pruner={name:none}",
+                 background=True)
+    deadline, victim = time.time() + 240, None
+    while time.time() < deadline and victim is None:
+        time.sleep(0.5)
+        try:
+            running = [t for t in study(tmp_path).trials if t.state == TrialState.RUNNING and t.intermediate_values]
+        except Exception:
+            continue
+        if running:
+            victim = running[0].number
+            proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert victim is not None, "never saw a running trial: " + out[-2000:]
+    assert proc.returncode == 143, out[-2000:]
+    st = study(tmp_path)
+    assert states(st)[victim] == "INTERRUPTED" and not [t for t in st.trials if t.state == TrialState.RUNNING]
+    assert "the sweep was stopped during the trial" in st.trials[victim].user_attrs["error"]
+    retry = [t for t in st.trials if t.user_attrs.get("retry_of") == victim]
+    assert len(retry) == 1 and retry[0].state == TrialState.WAITING
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    run = mlflow.get_run(st.trials[victim].user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+
+
 def test_two_workers_share_one_study(tmp_path):
     study(tmp_path)  # create the journal up front
     args = ["hydra.sweeper.n_trials=4", "trainer.epochs=1", "model.wide=choice(32,48)"]
