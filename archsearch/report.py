@@ -133,6 +133,8 @@ def write_outputs(df, out_dir: str | Path, study_name: str, budget_params: int |
 
 
 def summary_line(study, df) -> str:
+    import pandas as pd
+
     max_epochs = study.user_attrs.get("archsearch.max_epochs")
     c = df.state.value_counts().to_dict() if len(df) else {}
     pruned = df[df.state == "PRUNED"]
@@ -141,7 +143,8 @@ def summary_line(study, df) -> str:
     best = ""
     if len(ok):
         b = ok.sort_values("val_acc", ascending=False).iloc[0]
-        best = f"; best val_acc {b.val_acc:.4f} (trial {int(b.trial)}, {int(b.params):,} params) {b.sampled}"
+        params = f", {int(b.params):,} params" if pd.notna(b.params) else ""
+        best = f"; best val_acc {b.val_acc:.4f} (trial {int(b.trial)}{params}) {b.sampled}"
     trained = sum(c.get(s, 0) for s in TRAINED)
     return (f"study {study.study_name}: {trained} trained ({c.get('COMPLETE', 0)} complete, {c.get('PRUNED', 0)} "
             f"pruned, {c.get('FAIL', 0)} failed), {c.get('REJECTED', 0)} rejected before launch, "

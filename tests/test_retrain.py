@@ -271,10 +271,11 @@ def test_report_ranks_another_proxy_against_the_retrained_study(tmp_path, monkey
     for i, lr in enumerate(lrs):  # the other proxy agrees with the full recipe
         add_trial(other, {"model.wide": 32, "optim.lr": lr}, value=0.6 + 0.05 * i, **{"model.params": 1000 + i})
     add_trial(full, {"model.wide": 32, "optim.lr": 0.05}, value=0.1, **{"model.params": 1004})  # not retrained
-    add_trial(other, {"model.wide": 32, "optim.lr": 0.05}, value=0.9, **{"model.params": 1004})
+    add_trial(other, {"model.wide": 32, "optim.lr": 0.05}, value=0.9)  # the best, with no params recorded
     code, out, err = run_main("report", capsys, "sweep=smoke", "hydra.sweeper.study_name=smoke_small",
                               "full_from=smoke", "tracking=none")
     assert code == 0, err
+    assert "best val_acc 0.9000 (trial 5) {" in out  # a trial without a recorded size still has its summary line
     assert "proxy val_acc of smoke_small vs smoke over all 5 candidates both trained: Kendall tau-b -1.000" in out
     assert "proxy vs full recipe (4 retrained trials of smoke, matched by sampled values" in out
     assert "proxy val_acc vs full-recipe val_acc (mean over seeds): Kendall tau-b +1.000, Spearman rho +1.000 (n=4)" in out
