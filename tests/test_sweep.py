@@ -44,6 +44,23 @@ def states(st):
     return {t.number: t.user_attrs.get("state", t.state.name) for t in st.get_trials()}
 
 
+def a_running_trial(cwd, proc, timeout, poll=0.5):
+    """The number of the first trial seen RUNNING with an epoch reported, while the sweep ``proc``
+    runs; None if none within ``timeout`` seconds."""
+    from optuna.trial import TrialState
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(poll)
+        try:
+            running = [t for t in study(cwd).trials if t.state == TrialState.RUNNING and t.intermediate_values]
+        except Exception:
+            continue
+        if running:
+            return running[0].number
+    return None
+
+
 def test_smoke_sweep_rejects_fails_prunes_and_logs_parent_child(tmp_path):
     import mlflow
 
@@ -174,16 +191,9 @@ def test_sigterm_mid_trial_marks_it_interrupted_at_once(tmp_path):
 
     proc = sweep(tmp_path, "hydra.sweeper.n_trials=1", "trainer.epochs=20", "hydra.sweeper.pruner={name:none}",
                  background=True)
-    deadline, victim = time.time() + 240, None
-    while time.time() < deadline and victim is None:
-        time.sleep(0.5)
-        try:
-            running = [t for t in study(tmp_path).trials if t.state == TrialState.RUNNING and t.intermediate_values]
-        except Exception:
-            continue
-        if running:
-            victim = running[0].number
-            proc.send_signal(signal.SIGTERM)
+    victim = a_running_trial(tmp_path, proc, timeout=240)
+    if victim is not None:
+        proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert victim is not None, "never saw a running trial: " + out[-2000:]
     assert proc.returncode == 143, out[-2000:]
@@ -317,16 +327,9 @@ def test_n_jobs_two_trials_at_a_time_and_a_killed_one_is_retried(tmp_path):
     st.enqueue_trial({"model.wide": 72, "model.dropout": 0.0, "optim.lr": 0.05})  # over budget: rejected
     proc = sweep(tmp_path, "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=4", "trainer.epochs=3",
                  "hydra.sweeper.pruner={name:none}", "model.wide=choice(32,48,72)", background=True)
-    victim, deadline = None, time.time() + 300
-    while victim is None and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.3)
-        try:
-            running = [t for t in study(tmp_path).trials if t.state == TrialState.RUNNING and t.intermediate_values]
-        except Exception:
-            continue
-        if running:
-            victim = running[0].number
-            _kill_trial_process(f"multirun/s/{victim}")
+    victim = a_running_trial(tmp_path, proc, timeout=300, poll=0.3)
+    if victim is not None:
+        _kill_trial_process(f"multirun/s/{victim}")
     out, _ = proc.communicate(timeout=600)
     assert victim is not None and proc.returncode == 0, out[-3000:]
     assert "2 trials at a time" in out

@@ -479,16 +479,16 @@ class SweeperImpl:
         if pool is None:
             t0 = time.time()
             try:
-                result = _as_result(self._launch(cfg, overrides, trial.number))
-            except BaseException:  # SIGTERM (SystemExit 143) or Ctrl-C during the trial: not the trial's fault
-                hb.stop()
+                try:
+                    result = _as_result(self._launch(cfg, overrides, trial.number))
+                finally:
+                    hb.stop()
+            except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM (SystemExit 143): not the trial's fault
                 try:
                     self._interrupted(study, trial, "the sweep was stopped during the trial")
                 except Exception as e:  # (the storage gone too: the next sweep's start-up recovers the trial)
                     log.warning("trial %d: could not be marked INTERRUPTED: %s", trial.number, e)
                 raise
-            finally:
-                hb.stop()
             self._tell(study, trial, result, report, values, time.time() - t0)
             return
         job_dir = (self.sweep_dir / str(trial.number)).resolve()
