@@ -36,7 +36,7 @@ from pathlib import Path
 from .study import TRAINED
 
 __all__ = ["base_dir", "leaderboard", "load_named", "main", "open_study", "pareto_front", "print_table",
-           "proxies_agreement", "proxy_val_acc", "proxy_vs_full", "rank_agreement", "rank_lines", "retrained",
+           "proxies_agreement", "proxy_cost", "proxy_val_acc", "proxy_vs_full", "rank_agreement", "rank_lines", "retrained",
            "summary_line", "write_outputs"]
 
 COLUMNS = ["trial", "state", "val_acc", "test_acc", "params", "rf", "macs", "epochs", "duration_s", "sampled",
@@ -337,6 +337,47 @@ def rank_lines(agreement: dict) -> list[str]:
     return lines
 
 
+def proxy_cost(study) -> dict:
+    """What one trial of the study's proxy costs: the training images and epochs its sweep command
+    set (recomposed from the study's recorded overrides; ``train_images`` None means all of them),
+    and the wall time of its trained trials (median, min, max; wall time includes any time the
+    machine was shared or the trial paused)."""
+    import statistics
+
+    from .config import ConfigError, compose
+    from .retrain import override_key
+
+    out: dict = {"train_images": None, "epochs": None}
+    recorded = study.user_attrs.get("archsearch.base_overrides")
+    try:
+        if recorded is None:
+            raise ConfigError("not recorded")
+        cfg = compose("config", [str(o) for o in recorded if not override_key(str(o)).startswith("hydra.")])
+        out["train_images"] = cfg.data.get("limit_train")
+        out["epochs"] = int(study.user_attrs.get("archsearch.max_epochs") or cfg.trainer.epochs)
+    except ConfigError:
+        out["note"] = "the sweep's data and epochs are unknown (its command could not be recomposed)"
+    secs = [(t.datetime_complete - t.datetime_start).total_seconds() for t in study.get_trials(deepcopy=False)
+            if (t.user_attrs.get("state") or t.state.name) in TRAINED and t.datetime_complete and t.datetime_start]
+    out["trials"] = len(secs)
+    if secs:
+        out.update(median_s=round(statistics.median(secs), 1), min_s=round(min(secs), 1), max_s=round(max(secs), 1))
+    return out
+
+
+def cost_line(study_name: str, cost: dict) -> str:
+    imgs = cost.get("train_images")
+    data = f"{int(imgs):,} training images" if imgs else "all training images"
+    line = f"  cost of the {study_name} proxy: " + (cost["note"] if "note" in cost else
+                                                  f"up to {cost['epochs']} epochs on {data} a trial")
+    if imgs and cost.get("epochs"):
+        line += f" ({int(imgs) * int(cost['epochs']):,} images)"
+    if cost.get("trials"):
+        line += (f"; wall time a trained trial: median {cost['median_s']:.0f} s ({cost['min_s']:.0f}-"
+                 f"{cost['max_s']:.0f} s, {cost['trials']} trials)")
+    return line
+
+
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:+.3f}"
 
@@ -369,7 +410,8 @@ def _report_retrained(study, out: Path, summary: dict, full_study=None) -> list[
     agreement = rank_agreement(table)
     if full_study is not None:
         agreement["full_from"] = full_study.study_name
-    for line in rank_lines(agreement):
+    agreement["cost"] = proxy_cost(study)
+    for line in [*rank_lines(agreement), cost_line(study.study_name, agreement["cost"])]:
         print(line)
     summary["rank"] = agreement
     csv = out / "proxy_vs_full.csv"

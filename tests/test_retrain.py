@@ -255,6 +255,7 @@ def test_report_proxy_vs_full_needs_three_for_a_rank(tmp_path, monkeypatch, caps
     assert code == 0, err
     assert ("no-training proxies vs full-recipe val_acc: params tau-b +1.000 rho +1.000 (n=3); "
             "MACs tau-b -1.000 rho -1.000 (n=3)") in out
+    assert "cost of the smoke proxy: the sweep's data and epochs are unknown" in out  # a study built by hand
 
 
 def test_report_ranks_another_proxy_against_the_retrained_study(tmp_path, monkeypatch, capsys):
@@ -272,9 +273,14 @@ def test_report_ranks_another_proxy_against_the_retrained_study(tmp_path, monkey
         add_trial(other, {"model.wide": 32, "optim.lr": lr}, value=0.6 + 0.05 * i, **{"model.params": 1000 + i})
     add_trial(full, {"model.wide": 32, "optim.lr": 0.05}, value=0.1, **{"model.params": 1004})  # not retrained
     add_trial(other, {"model.wide": 32, "optim.lr": 0.05}, value=0.9)  # the best, with no params recorded
+    other.set_user_attr("archsearch.base_overrides", ["sweep=smoke", "proxy=small", "hydra.sweeper.n_trials=5"])
     code, out, err = run_main("report", capsys, "sweep=smoke", "hydra.sweeper.study_name=smoke_small",
                               "full_from=smoke", "tracking=none")
     assert code == 0, err
+    # what a trial of this proxy costs: its sweep's data and epochs, and the trials' wall time
+    # (the sweep's own trainer.epochs=2 wins over the proxy's 8, as when the sweep ran)
+    assert "cost of the smoke_small proxy: up to 2 epochs on 10,000 training images a trial (20,000 images); " \
+           "wall time a trained trial: median 0 s (0-0 s, 5 trials)" in out
     assert "best val_acc 0.9000 (trial 5) {" in out  # a trial without a recorded size still has its summary line
     assert "proxy val_acc of smoke_small vs smoke over all 5 candidates both trained: Kendall tau-b -1.000" in out
     assert "proxy vs full recipe (4 retrained trials of smoke, matched by sampled values" in out
@@ -285,6 +291,7 @@ def test_report_ranks_another_proxy_against_the_retrained_study(tmp_path, monkey
     assert [r.split(",")[:2] for r in table[1:]] == [["4", "3"], ["3", "2"], ["2", "1"], ["1", "0"]]
     summary = json.loads((tmp_path / "outputs" / "reports" / "smoke_small" / "summary.json").read_text())
     assert summary["rank"]["full_from"] == "smoke" and summary["rank"]["n_trials"] == 4
+    assert summary["rank"]["cost"]["train_images"] == 10_000 and summary["rank"]["cost"]["trials"] == 5
     assert summary["proxies"] == {"full_from": "smoke", "n": 5, "kendall_tau_b": -1.0, "spearman_rho": -1.0}
     code, out, err = run_main("report", capsys, "sweep=smoke", "full_from=nope", "tracking=none")
     assert code == 2 and err.startswith("error: full_from: no study 'nope' in journal:") and "\n" == err[-1:]
