@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TRAINED", "make_pruner", "make_sampler", "open_storage", "override_value", "storage_url"]
+__all__ = ["TRAINED", "draw_index", "make_pruner", "make_sampler", "open_storage", "override_value", "storage_url"]
 
 TRAINED = ("COMPLETE", "PRUNED", "FAIL")
 PRUNERS = ("hyperband", "median", "none")
@@ -102,6 +102,16 @@ def retrying(call, *args, attempts: int = 8, **kw):
             if i == attempts - 1:
                 raise
             time.sleep(min(0.5 * 2 ** i, 8.0))
+
+
+def draw_index(study, number: int) -> int:
+    """The sampler's seed offset for trial ``number``: its place among the trials the sampler drew,
+    not counting those enqueued with fixed parameters (a stopped trial's retry takes the next
+    trial number, and would otherwise shift every later draw). So a study stopped and resumed
+    draws the same candidates in the same order as one that ran through, and two studies with
+    the same sampler seed (the same candidates under two proxies) stay aligned."""
+    return number - sum(1 for t in study.get_trials(deepcopy=False)
+                        if t.number < number and "fixed_params" in t.system_attrs)
 
 
 def make_sampler(conf: Mapping[str, Any], seed_offset: int = 0):

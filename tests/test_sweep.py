@@ -355,3 +355,41 @@ def test_n_jobs_two_trials_at_a_time_and_a_killed_one_is_retried(tmp_path):
     kids = runs[runs["tags.mlflow.parentRunId"] == parent]
     assert len(kids) == len(s) and not (kids.status == "RUNNING").any()
     assert set(kids[kids["tags.trial_number"] == str(victim)].status) == {"KILLED"}
+
+
+def test_a_retry_does_not_shift_the_draws_after_it():
+    """The sweeper's draw for each new trial (ask, the sampler seeded at the trial's draw index,
+    suggest): a study whose trial 1 was stopped and re-queued draws the same candidates, in the
+    same order, as one that ran through (a second study of the same seed, e.g. under another
+    proxy, stays aligned with the first)."""
+    import optuna
+
+    from archsearch.study import draw_index, make_sampler
+    from hydra_plugins.archsearch_sweeper._impl import parse_space, suggest
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space, _ = parse_space({"model.wide": "choice(32,48,72)", "model.narrow": "choice(8,16,32)",
+                            "optim.lr": "tag(log, interval(0.01, 0.3))"})
+
+    def draw(st):
+        t = st.ask()
+        st.sampler = make_sampler({"name": "random", "seed": 0}, seed_offset=draw_index(st, t.number))
+        return t, {k: suggest(t, k, sw) for k, sw in space.items()}
+
+    clean = optuna.create_study()
+    expected = []
+    for _ in range(5):
+        t, values = draw(clean)
+        clean.tell(t, 0.5)
+        expected.append(values)
+    stopped = optuna.create_study()
+    got = []
+    for i in range(6):
+        t, values = draw(stopped)
+        if i == 1:  # stopped mid-trial: failed, its parameters re-queued (trial 2 runs them again)
+            stopped.tell(t, state=optuna.trial.TrialState.FAIL)
+            stopped.enqueue_trial(values, user_attrs={"retry_of": t.number})
+            continue
+        stopped.tell(t, 0.5)
+        got.append(values)
+    assert got == expected

@@ -407,11 +407,12 @@ class SweeperImpl:
         report), or None when the budget rejected it (recorded, nothing launched)."""
         from archsearch.gate import BudgetRejected, gate
         from archsearch.spec import SpecError
-        from archsearch.study import make_sampler, worker_id
+        from archsearch.study import draw_index, make_sampler, worker_id
         from archsearch.trial import TrialRef
 
         trial = study.ask()
-        study.sampler = make_sampler(self.sconf, seed_offset=trial.number)  # distinct draws per trial, any worker
+        # distinct draws per trial, any worker; re-queued retries (fixed parameters) do not shift them
+        study.sampler = make_sampler(self.sconf, seed_offset=draw_index(study, trial.number))
         trial.set_user_attr("worker", worker_id())
         values = self._suggest(study, trial)
         overrides = self.base + [f"{k}={_fmt(v)}" for k, v in values.items()]
