@@ -31,7 +31,6 @@ from typing import Any
 
 __all__ = ["Candidate", "SpaceReport", "check_space", "main"]
 
-SWEEP_PREFIXES = ("choice(", "range(", "interval(", "tag(")
 ARCH_ROOTS = ("model", "budget")
 
 
@@ -59,14 +58,9 @@ class SpaceReport:
     candidates: list[Candidate]
 
 
-def is_sweep_value(value: str) -> bool:
-    """What the sweeper treats as a search dimension on its command line."""
-    return any(value.startswith(p) for p in SWEEP_PREFIXES) or ("," in value and "[" not in value and "{" not in value)
-
-
 def _is_arch(key: str) -> bool:
-    key = key.lstrip("+~")
-    return key.split(".")[0] in ARCH_ROOTS or "." not in key  # a config group choice (model=..., proxy=...) too
+    """``model.*`` / ``budget.*`` values, or a choice of the model / budget config group."""
+    return key.lstrip("+~").split(".")[0] in ARCH_ROOTS
 
 
 def _draw(rng: random.Random, sweep) -> Any:
@@ -163,8 +157,11 @@ def _fast_check(base: dict, combo: dict[str, Any]) -> Candidate:
     from .spec import SpecError, parse_spec
 
     raw = copy.deepcopy(base)
-    for key, value in combo.items():
-        _set(raw, key.lstrip("+"), value, add=key.startswith("+"))
+    try:
+        for key, value in combo.items():
+            _set(raw, key.lstrip("+"), value, add=key.startswith("+"))
+    except KeyError as e:
+        return Candidate(combo, reasons=[f"{e.args[0]}: no such key to set"], rules=["invalid"])
     try:
         resolved = _resolve(raw, raw)
     except _NotSimple:
@@ -217,14 +214,9 @@ def check_space(overrides: Sequence[str], samples: int = 1000, seed: int = 0) ->
     from hydra_plugins.archsearch_sweeper._impl import SweepConfigError, _values, parse_space
 
     from .config import ConfigError, compose_with_hydra
+    from .study import split_sweep_args
 
-    plain, cli_space = [], {}
-    for a in overrides:
-        k, _, v = a.partition("=")
-        if is_sweep_value(v):
-            cli_space[k] = v if not ("," in v and "(" not in v) else f"choice({v})"
-        else:
-            plain.append(a)
+    plain, cli_space = split_sweep_args(overrides)
     cfg = compose_with_hydra("config", plain)
     name = cfg.hydra.runtime.choices.get("sweep")
     if not name:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TRAINED", "draw_index", "make_pruner", "make_sampler", "open_storage", "override_value", "storage_url"]
+__all__ = ["TRAINED", "draw_index", "split_sweep_args", "make_pruner", "make_sampler", "open_storage", "override_value", "storage_url"]
 
 TRAINED = ("COMPLETE", "PRUNED", "FAIL")
 PRUNERS = ("hyperband", "median", "none")
@@ -102,6 +102,20 @@ def retrying(call, *args, attempts: int = 8, **kw):
             if i == attempts - 1:
                 raise
             time.sleep(min(0.5 * 2 ** i, 8.0))
+
+
+def split_sweep_args(arguments) -> tuple[list[str], dict[str, str]]:
+    """Command-line overrides -> (the plain ones, {key: a search dimension in the override grammar}),
+    as the sweeper reads them: ``k=choice(...)``, ``range(...)``, ``interval(...)``, ``tag(...)``
+    or a comma list ``k=a,b`` (a choice) add a dimension."""
+    plain, space = [], {}
+    for a in arguments:
+        k, _, v = str(a).partition("=")
+        if v.startswith(("choice(", "range(", "interval(", "tag(")) or ("," in v and "[" not in v and "{" not in v):
+            space[k.lstrip("+")] = v if not ("," in v and "(" not in v) else f"choice({v})"
+        else:
+            plain.append(str(a))
+    return plain, space
 
 
 def draw_index(study, number: int) -> int:

@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from archsearch.study import TRAINED, override_value
+from archsearch.study import TRAINED, override_value, split_sweep_args
 
 log = logging.getLogger("archsearch.sweep")
 
@@ -282,13 +282,7 @@ class SweeperImpl:
         self.study_name = str(self.conf.study_name or self.config.hydra.runtime.choices.get("sweep") or "archsearch")
         directions = self._directions()
         params_conf = {str(k): str(v) for k, v in (self.conf.params or {}).items()}
-        base, cli_space = [], {}
-        for a in arguments:
-            k, _, v = a.partition("=")
-            if any(v.startswith(f) for f in ("choice(", "range(", "interval(", "tag(")) or ("," in v and "[" not in v and "{" not in v):
-                cli_space[k.lstrip("+")] = v if not ("," in v and "(" not in v) else f"choice({v})"
-            else:
-                base.append(a)
+        base, cli_space = split_sweep_args(arguments)
         self.space, fixed = parse_space({**params_conf, **cli_space})
         self.base = base + fixed
         self.url = url = storage_url(self.conf.storage, self.study_name, base_dir)
