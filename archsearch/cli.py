@@ -13,6 +13,9 @@ Ctrl-C but quietly: ``SystemExit(128 + 15)`` is raised where the command is, so 
 blocks and context managers run (a training closes its MLflow run as KILLED, a half-written
 file is not left looking complete) and the process ends with status 143, as a killed one would.
 
+A reader that stops early (``... | head``) ends the command quietly, status 0, instead of a
+``BrokenPipeError`` traceback.
+
 A bug (any exception other than ``SystemExit``) or Ctrl-C propagates as usual: traceback,
 normal teardown; so does every exit under a profiler, debugger or coverage tool, which write
 their results after the command's last line.
@@ -43,6 +46,9 @@ def run(main: Callable[[], int | None]) -> NoReturn:
         code = main()
     except SystemExit as e:
         code = e.code
+    except BrokenPipeError:  # `... | head` stopped reading: what it wanted was printed
+        sys.stdout = None
+        code = 0
     if code is None:
         code = 0
     elif not isinstance(code, int):  # sys.exit("message"): the message on stderr, status 1

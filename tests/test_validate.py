@@ -99,3 +99,18 @@ def test_a_command_with_an_idle_thread_pool_still_exits(tmp_path):
                       "cli.run(lambda: print(pool.submit(sum, [20, 22]).result()))\n")
     p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and p.stdout.strip() == "42", p.stderr
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    """``python -m archsearch.report ... | head -1``: the command ends quietly when the reader
+    closes the pipe (status 0), not with a BrokenPipeError traceback."""
+    script = tmp_path / "many.py"
+    script.write_text("from archsearch import cli\n"
+                      "def main():\n"
+                      "    for i in range(200000):\n"
+                      "        print(f'line {i}')\n"
+                      "    return 0\n"
+                      "cli.run(main)\n")
+    p = subprocess.run(f"'{sys.executable}' '{script}' | head -1; exit ${{PIPESTATUS[0]}}", shell=True,
+                       executable="/bin/bash", capture_output=True, text=True, timeout=60)
+    assert p.stdout == "line 0\n" and "Traceback" not in p.stderr and p.returncode == 0, p.stderr[-1000:]
