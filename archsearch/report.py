@@ -352,7 +352,8 @@ def proxy_cost(study) -> dict:
     try:
         if recorded is None:
             raise ConfigError("not recorded")
-        cfg = compose("config", [str(o) for o in recorded if not override_key(str(o)).startswith("hydra.")])
+        cfg = compose("config", [str(o) for o in recorded  # (a user's model directory: hydra.searchpath kept)
+                                 if not override_key(str(o)).startswith("hydra.") or override_key(str(o)) == "hydra.searchpath"])
         out["train_images"] = cfg.data.get("limit_train")
         out["epochs"] = int(study.user_attrs.get("archsearch.max_epochs") or cfg.trainer.epochs)
     except ConfigError:

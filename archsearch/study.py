@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TRAINED", "draw_index", "split_sweep_args", "make_pruner", "make_sampler", "open_storage", "override_value", "storage_url"]
+__all__ = ["TRAINED", "draw_index", "make_pruner", "make_sampler", "open_storage", "override_value", "split_sweep_args",
+           "storage_url"]
 
 TRAINED = ("COMPLETE", "PRUNED", "FAIL")
 PRUNERS = ("hyperband", "median", "none")

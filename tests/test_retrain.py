@@ -441,3 +441,21 @@ def test_top_takes_the_best_trial_of_each_architecture():
 
     ranked = [t(29, 48, 0.05), t(51, 48, 0.04), t(7, 32, 0.05), t(3, 48, 0.09), t(9, 64, 0.01)]
     assert [x.number for x in distinct_architectures(ranked)] == [29, 7, 9]  # lr variants of 48 dropped
+
+
+def test_proxy_cost_recomposes_a_sweep_over_a_users_model_directory(tmp_path):
+    """The cost line reads the sweep's data and epochs from its recorded command, which can name a
+    model that only exists in the user's own config directory (hydra.searchpath)."""
+    from archsearch.config import CONF_DIR
+    from archsearch.report import proxy_cost
+
+    (tmp_path / "myconf" / "model").mkdir(parents=True)
+    shutil.copyfile(CONF_DIR / "model" / "dilated_sep.yaml", tmp_path / "myconf" / "model" / "mynet.yaml")
+    st = journal_study(tmp_path)
+    add_trial(st, {"model.wide": 32, "optim.lr": 0.01}, value=0.5)
+    st.set_user_attr("archsearch.base_overrides", ["sweep=smoke", "model=mynet", "proxy=tiny",
+                                                   f"hydra.searchpath=[file://{tmp_path / 'myconf'}]",
+                                                   "hydra.sweeper.n_trials=3"])
+    st.set_user_attr("archsearch.max_epochs", 2)
+    cost = proxy_cost(st)
+    assert cost["train_images"] == 5000 and cost["epochs"] == 2 and cost["trials"] == 1 and "note" not in cost
