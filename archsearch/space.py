@@ -148,10 +148,11 @@ def _resolve(node: Any, root: Any, depth: int = 0) -> Any:
     return node
 
 
-def _fast_check(base: dict, combo: dict[str, Any]) -> Candidate:
+def _fast_check(base: dict, combo: dict[str, Any], full: dict | None = None) -> Candidate:
     """Set the values in a copy of the composed ``model``/``budget`` nodes (plain containers) and
     gate it: what composing each candidate gives for value overrides, without composing.
-    Interpolations other than plain references are left to OmegaConf."""
+    Interpolations other than plain references within them are left to OmegaConf, on a copy of
+    the whole composed config ``full`` (they may point anywhere in it)."""
     from .analysis import analyze
     from .budget import check, parse_budget
     from .spec import SpecError, parse_spec
@@ -169,7 +170,9 @@ def _fast_check(base: dict, combo: dict[str, Any]) -> Candidate:
 
         from .gate import BudgetRejected, gate
 
-        return _gated(combo, gate, OmegaConf.create(raw), BudgetRejected, SpecError)
+        whole = copy.deepcopy(full) if full is not None else {}
+        whole.update(raw)
+        return _gated(combo, gate, OmegaConf.create(whole), BudgetRejected, SpecError)
     try:
         report = analyze(parse_spec(resolved["model"], raw=raw["model"]))
     except SpecError as e:
@@ -250,7 +253,9 @@ def check_space(overrides: Sequence[str], samples: int = 1000, seed: int = 0) ->
                                   f"(model {cfg.model.get('name')!r}); '+{k}' adds a new one")
         base = {"model": OmegaConf.to_container(cfg.model, resolve=False),
                 "budget": OmegaConf.to_container(cfg.budget, resolve=False)}
-        cands = [_fast_check(base, c) for c in combos]
+        full = OmegaConf.to_container(cfg, resolve=False)
+        full.pop("hydra", None)
+        cands = [_fast_check(base, c, full) for c in combos]
     return SpaceReport(str(name), dims, training, size, enumerated, cands)
 
 

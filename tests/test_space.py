@@ -74,3 +74,16 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch, capsys, args, message):
     code, out, err = run(capsys, *args)
     assert code == 2 and out == "" and err.startswith(message) and err.count("\n") == 1
     assert not (tmp_path / "outputs").exists()
+
+
+def test_an_interpolation_into_the_rest_of_the_config_is_resolved(tmp_path, monkeypatch):
+    """A model whose width follows a training setting (``${trainer.batch_size}``, not a plain model
+    reference) is resolved against the whole config, as composing it would."""
+    from archsearch.space import _fast_check
+
+    base = {"model": {"name": "m", "in_channels": 3, "input_size": 32, "num_classes": 10,
+                      "layers": [{"op": "conv", "out": "${trainer.batch_size}", "d": 2}, {"op": "sepconv", "out": 16},
+                                 {"op": "conv", "out": 10, "k": 1}, {"op": "gap"}]},
+            "budget": {"max_params": 200000, "min_rf": 1}}
+    c = _fast_check(base, {"model.layers.1.out": 8}, {"trainer": {"batch_size": 12}, **base})
+    assert c.ok and c.params > 0, c.reasons
