@@ -47,6 +47,12 @@ class Candidate:
     def ok(self) -> bool:
         return not self.reasons
 
+    @classmethod
+    def measured(cls, combo: dict[str, Any], report, violations=()) -> Candidate:
+        """A candidate the analysis measured, with the budget rules it breaks (none: within it)."""
+        return cls(combo, report.params, report.macs, report.rf, [v.message for v in violations],
+                   [v.rule for v in violations])
+
 
 @dataclass
 class SpaceReport:
@@ -168,46 +174,41 @@ def _fast_check(base: dict, combo: dict[str, Any], full: dict | None = None) -> 
     except _NotSimple:
         from omegaconf import OmegaConf
 
-        from .gate import BudgetRejected, gate
-
         whole = copy.deepcopy(full) if full is not None else {}
         whole.update(raw)
-        return _gated(combo, gate, OmegaConf.create(whole), BudgetRejected, SpecError)
+        return _gated(combo, OmegaConf.create(whole))
     try:
         report = analyze(parse_spec(resolved["model"], raw=raw["model"]))
     except SpecError as e:
         return Candidate(combo, reasons=[str(e)], rules=["invalid"])
-    violations = check(report, parse_budget(resolved["budget"]))
-    return Candidate(combo, report.params, report.macs, report.rf, [v.message for v in violations],
-                     [v.rule for v in violations])
+    return Candidate.measured(combo, report, check(report, parse_budget(resolved["budget"])))
 
 
 def _slow_check(overrides: list[str], combo: dict[str, Any]) -> Candidate:
     """Compose the candidate as the sweeper does (a config-group dimension needs it)."""
     from .config import ConfigError, compose
-    from .gate import BudgetRejected, gate
-    from .spec import SpecError
     from .study import override_value
 
     try:
         cfg = compose("config", [*overrides, *(f"{k}={override_value(v)}" for k, v in combo.items())])
     except ConfigError as e:
         return Candidate(combo, reasons=[str(e)], rules=["invalid"])
-    return _gated(combo, gate, cfg, BudgetRejected, SpecError)
+    return _gated(combo, cfg)
 
 
-def _gated(combo, gate, cfg, rejected_cls, spec_error_cls) -> Candidate:
+def _gated(combo, cfg) -> Candidate:
+    """The sweeper's budget gate on a composed config."""
     from .analysis import analyze
+    from .gate import BudgetRejected, gate
+    from .spec import SpecError
 
     try:
         _, report = gate(cfg)
-    except rejected_cls as e:
-        r = analyze(e.spec)
-        return Candidate(combo, r.params, r.macs, r.rf, [v.message for v in e.violations],
-                         [v.rule for v in e.violations])
-    except spec_error_cls as e:
+    except BudgetRejected as e:
+        return Candidate.measured(combo, analyze(e.spec), e.violations)
+    except SpecError as e:
         return Candidate(combo, reasons=[str(e)], rules=["invalid"])
-    return Candidate(combo, report.params, report.macs, report.rf)
+    return Candidate.measured(combo, report)
 
 
 def check_space(overrides: Sequence[str], samples: int = 1000, seed: int = 0) -> SpaceReport:
@@ -251,10 +252,9 @@ def check_space(overrides: Sequence[str], samples: int = 1000, seed: int = 0) ->
             if not k.startswith("+") and OmegaConf.select(cfg, k, default="\0missing") == "\0missing":
                 raise ConfigError(f"hydra.sweeper.params.{k}: no such key in the composed config "
                                   f"(model {cfg.model.get('name')!r}); '+{k}' adds a new one")
-        base = {"model": OmegaConf.to_container(cfg.model, resolve=False),
-                "budget": OmegaConf.to_container(cfg.budget, resolve=False)}
         full = OmegaConf.to_container(cfg, resolve=False)
         full.pop("hydra", None)
+        base = {"model": full["model"], "budget": full["budget"]}  # (copied per candidate before any change)
         cands = [_fast_check(base, c, full) for c in combos]
     return SpaceReport(str(name), dims, training, size, enumerated, cands)
 
