@@ -205,6 +205,13 @@ def test_sigterm_mid_trial_marks_it_interrupted_at_once(tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     run = mlflow.get_run(st.trials[victim].user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED"
+    parent = mlflow.get_run(st.user_attrs["mlflow_parent_run_id"])  # the study's run: not left RUNNING
+    assert parent.info.status == "KILLED" and parent.data.tags["summary"].startswith("stopped: 0 trained")
+
+    sweep(tmp_path, "hydra.sweeper.n_trials=1", "trainer.epochs=1", sweep_dir="multirun/s2")  # resumed
+    st = study(tmp_path)
+    assert st.user_attrs["mlflow_parent_run_id"] == parent.info.run_id  # the same run, reopened and closed
+    assert mlflow.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
 def test_two_workers_share_one_study(tmp_path):

@@ -206,13 +206,14 @@ class SweeperImpl:
             except UpdateFinishedTrialError:
                 pass  # another worker failed it first (and re-queued it)
 
-    def _close_run(self, run_id: str | None, why: str) -> None:
+    def _close_run(self, run_id: str | None, why: str, state: str | None = "INTERRUPTED") -> None:
         """An interrupted trial's MLflow run, if still RUNNING: closed as KILLED with the reason."""
         if not run_id or not self.tracker.enabled:
             return
         try:
             if self.tracker.client.get_run(run_id).info.status == "RUNNING":
-                self.tracker.client.set_tag(run_id, "state", "INTERRUPTED")
+                if state:
+                    self.tracker.client.set_tag(run_id, "state", state)
                 self.tracker.client.set_tag(run_id, "error", why[:4000])
                 self.tracker.client.set_terminated(run_id, "KILLED")
         except Exception as e:  # the tracking server is down: the run stays as it was, the sweep goes on
@@ -224,10 +225,13 @@ class SweeperImpl:
         rid = study.user_attrs.get("mlflow_parent_run_id")
         if rid:
             try:
-                self.tracker.client.get_run(rid)
-                return rid
+                run = self.tracker.client.get_run(rid)
             except Exception:
-                pass
+                run = None
+            if run is not None:
+                if run.info.status != "RUNNING":  # a stopped (or finished) sweep resumed: open again
+                    self.tracker.client.update_run(rid, status="RUNNING")
+                return rid
         self.tracker.start(name=f"study {study.study_name}",
                            tags={"archsearch.study": study.study_name, "archsearch.role": "parent"})
         mine = self.tracker.run_id
@@ -262,8 +266,29 @@ class SweeperImpl:
         log.info("study %s (%s): %d/%d trained trials so far, %d rejected; storage %s%s", self.study_name,
                  "/".join(d.name.lower() for d in study.directions), c["trained"], int(self.conf.n_trials),
                  c["REJECTED"], self.url, f"; {len(pool.free)} trials at a time" if pool else "")
-        stop_reason = self._loop(study, pool)
+        try:
+            stop_reason = self._loop(study, pool)
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM: the study's run is not left RUNNING
+            self._stopped(study, self.parent)
+            raise
         return self._finish(study, self.parent, self.sweep_dir, stop_reason)
+
+    def _stopped(self, study, parent: str | None) -> None:
+        """The sweep was stopped: its MLflow parent run closed as KILLED (a resumed sweep reopens it),
+        unless another worker still has a trial running in the study."""
+        from optuna.trial import TrialState
+
+        if not parent or not self.tracker.enabled:
+            return
+        try:
+            if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                return
+            c = self._counts(study)
+            self.tracker.client.set_tag(parent, "summary", f"stopped: {c['trained']} trained trials, "
+                                        f"{c['REJECTED']} rejected; resume with the same command")
+            self._close_run(parent, "the sweep was stopped", state=None)
+        except Exception as e:  # the storage or tracking server is down: nothing more to close
+            log.warning("could not close the study's MLflow run %s: %s", parent, e)
 
     def _open_study(self, arguments: list[str]):
         """The study (created or resumed), its search space, the MLflow parent run, the sweep folder."""
