@@ -11,7 +11,7 @@ from .budget import Violation, check, parse_budget
 from .config import spec_from_cfg
 from .spec import ModelSpec
 
-__all__ = ["BudgetRejected", "gate"]
+__all__ = ["BudgetRejected", "gate", "verdict"]
 
 
 class BudgetRejected(Exception):
@@ -22,14 +22,20 @@ class BudgetRejected(Exception):
         super().__init__(f"{spec.name} rejected by the budget: " + "; ".join(v.message for v in violations))
 
 
-def gate(cfg) -> tuple[ModelSpec, Report]:
-    """Parse, analyse and budget-check ``cfg.model``; raise SpecError / BudgetRejected."""
+def verdict(cfg) -> tuple[ModelSpec, Report, list[Violation]]:
+    """Parse, analyse and budget-check ``cfg.model`` -> (spec, report, the budget's violations,
+    empty when it passes); raise SpecError when the spec itself is invalid."""
     from omegaconf import OmegaConf
 
     spec = spec_from_cfg(cfg.model)
     budget = parse_budget(OmegaConf.to_container(cfg.budget, resolve=True))
     report = analyze(spec)
-    violations = check(report, budget)
+    return spec, report, check(report, budget)
+
+
+def gate(cfg) -> tuple[ModelSpec, Report]:
+    """Parse, analyse and budget-check ``cfg.model``; raise SpecError / BudgetRejected."""
+    spec, report, violations = verdict(cfg)
     if violations:
         raise BudgetRejected(spec, violations)
     return spec, report

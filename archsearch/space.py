@@ -198,17 +198,14 @@ def _slow_check(overrides: list[str], combo: dict[str, Any]) -> Candidate:
 
 def _gated(combo, cfg) -> Candidate:
     """The sweeper's budget gate on a composed config."""
-    from .analysis import analyze
-    from .gate import BudgetRejected, gate
+    from .gate import verdict
     from .spec import SpecError
 
     try:
-        _, report = gate(cfg)
-    except BudgetRejected as e:
-        return Candidate.measured(combo, analyze(e.spec), e.violations)
+        _, report, violations = verdict(cfg)
     except SpecError as e:
         return Candidate(combo, reasons=[str(e)], rules=["invalid"])
-    return Candidate.measured(combo, report)
+    return Candidate.measured(combo, report, violations)
 
 
 def check_space(overrides: Sequence[str], samples: int = 1000, seed: int = 0) -> SpaceReport:

@@ -424,7 +424,7 @@ class SweeperImpl:
     def _candidate(self, study):
         """Ask a trial, suggest its values, compose and gate its config -> (trial, values, overrides, cfg,
         report), or None when the budget rejected it (recorded, nothing launched)."""
-        from archsearch.gate import BudgetRejected, gate
+        from archsearch.gate import verdict
         from archsearch.spec import SpecError
         from archsearch.study import draw_index, make_sampler, worker_id
         from archsearch.trial import TrialRef
@@ -439,13 +439,9 @@ class SweeperImpl:
         report, reasons, cfg, amount = None, [], None, 0.0
         try:
             cfg = self._compose(overrides)
-            spec, report = gate(cfg)
-        except BudgetRejected as e:
-            from archsearch.analysis import analyze
-
-            report = analyze(e.spec)
-            reasons = [v.message for v in e.violations]
-            amount = sum(v.amount for v in e.violations)
+            _, report, violations = verdict(cfg)
+            reasons = [v.message for v in violations]
+            amount = sum(v.amount for v in violations)
         except SpecError as e:
             reasons, amount = [str(e)], 1.0
         except Exception as e:  # an override that cannot be composed
