@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import ConfigError
-from .precision import Precision, _Stepper, cache_key, read_entry, write_entry
+from .precision import OtherLoad, Precision, _Stepper, busy_note, cache_key, read_entry, write_entry
 
 __all__ = ["COMPILE_MODES", "CompileChoice", "choose_compile", "compile_setting", "probe_compile"]
 
@@ -86,10 +86,12 @@ class CompileChoice:
 
 
 def probe_compile(model, precision: Precision, batch_size: int, input_shape: tuple[int, int, int],
-                  num_classes: int, steps: int = 10) -> tuple[Any, dict[str, float], float]:
+                  num_classes: int, steps: int = 10, load: dict | None = None) -> tuple[Any, dict[str, float], float]:
     """Compile ``model`` and time its training step against the eager one -> (compiled module,
     {"eager": img/s, "compiled": img/s}, compile seconds). ``model`` (already on its device, in its
-    memory format) keeps its weights, buffers and the global RNG state; no gradients are left."""
+    memory format) keeps its weights, buffers and the global RNG state; no gradients are left.
+    ``load``, when given, receives ``others``: the share of the CPU other processes took while the
+    steps were timed (the compile's own worker processes excluded: they run before)."""
     import torch
 
     device = precision.device
@@ -100,7 +102,7 @@ def probe_compile(model, precision: Precision, batch_size: int, input_shape: tup
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             eager, comp, times, compile_s = _time_steps(model, compiled, precision, batch_size, input_shape,
-                                                        num_classes, steps)
+                                                        num_classes, steps, load)
     finally:  # also when compiling failed half-way: the run goes on with the weights it had
         with torch.no_grad():
             model.load_state_dict(saved)
@@ -111,7 +113,7 @@ def probe_compile(model, precision: Precision, batch_size: int, input_shape: tup
 
 
 def _time_steps(model, compiled, precision: Precision, batch_size: int, input_shape: tuple[int, int, int],
-                num_classes: int, steps: int):
+                num_classes: int, steps: int, load: dict | None = None):
     import torch
 
     device = precision.device
@@ -127,9 +129,12 @@ def _time_steps(model, compiled, precision: Precision, batch_size: int, input_sh
     eager.step()
     eager.step()
     times: dict[str, list[float]] = {"eager": [], "compiled": []}
+    watch = OtherLoad()
     for _ in range(steps):
         times["eager"].append(eager.step())
         times["compiled"].append(comp.step())
+    if load is not None:
+        load["others"] = watch.share()
     return eager, comp, times, compile_s
 
 
@@ -169,16 +174,22 @@ def choose_compile(setting, model, precision: Precision, spec_key: str, batch_si
         return choice, (torch.compile(model) if pays else model)
     if entry and entry.get("error"):
         return CompileChoice(False, "cache", f"compiling failed here before: {entry['error']}"), model
+    load: dict = {}
     try:
-        compiled, rates, secs = probe_fn(model, precision, batch_size, input_shape, num_classes)
+        compiled, rates, secs = probe_fn(model, precision, batch_size, input_shape, num_classes, load=load)
     except Exception as e:  # no C++ compiler, an op inductor cannot lower, ...: the run trains eager, and says so
         msg = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
         log.warning("trainer.compile=auto: compiling failed (%s); training eager", msg)
         write_entry(key, {"error": msg, "when": time.strftime("%Y-%m-%d %H:%M:%S")})
         return CompileChoice(False, "probe", f"compiling failed: {msg}"), model
-    write_entry(key, {"rates": rates, "compile_s": round(secs, 2), "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+    busy = busy_note(load.get("others"))
+    if busy:
+        log.warning("trainer.compile=auto: %s", busy)
+    else:
+        write_entry(key, {"rates": rates, "compile_s": round(secs, 2), "when": time.strftime("%Y-%m-%d %H:%M:%S")})
     pays = _pays(images, rates, 0.0)  # the probe has paid the compile: only the step rates matter now
-    return CompileChoice(pays, "probe", _why(rates, secs, images), rates, secs), (compiled if pays else model)
+    why = _why(rates, secs, images) + (f"; {busy}" if busy else "")
+    return CompileChoice(pays, "probe", why, rates, secs), (compiled if pays else model)
 
 
 def _why(rates: dict[str, float], compile_s: float, images: int) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 import platform
 import time
@@ -32,7 +33,9 @@ from typing import Any
 
 from .config import ConfigError
 
-__all__ = ["Precision", "cache_key", "cache_path", "choose_precision", "machine_id", "pick_amp", "pick_device", "probe",
+log = logging.getLogger("archsearch")
+
+__all__ = ["BUSY", "OtherLoad", "Precision", "busy_note", "cache_key", "cache_path", "choose_precision", "machine_id", "pick_amp", "pick_device", "probe",
            "read_entry", "write_entry"]
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -87,6 +90,7 @@ class Precision:
     channels_last: bool
     source: str = "set"
     rates: dict[str, float] = field(default_factory=dict)
+    note: str = ""  # e.g. why the probe's result was not cached
 
     @property
     def amp_name(self) -> str:
@@ -108,7 +112,7 @@ class Precision:
         if not self.rates:
             return f"{what} (set)"
         probe = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(self.rates.items(), key=lambda kv: -kv[1]))
-        return f"{what} ({self.source}: training-step img/s {probe})"
+        return f"{what} ({self.source}: training-step img/s {probe}{'; ' + self.note if self.note else ''})"
 
     def tags(self) -> dict[str, str]:
         return {"amp": self.amp_name, "channels_last": str(self.channels_last).lower(),
@@ -174,11 +178,66 @@ class _Stepper:
         return dt
 
 
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds the whole machine has been busy, CPU seconds of this process, all its threads);
+    None where ``/proc/stat`` cannot be read (not Linux)."""
+    try:
+        vals = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    busy = sum(vals[:8]) - vals[3] - (vals[4] if len(vals) > 4 else 0)  # all but idle and iowait (guest is in user)
+    t = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system
+
+
+class OtherLoad:
+    """How much of the CPU this process's threads would use other processes took, from
+    construction to :meth:`share`: a probe timed on a busy machine measures the contention, not
+    the model, so its choice is not cached (:data:`BUSY`). Cores beyond this process's threads are
+    free for others (a sweep's parallel trials on their own cores do not count)."""
+
+    def __init__(self, threads: int | None = None):
+        import torch
+
+        self.threads = threads or torch.get_num_threads()
+        self.t0, self.c0 = time.perf_counter(), _cpu_seconds()
+
+    def share(self) -> float | None:
+        """Other processes' CPU beyond the cores this process leaves free, as a share of the
+        cores its threads use (0-1); None where not measurable."""
+        c1, wall = _cpu_seconds(), time.perf_counter() - self.t0
+        if self.c0 is None or c1 is None or wall <= 0:
+            return None
+        cpus = os.cpu_count() or 1
+        mine = min(self.threads, cpus)
+        others = ((c1[0] - self.c0[0]) - (c1[1] - self.c0[1])) / wall  # cores' worth, on average
+        return min(1.0, max(0.0, others - (cpus - mine)) / mine)
+
+
+BUSY = 0.25  # other processes took more than this share of a run's cores while its probe timed: not cached
+
+
+def busy_note(share: float | None) -> str:
+    """'' for a quiet machine, else why a probe's result was not cached. ``$ARCHSEARCH_PROBE_BUSY``
+    sets the threshold (default :data:`BUSY`; 1 caches whatever the load, for a machine that is
+    always shared)."""
+    raw = os.environ.get("ARCHSEARCH_PROBE_BUSY")
+    try:
+        limit = float(raw) if raw else BUSY
+    except ValueError:
+        raise ConfigError(f"ARCHSEARCH_PROBE_BUSY: must be a number from 0 to 1, got {raw!r}") from None
+    if share is None or share <= limit:
+        return ""
+    return (f"the machine was busy while it timed (other processes took {share:.0%} of this run's cores): "
+            "not cached, the next run probes again")
+
+
 def probe(model, device, candidates: list[tuple[str, bool]], batch_size: int, input_shape: tuple[int, int, int],
-          num_classes: int, steps: int = 3) -> dict[str, float]:
+          num_classes: int, steps: int = 3, load: dict | None = None) -> dict[str, float]:
     """Training-step images/s of each candidate (median of ``steps`` timed steps after one
     warm-up, candidates interleaved so drift hits all alike); non-finite candidates get 0.
-    Leaves ``model`` and the global RNG untouched."""
+    Leaves ``model`` and the global RNG untouched. ``load``, when given, receives ``others``: the
+    share of the CPU other processes took while the steps were timed (:class:`OtherLoad`)."""
     import torch
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -188,9 +247,12 @@ def probe(model, device, candidates: list[tuple[str, bool]], batch_size: int, in
         times: dict[str, list[float]] = {k: [] for k in steppers}
         for s in steppers.values():
             s.step()  # warm-up: oneDNN / cuDNN pick their kernels here
+        watch = OtherLoad()
         for _ in range(steps):
             for k, s in steppers.items():
                 times[k].append(s.step())
+        if load is not None:
+            load["others"] = watch.share()
     return {k: (0.0 if not steppers[k].finite else batch_size / sorted(t)[len(t) // 2]) for k, t in times.items()}
 
 
@@ -291,9 +353,16 @@ def choose_precision(tcfg, device, model, spec_key: str, batch_size: int, input_
     entry = read_entry(key)
     source = "cache"
     if not entry or not isinstance(entry.get("rates"), dict):
-        rates = probe_fn(model, device, cands, batch_size, input_shape, num_classes)
+        load: dict = {}
+        rates = probe_fn(model, device, cands, batch_size, input_shape, num_classes, load=load)
         entry, source = {"rates": rates, "when": time.strftime("%Y-%m-%d %H:%M:%S")}, "probe"
-        write_entry(key, entry)
+        busy = busy_note(load.get("others"))
+        if busy:
+            log.warning("trainer.amp/channels_last=auto: %s", busy)
+        else:
+            write_entry(key, entry)
+    else:
+        busy = ""
     rates = {str(k): float(v) for k, v in entry["rates"].items()}
     a, cl = _fastest(cands, rates)
-    return Precision(device, _dtype(a), cl, source, rates)
+    return Precision(device, _dtype(a), cl, source, rates, busy)

@@ -44,7 +44,7 @@ def test_auto_times_every_candidate_and_takes_the_fastest_finite_one(tmp_path, m
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(rng, torch.get_rng_state())
     p = _choose({"amp": "auto", "channels_last": "auto"})
-    assert p.source == "probe" and set(p.rates) == set(rates)
+    assert p.source == "probe" and set(p.rates) == set(rates)  # (cached unless other tests kept the CPU busy)
     chosen = f"{'fp32' if p.amp is None else 'bf16'} {'channels_last' if p.channels_last else 'NCHW'}"
     assert p.rates[chosen] >= p.rates["fp32 NCHW"]  # never slower than fp32 NCHW
 
@@ -87,6 +87,75 @@ def test_a_damaged_cache_is_probed_again(tmp_path, monkeypatch):
     calls = []
     p = _choose({"amp": "auto", "channels_last": "auto"}, {"fp32 NCHW": 1.0}, calls)
     assert p.source == "probe" and json.loads((tmp_path / "precision.json").read_text())
+
+
+def test_a_probe_timed_on_a_busy_machine_is_used_but_not_cached(tmp_path, monkeypatch):
+    """Rates timed while other processes took the run's cores measure the contention: the run uses
+    them and says so, the next run probes again; $ARCHSEARCH_PROBE_BUSY=1 caches whatever the load."""
+    import torch
+
+    from archsearch.compilation import choose_compile
+    from archsearch.precision import Precision, choose_precision
+
+    monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path))
+    calls = []
+    rates = {"fp32 NCHW": 100.0, "fp32 channels_last": 90.0, "bf16 NCHW": 300.0, "bf16 channels_last": 200.0}
+
+    def busy_probe(model, device, cands, *a, load=None, **k):
+        calls.append(cands)
+        load["others"] = 0.9
+        return rates
+
+    def choose():
+        return choose_precision(OmegaConf.create({"amp": "auto", "channels_last": "auto"}), torch.device("cpu"),
+                                _tiny_model(), "k", 16, (3, 32, 32), 10, probe_fn=busy_probe)
+
+    first, again = choose(), choose()
+    assert len(calls) == 2 and first.source == again.source == "probe" and first.amp == torch.bfloat16
+    assert "busy while it timed (other processes took 90% of this run's cores): not cached" in first.describe()
+    assert not (tmp_path / "precision.json").exists()
+
+    def busy_compile(model, precision, *a, load=None, **k):
+        calls.append(precision.label)
+        load["others"] = 0.9
+        return "compiled-module", {"eager": 100.0, "compiled": 150.0}, 20.0
+
+    p = Precision(torch.device("cpu"), None, True, "probe", {"fp32 channels_last": 100.0})
+    for _ in range(2):
+        choice, fn = choose_compile("auto", _tiny_model(), p, "k", 16, (3, 32, 32), 10, 900_000, probe_fn=busy_compile)
+        assert choice.compiled and choice.source == "probe" and "not cached" in choice.describe()
+    assert len(calls) == 4 and not (tmp_path / "precision.json").exists()
+
+    monkeypatch.setenv("ARCHSEARCH_PROBE_BUSY", "1")
+    choose()
+    assert len(calls) == 5 and choose().source == "cache"
+    monkeypatch.setenv("ARCHSEARCH_PROBE_BUSY", "lots")
+    with pytest.raises(ConfigError, match="ARCHSEARCH_PROBE_BUSY: must be a number from 0 to 1, got 'lots'"):
+        choose_precision(OmegaConf.create({"amp": "auto", "channels_last": "auto"}), torch.device("cpu"),
+                         _tiny_model(), "other", 16, (3, 32, 32), 10, probe_fn=busy_probe)
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/proc/stat").exists(), reason="reads /proc/stat (Linux)")
+def test_other_load_sees_processes_that_take_the_cores():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from archsearch.precision import OtherLoad
+
+    n = os.cpu_count() or 1
+    spin = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(0.5)  # the spinners are up
+        watch = OtherLoad(threads=n)
+        time.sleep(1.0)
+        share = watch.share()
+    finally:
+        for p in spin:
+            p.kill()
+            p.wait()
+    assert share is not None and share > 0.5  # n spinners on n cores: close to all of them
 
 
 @pytest.mark.parametrize("key,value,message", [

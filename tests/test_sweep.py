@@ -61,9 +61,10 @@ def a_running_trial(cwd, proc, timeout, poll=0.5):
     return None
 
 
-def test_smoke_sweep_rejects_fails_prunes_and_logs_parent_child(tmp_path):
+def test_smoke_sweep_rejects_fails_prunes_and_logs_parent_child(tmp_path, monkeypatch):
     import mlflow
 
+    monkeypatch.setenv("ARCHSEARCH_PROBE_BUSY", "1")  # cache the probe even beside other tests' processes
     st = study(tmp_path)
     space = {"model.wide": 32, "model.dropout": 0.0}
     st.enqueue_trial({**space, "optim.lr": 0.05})                    # 0: trains, completes
