@@ -19,6 +19,13 @@ values, and adds how well the two studies' proxies agree with each other (over t
 candidates, and over every candidate both trained: with the same proxy at another ``seed``,
 how repeatable the proxy is):
 ``python -m archsearch.report sweep=proxy_rank hydra.sweeper.study_name=proxy_rank_small full_from=proxy_rank``.
+``proxies=STUDY[,STUDY...]`` answers which proxy to use: the retrained study's own proxy, each
+named study's (the same candidates swept under other proxies) and the two no-training proxies,
+cheapest first (training images x epochs a trial, median wall time), each with its Kendall tau-b
+and Spearman rho against the full recipe's validation accuracy, and the cheapest whose tau-b
+reaches ``min_tau`` (default 0.6); also ``proxy_choice.csv`` and ``summary.json``'s
+``proxy_choice``:
+``python -m archsearch.report sweep=proxy_rank proxies=proxy_rank_small``.
 The study is found as the sweeper finds it (``hydra.sweeper.study_name`` /
 ``hydra.sweeper.storage`` overrides work the same way).
 """
@@ -36,7 +43,7 @@ from pathlib import Path
 from .study import TRAINED
 
 __all__ = ["base_dir", "leaderboard", "load_named", "main", "open_study", "pareto_front", "print_table",
-           "proxies_agreement", "proxy_cost", "proxy_val_acc", "proxy_vs_full", "rank_agreement", "rank_lines", "retrained",
+           "proxies_agreement", "proxy_choice", "proxy_cost", "proxy_val_acc", "proxy_vs_full", "rank_agreement", "rank_lines", "retrained",
            "summary_line", "write_outputs"]
 
 COLUMNS = ["trial", "state", "val_acc", "test_acc", "params", "rf", "macs", "epochs", "duration_s", "sampled",
@@ -182,8 +189,9 @@ def load_named(cfg, name: str, field_name: str = "sweep"):
     from .study import open_storage, storage_url
 
     url = storage_url(cfg.hydra.sweeper.get("storage"), name, base_dir())
-    hint = f"run it first: python -m archsearch.train -m sweep={name}" if field_name == "sweep" else \
-        "name the study whose trials python -m archsearch.retrain trained"
+    hint = {"sweep": f"run it first: python -m archsearch.train -m sweep={name}",
+            "proxies": "name studies swept over the same candidates (the same sampler seed) under other proxies",
+            }.get(field_name, "name the study whose trials python -m archsearch.retrain trained")
     missing = ConfigError(f"{field_name}: no study {name!r} in {url}; {hint}")
     if url.startswith("journal:") and not Path(url[len("journal:"):]).is_file():
         raise missing  # (opening it would leave an empty journal file behind)
@@ -379,8 +387,66 @@ def cost_line(study_name: str, cost: dict) -> str:
     return line
 
 
+MIN_TAU = 0.6  # the rank agreement a proxy must reach to be worth its cost
+
+
+def proxy_choice(ref, studies: Sequence, min_tau: float = MIN_TAU):
+    """Which proxy to use: one row per proxy that could rank the candidates ``ref`` retrained
+    (the no-training ones, the parameter count and the MACs; the proxy of ``ref`` itself and of
+    each of ``studies``, the same candidates swept under other proxies), with what a trial costs
+    (training images x epochs, median wall time) and its Kendall tau-b / Spearman rho against the
+    full recipe's validation accuracy; cheapest first. -> (table, the cheapest row's proxy with
+    tau-b >= ``min_tau``, or None)."""
+    import pandas as pd
+
+    rows = []
+    mine = rank_agreement(proxy_vs_full(ref))
+    for col, label in FREE:
+        r = mine.get("free", {}).get(col) or {}
+        rows.append({"proxy": f"{label} (no training)", "images": 0, "median_s": 0.0,
+                     "kendall_tau_b": r.get("kendall_tau_b"), "spearman_rho": r.get("spearman_rho"), "n": r.get("n", 0)})
+    seen = set()
+    for st in [ref, *studies]:
+        if st.study_name in seen:
+            continue
+        seen.add(st.study_name)
+        agreement = rank_agreement(proxy_vs_full(st, full_study=None if st is ref else ref))
+        r = agreement.get("proxy_val_acc_vs_full_val_acc") or {}
+        cost = proxy_cost(st)
+        imgs, epochs = cost.get("train_images"), cost.get("epochs")
+        rows.append({"proxy": st.study_name,
+                     "images": int(imgs) * int(epochs) if imgs and epochs else None,
+                     "median_s": cost.get("median_s"),
+                     "kendall_tau_b": r.get("kendall_tau_b"), "spearman_rho": r.get("spearman_rho"),
+                     "n": r.get("n", agreement.get("n_trials", 0))})
+    df = pd.DataFrame(rows, columns=["proxy", "images", "median_s", "kendall_tau_b", "spearman_rho", "n"])
+    df["images"] = df["images"].astype("Int64")
+    order = df.assign(_i=df["images"].astype("Float64").fillna(float("inf")),
+                      _s=df["median_s"].astype("Float64").fillna(float("inf")))
+    df = df.loc[order.sort_values(["_i", "_s"], kind="stable").index].reset_index(drop=True)
+    ok = df[df.kendall_tau_b.notna() & (df.kendall_tau_b.astype(float) >= min_tau) & (df.n >= MIN_RANKED)]
+    return df, (ok.iloc[0]["proxy"] if len(ok) else None)
+
+
+def choice_lines(df, pick: str | None, min_tau: float) -> list[str]:
+    import pandas as pd
+
+    n = int(df.n.max()) if len(df) else 0
+    lines = ["\nwhich proxy: rank agreement with full-recipe val_acc over the retrained trials, cheapest first "
+             "(images: training images x epochs a trial):"]
+    for r in df.itertuples():
+        imgs = "unknown" if pd.isna(r.images) else f"{int(r.images):,}"
+        free = not pd.isna(r.images) and int(r.images) == 0
+        wall = "" if pd.isna(r.median_s) or free else f", median {r.median_s:.0f} s a trial"
+        lines.append(f"  {r.proxy}: {imgs} images{wall}; Kendall tau-b {_fmt(r.kendall_tau_b)}, "
+                     f"Spearman rho {_fmt(r.spearman_rho)} (n={int(r.n)})")
+    lines.append(f"  cheapest with tau-b >= {min_tau:g}: {pick} (n={n})" if pick else
+                 f"  none reaches tau-b >= {min_tau:g} over these {n} retrained trials")
+    return lines
+
+
 def _fmt(v) -> str:
-    return "n/a" if v is None else f"{v:+.3f}"
+    return "n/a" if v is None or v != v else f"{float(v):+.3f}"
 
 
 def print_table(df, drop: Sequence[str] = ()) -> None:
@@ -420,6 +486,20 @@ def _report_retrained(study, out: Path, summary: dict, full_study=None) -> list[
     return [csv]
 
 
+def _min_tau(value: str | None) -> float:
+    from .config import ConfigError
+
+    if value is None:
+        return MIN_TAU
+    try:
+        v = float(value)
+    except ValueError:
+        v = float("nan")
+    if not -1.0 <= v <= 1.0:
+        raise ConfigError(f"min_tau: must be a number from -1 to 1; got {value!r}")
+    return v
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from omegaconf import OmegaConf
 
@@ -431,14 +511,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__.strip())
         return 0
-    mine, rest = split_args(argv, ("full_from",))
+    mine, rest = split_args(argv, ("full_from", "proxies", "min_tau"))
     try:
+        min_tau = _min_tau(mine.get("min_tau"))
         cfg, study, url = open_study(rest)
         full_study = None
         if "full_from" in mine:
             if not mine["full_from"]:
                 raise ConfigError("full_from: name the study whose trials were retrained, e.g. full_from=proxy_rank")
             full_study = load_named(cfg, mine["full_from"], "full_from")[0]
+        others = None
+        if "proxies" in mine:
+            names = [n.strip() for n in mine["proxies"].split(",") if n.strip()]
+            if not names:
+                raise ConfigError("proxies: name the studies swept under other proxies, e.g. proxies=proxy_rank_small")
+            others = [load_named(cfg, n, "proxies")[0] for n in names]
+            ref = full_study or study
+            if not retrained(ref):
+                raise ConfigError(f"proxies: study {ref.study_name!r} has no retrained trials to rank the proxies "
+                                  "against; run python -m archsearch.retrain first (or name that study with full_from=)")
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -453,6 +544,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(line)
     summary: dict = {"study": name, "storage": url, "summary": line, "rank": None}
     files += _report_retrained(study, out, summary, full_study)
+    if others is not None:
+        table, pick = proxy_choice(full_study or study, [study, *others], min_tau)
+        for line in choice_lines(table, pick, min_tau):
+            print(line)
+        summary["proxy_choice"] = {"min_tau": min_tau, "pick": pick,
+                                   "proxies": json.loads(table.to_json(orient="records"))}
+        table.to_csv(out / "proxy_choice.csv", index=False)
+        files.append(out / "proxy_choice.csv")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     files.append(out / "summary.json")
     print("wrote " + ", ".join(str(f) for f in files))

@@ -443,6 +443,44 @@ def test_top_takes_the_best_trial_of_each_architecture():
     assert [x.number for x in distinct_architectures(ranked)] == [29, 7, 9]  # lr variants of 48 dropped
 
 
+def test_report_picks_the_cheapest_proxy_that_ranks_like_the_full_recipe(tmp_path, monkeypatch, capsys):
+    """proxies=: the same candidates swept under other proxies, each ranked against the retrained
+    study's full-recipe records beside the no-training proxies, cheapest first, and the pick."""
+    monkeypatch.chdir(tmp_path)
+    full, small, wrong = (journal_study(tmp_path, n) for n in ("smoke", "smoke_small", "smoke_wrong"))
+    lrs = (0.01, 0.02, 0.03, 0.04)
+    for i, lr in enumerate(lrs):  # the full recipe: later is better; the parameter count says the opposite
+        params = {"model.wide": 32, "optim.lr": lr}
+        add_trial(full, params, value=0.5 - 0.1 * i, **{"model.params": 1000 - i})  # this study's proxy: reversed
+        full.set_user_attr(f"retrain.t{i}.s0", {"val_acc": 0.7 + 0.01 * i, "test_acc_single_view": 0.7,
+                                                "params": 1000 - i, "rf": 61})
+        add_trial(small, params, value=0.6 + 0.05 * i)  # agrees with the full recipe
+        add_trial(wrong, params, value=0.6 - 0.05 * i)  # does not
+    small.set_user_attr("archsearch.base_overrides", ["sweep=smoke", "proxy=small", "trainer.epochs=8"])
+    wrong.set_user_attr("archsearch.base_overrides", ["sweep=smoke", "proxy=tiny", "trainer.epochs=5"])
+    code, out, err = run_main("report", capsys, "sweep=smoke", "proxies=smoke_small,smoke_wrong", "tracking=none")
+    assert code == 0, err
+    block = out[out.index("which proxy:"):].splitlines()
+    assert block[1] == "  params (no training): 0 images; Kendall tau-b -1.000, Spearman rho -1.000 (n=4)"
+    assert block[3].startswith("  smoke_wrong: 25,000 images") and block[3].endswith("tau-b -1.000, Spearman rho "
+                                                                                     "-1.000 (n=4)")
+    assert block[4].startswith("  smoke_small: 80,000 images") and "tau-b +1.000" in block[4]
+    assert block[5].startswith("  smoke: unknown images")  # a study built by hand: its command is not recorded
+    assert block[6] == "  cheapest with tau-b >= 0.6: smoke_small (n=4)"
+    summary = json.loads((tmp_path / "outputs" / "reports" / "smoke" / "summary.json").read_text())
+    assert summary["proxy_choice"]["pick"] == "smoke_small" and len(summary["proxy_choice"]["proxies"]) == 5
+    code, out, err = run_main("report", capsys, "sweep=smoke", "proxies=smoke_wrong", "min_tau=1", "tracking=none")
+    assert code == 0 and "none reaches tau-b >= 1 over these 4 retrained trials" in out
+    # mistakes: one line, exit 2
+    for args, message in ((["proxies=nope"], "error: proxies: no study 'nope' in journal:"),
+                          (["proxies="], "error: proxies: name the studies swept under other proxies"),
+                          (["proxies=smoke_small", "min_tau=2"], "error: min_tau: must be a number from -1 to 1; got '2'"),
+                          (["hydra.sweeper.study_name=smoke_small", "proxies=smoke_wrong"],
+                           "error: proxies: study 'smoke_small' has no retrained trials")):
+        code, out, err = run_main("report", capsys, "sweep=smoke", *args, "tracking=none")
+        assert code == 2 and err.startswith(message) and err.count("\n") == 1, err
+
+
 def test_proxy_cost_recomposes_a_sweep_over_a_users_model_directory(tmp_path):
     """The cost line reads the sweep's data and epochs from its recorded command, which can name a
     model that only exists in the user's own config directory (hydra.searchpath)."""
