@@ -35,8 +35,8 @@ from .config import ConfigError
 
 log = logging.getLogger("archsearch")
 
-__all__ = ["BUSY", "OtherLoad", "Precision", "busy_note", "cache_key", "cache_path", "choose_precision", "machine_id", "pick_amp", "pick_device", "probe",
-           "read_entry", "write_entry"]
+__all__ = ["BUSY", "OtherLoad", "Precision", "busy_note", "cache_key", "cache_path", "choose_precision", "machine_id",
+           "pick_amp", "pick_device", "probe", "read_entry", "write_entry"]
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 LAYOUTS = ("auto", "true", "false")
@@ -225,7 +225,9 @@ def busy_note(share: float | None) -> str:
     try:
         limit = float(raw) if raw else BUSY
     except ValueError:
-        raise ConfigError(f"ARCHSEARCH_PROBE_BUSY: must be a number from 0 to 1, got {raw!r}") from None
+        limit = float("nan")
+    if not 0.0 <= limit <= 1.0:
+        raise ConfigError(f"ARCHSEARCH_PROBE_BUSY: must be a number from 0 to 1, got {raw!r}")
     if share is None or share <= limit:
         return ""
     return (f"the machine was busy while it timed (other processes took {share:.0%} of this run's cores): "

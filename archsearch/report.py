@@ -43,8 +43,8 @@ from pathlib import Path
 from .study import TRAINED
 
 __all__ = ["base_dir", "leaderboard", "load_named", "main", "open_study", "pareto_front", "print_table",
-           "proxies_agreement", "proxy_choice", "proxy_cost", "proxy_val_acc", "proxy_vs_full", "rank_agreement", "rank_lines", "retrained",
-           "summary_line", "write_outputs"]
+           "proxies_agreement", "proxy_choice", "proxy_cost", "proxy_val_acc", "proxy_vs_full", "rank_agreement",
+           "rank_lines", "retrained", "summary_line", "write_outputs"]
 
 COLUMNS = ["trial", "state", "val_acc", "test_acc", "params", "rf", "macs", "epochs", "duration_s", "sampled",
            "note", "run_id"]
@@ -514,6 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mine, rest = split_args(argv, ("full_from", "proxies", "min_tau"))
     try:
         min_tau = _min_tau(mine.get("min_tau"))
+        if "min_tau" in mine and "proxies" not in mine:
+            raise ConfigError("min_tau: only with proxies= (the studies whose proxies to choose from)")
         cfg, study, url = open_study(rest)
         full_study = None
         if "full_from" in mine:

@@ -475,6 +475,7 @@ def test_report_picks_the_cheapest_proxy_that_ranks_like_the_full_recipe(tmp_pat
     for args, message in ((["proxies=nope"], "error: proxies: no study 'nope' in journal:"),
                           (["proxies="], "error: proxies: name the studies swept under other proxies"),
                           (["proxies=smoke_small", "min_tau=2"], "error: min_tau: must be a number from -1 to 1; got '2'"),
+                          (["min_tau=0.5"], "error: min_tau: only with proxies="),
                           (["hydra.sweeper.study_name=smoke_small", "proxies=smoke_wrong"],
                            "error: proxies: study 'smoke_small' has no retrained trials")):
         code, out, err = run_main("report", capsys, "sweep=smoke", *args, "tracking=none")
