@@ -231,6 +231,8 @@ class SweeperImpl:
             if run is not None:
                 if run.info.status != "RUNNING":  # a stopped (or finished) sweep resumed: open again
                     self.tracker.client.update_run(rid, status="RUNNING")
+                    if "error" in run.data.tags:  # (why it was stopped: no longer so)
+                        self.tracker.client.delete_tag(rid, "error")
                 return rid
         self.tracker.start(name=f"study {study.study_name}",
                            tags={"archsearch.study": study.study_name, "archsearch.role": "parent"})
