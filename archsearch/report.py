@@ -400,17 +400,18 @@ def proxy_choice(ref, studies: Sequence, min_tau: float = MIN_TAU):
     import pandas as pd
 
     rows = []
-    mine = rank_agreement(proxy_vs_full(ref))
-    for col, label in FREE:
-        r = mine.get("free", {}).get(col) or {}
-        rows.append({"proxy": f"{label} (no training)", "images": 0, "median_s": 0.0,
-                     "kendall_tau_b": r.get("kendall_tau_b"), "spearman_rho": r.get("spearman_rho"), "n": r.get("n", 0)})
     seen = set()
     for st in [ref, *studies]:
         if st.study_name in seen:
             continue
         seen.add(st.study_name)
         agreement = rank_agreement(proxy_vs_full(st, full_study=None if st is ref else ref))
+        if st is ref:  # the no-training proxies, over the same retrained trials
+            for col, label in FREE:
+                r = agreement.get("free", {}).get(col) or {}
+                rows.append({"proxy": f"{label} (no training)", "images": 0, "median_s": 0.0,
+                             "kendall_tau_b": r.get("kendall_tau_b"), "spearman_rho": r.get("spearman_rho"),
+                             "n": r.get("n", 0)})
         r = agreement.get("proxy_val_acc_vs_full_val_acc") or {}
         cost = proxy_cost(st)
         imgs, epochs = cost.get("train_images"), cost.get("epochs")
