@@ -278,14 +278,12 @@ class SweeperImpl:
     def _stopped(self, study, parent: str | None) -> None:
         """The sweep was stopped: its MLflow parent run closed as KILLED (a resumed sweep reopens it),
         unless another worker still has a trial running in the study."""
-        from optuna.trial import TrialState
-
         if not parent or not self.tracker.enabled:
             return
         try:
-            if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                return
             c = self._counts(study)
+            if c["RUNNING"]:
+                return
             self.tracker.client.set_tag(parent, "summary", f"stopped: {c['trained']} trained trials, "
                                         f"{c['REJECTED']} rejected; resume with the same command")
             self._close_run(parent, "the sweep was stopped", state=None)
