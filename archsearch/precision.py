@@ -353,7 +353,7 @@ def choose_precision(tcfg, device, model, spec_key: str, batch_size: int, input_
         return Precision(device, _dtype(a), cl)
     key = cache_key(device, spec_key, batch_size, ",".join(_label(a, cl) for a, cl in cands))
     entry = read_entry(key)
-    source = "cache"
+    source, busy = "cache", ""
     if not entry or not isinstance(entry.get("rates"), dict):
         load: dict = {}
         rates = probe_fn(model, device, cands, batch_size, input_shape, num_classes, load=load)
@@ -363,8 +363,6 @@ def choose_precision(tcfg, device, model, spec_key: str, batch_size: int, input_
             log.warning("trainer.amp/channels_last=auto: %s", busy)
         else:
             write_entry(key, entry)
-    else:
-        busy = ""
     rates = {str(k): float(v) for k, v in entry["rates"].items()}
     a, cl = _fastest(cands, rates)
     return Precision(device, _dtype(a), cl, source, rates, busy)
