@@ -111,7 +111,8 @@ class Precision:
         what = f"amp {self.amp_name}, {layout}"
         if not self.rates:
             return f"{what} (set)"
-        probe = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(self.rates.items(), key=lambda kv: -kv[1]))
+        probe = ", ".join(f"{k} {v:,.0f}" if v else f"{k} not finite (loss or gradients)"
+                          for k, v in sorted(self.rates.items(), key=lambda kv: -kv[1]))
         return f"{what} ({self.source}: training-step img/s {probe}{'; ' + self.note if self.note else ''})"
 
     def tags(self) -> dict[str, str]:

@@ -305,7 +305,8 @@ def retrain_one(study, plan: _Plan, tracker, parent: str | None, base: Path) -> 
     res = train(plan.cfg, out, parent_run_id=parent, tracker=cap, run_tags=tags, data=_data(plan.cfg, base))
     rec = {"val_acc": res.val_acc, "test_acc": res.test_acc,
            "test_acc_single_view": cap.metrics.get("test_acc_no_tta", res.test_acc), "epochs": res.epochs,
-           "run_id": res.run_id, "params": res.params, "rf": res.rf, "overrides": plan.overrides}
+           "run_id": res.run_id, "params": res.params, "rf": res.rf, "overrides": plan.overrides,
+           "seconds": round(res.seconds, 1), "precision": res.precision}  # what a full retrain cost, in what
     study.set_user_attr(plan.key, rec)
     return rec
 

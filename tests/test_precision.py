@@ -60,6 +60,7 @@ def test_auto_never_picks_slower_than_fp32_nchw_nor_a_non_finite_candidate(tmp_p
     p = _choose({"amp": "auto", "channels_last": "auto"}, rates, calls, spec_key="other")
     assert p.amp is None and p.channels_last is True
     assert "fp32 channels_last 140" in p.describe() and p.tags()["precision.source"] == "probe"
+    assert "bf16 channels_last not finite (loss or gradients)" in p.describe()  # says why it lost, not "0 img/s"
 
 
 def test_the_choice_is_cached_per_spec_and_set_values_skip_the_probe(tmp_path, monkeypatch):

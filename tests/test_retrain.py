@@ -109,6 +109,7 @@ def test_retrain_top_trials_full_recipe_mlflow_and_study_records(swept, monkeypa
         assert rec["test_acc_single_view"] == pytest.approx(r["metrics.test_acc_no_tta"])  # TTA on: single view apart
         assert rec["test_acc"] == pytest.approx(r["metrics.test_acc"])
         assert rec["params"] == st.trials[n].user_attrs["model.params"] and rec["rf"] == 61
+        assert 0 < rec["seconds"] < 600 and rec["precision"].startswith("amp ")  # what the full retrain cost, in what
         ovs = rec["overrides"]
         assert ovs[0] == "sweep=smoke" and ovs[-1] == "seed=0" and "proxy=none" in ovs
         assert "model.narrow=8" in ovs and "data.n_train=384" not in ovs  # the architecture, not the proxy's data
