@@ -41,7 +41,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import ConfigError
-from .precision import OtherLoad, Precision, _Stepper, busy_note, cache_key, read_entry, write_entry
+from .precision import (
+    OtherLoad,
+    Precision,
+    _Stepper,
+    busy_limit,
+    busy_note,
+    cache_key,
+    read_entry,
+    write_entry,
+)
 
 __all__ = ["COMPILE_MODES", "CompileChoice", "choose_compile", "compile_setting", "probe_compile"]
 
@@ -175,6 +184,7 @@ def choose_compile(setting, model, precision: Precision, spec_key: str, batch_si
     if entry and entry.get("error"):
         return CompileChoice(False, "cache", f"compiling failed here before: {entry['error']}"), model
     load: dict = {}
+    limit = busy_limit()
     try:
         compiled, rates, secs = probe_fn(model, precision, batch_size, input_shape, num_classes, load=load)
     except Exception as e:  # no C++ compiler, an op inductor cannot lower, ...: the run trains eager, and says so
@@ -182,7 +192,7 @@ def choose_compile(setting, model, precision: Precision, spec_key: str, batch_si
         log.warning("trainer.compile=auto: compiling failed (%s); training eager", msg)
         write_entry(key, {"error": msg, "when": time.strftime("%Y-%m-%d %H:%M:%S")})
         return CompileChoice(False, "probe", f"compiling failed: {msg}"), model
-    busy = busy_note(load.get("others"))
+    busy = busy_note(load.get("others"), limit)
     if busy:
         log.warning("trainer.compile=auto: %s", busy)
     else:

@@ -218,10 +218,10 @@ class OtherLoad:
 BUSY = 0.25  # other processes took more than this share of a run's cores while its probe timed: not cached
 
 
-def busy_note(share: float | None) -> str:
-    """'' for a quiet machine, else why a probe's result was not cached. ``$ARCHSEARCH_PROBE_BUSY``
-    sets the threshold (default :data:`BUSY`; 1 caches whatever the load, for a machine that is
-    always shared)."""
+def busy_limit() -> float:
+    """The share above which a probe's result is not cached: ``$ARCHSEARCH_PROBE_BUSY`` (0-1; 1
+    caches whatever the load, for a machine that is always shared), default :data:`BUSY`. Read
+    before a probe runs, so a bad value costs no probe."""
     raw = os.environ.get("ARCHSEARCH_PROBE_BUSY")
     try:
         limit = float(raw) if raw else BUSY
@@ -229,6 +229,12 @@ def busy_note(share: float | None) -> str:
         limit = float("nan")
     if not 0.0 <= limit <= 1.0:
         raise ConfigError(f"ARCHSEARCH_PROBE_BUSY: must be a number from 0 to 1, got {raw!r}")
+    return limit
+
+
+def busy_note(share: float | None, limit: float) -> str:
+    """'' for a quiet machine (other processes took at most ``limit`` of the run's cores), else
+    why a probe's result was not cached."""
     if share is None or share <= limit:
         return ""
     return (f"the machine was busy while it timed (other processes took {share:.0%} of this run's cores): "
@@ -357,9 +363,10 @@ def choose_precision(tcfg, device, model, spec_key: str, batch_size: int, input_
     source, busy = "cache", ""
     if not entry or not isinstance(entry.get("rates"), dict):
         load: dict = {}
+        limit = busy_limit()
         rates = probe_fn(model, device, cands, batch_size, input_shape, num_classes, load=load)
         entry, source = {"rates": rates, "when": time.strftime("%Y-%m-%d %H:%M:%S")}, "probe"
-        busy = busy_note(load.get("others"))
+        busy = busy_note(load.get("others"), limit)
         if busy:
             log.warning("trainer.amp/channels_last=auto: %s", busy)
         else:

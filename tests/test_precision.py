@@ -134,6 +134,9 @@ def test_a_probe_timed_on_a_busy_machine_is_used_but_not_cached(tmp_path, monkey
     with pytest.raises(ConfigError, match="ARCHSEARCH_PROBE_BUSY: must be a number from 0 to 1, got 'lots'"):
         choose_precision(OmegaConf.create({"amp": "auto", "channels_last": "auto"}), torch.device("cpu"),
                          _tiny_model(), "other", 16, (3, 32, 32), 10, probe_fn=busy_probe)
+    with pytest.raises(ConfigError, match="ARCHSEARCH_PROBE_BUSY"):
+        choose_compile("auto", _tiny_model(), p, "other", 16, (3, 32, 32), 10, 900_000, probe_fn=busy_compile)
+    assert len(calls) == 5  # refused before either probe ran: a bad value costs no probe
 
 
 @pytest.mark.skipif(not __import__("pathlib").Path("/proc/stat").exists(), reason="reads /proc/stat (Linux)")
