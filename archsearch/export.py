@@ -118,6 +118,13 @@ def _short(text: str) -> str:
     return text.replace(str(base_dir()).rstrip("/") + "/", "")
 
 
+def _proxy_text(trial) -> str:
+    from .report import proxy_val_acc
+
+    scored = trial.user_attrs.get("scored")
+    return f"scored without training by {scored}" if scored else f"proxy val_acc {_fmt_acc(proxy_val_acc(trial))}"
+
+
 def _header(study, url: str, trial, base_file: Path, model_ovs: list[str], report) -> str:
     from .report import proxy_val_acc, retrained
 
@@ -128,7 +135,8 @@ def _header(study, url: str, trial, base_file: Path, model_ovs: list[str], repor
              f"#   storage: {_short(url)}", f"#   based on: {_short(str(base_file))}"]
     lines += block("model settings applied:", model_ovs or ["(none)"])
     lines.append(f"# {report.params:,} params, RF {report.rf}, {report.macs:,} MACs (archsearch's analysis of this file)")
-    lines.append(f"# proxy (the sweep's training): val_acc {_fmt_acc(proxy_val_acc(trial))}")
+    lines.append(f"# proxy: {_proxy_text(trial)}" if trial.user_attrs.get("scored")
+                 else f"# proxy (the sweep's training): val_acc {_fmt_acc(proxy_val_acc(trial))}")
     recs = retrained(study).get(trial.number, {})
     for seed, rec in sorted(recs.items()):
         lines.append(f"# full recipe (archsearch.retrain), seed {seed}: val_acc {_fmt_acc(rec.get('val_acc'))}, test_acc single view "
@@ -217,7 +225,7 @@ def _validate(path: Path, name: str, overrides: Sequence[str]) -> tuple[int, str
 def _export(argv: Sequence[str]) -> tuple[int, str]:
     from omegaconf import OmegaConf
 
-    from .report import open_study, proxy_val_acc, retrained
+    from .report import open_study, retrained
 
     which, name, out, overwrite, rest = _args(argv)
     _, study, url = open_study(rest)
@@ -246,7 +254,7 @@ def _export(argv: Sequence[str]) -> tuple[int, str]:
     sp = " ".join(f"'{s}'" for s in _searchpath(out, ovs))
     note = "".join(f"\n{n}" for n in shape_note(trial, report.params))
     return 0, (f"wrote {path}\n{name}: trial {trial.number} of study {study.study_name!r}, {report.params:,} params, "
-               f"RF {report.rf}, proxy val_acc {_fmt_acc(proxy_val_acc(trial))}{full_text}; "
+               f"RF {report.rf}, {_proxy_text(trial)}{full_text}; "
                f"{text.strip().splitlines()[-1]}; train it: python -m archsearch.train model={name} {sp}".rstrip() + note)
 
 

@@ -44,14 +44,21 @@ from .study import TRAINED
 
 __all__ = ["base_dir", "leaderboard", "load_named", "main", "open_study", "pareto_front", "print_table",
            "proxies_agreement", "proxy_choice", "proxy_cost", "proxy_val_acc", "proxy_vs_full", "rank_agreement",
-           "rank_lines", "retrained", "summary_line", "write_outputs"]
+           "rank_lines", "retrained", "scored_by", "summary_line", "write_outputs"]
 
 COLUMNS = ["trial", "state", "val_acc", "test_acc", "params", "rf", "macs", "epochs", "duration_s", "sampled",
            "note", "run_id"]
 
 
+def scored_by(study) -> str:
+    """The objective(s) a sweep scored its trials by without training them (``"macs"``, ...), or ''
+    for a study of trained trials."""
+    return str(study.user_attrs.get("archsearch.scored") or "")
+
+
 def leaderboard(study, tracker=None, parent_run_id: str | None = None):
-    """One row per finished trial, best validation accuracy first."""
+    """One row per finished trial, best validation accuracy first (a study scored without training:
+    best objective first; its val_acc is empty)."""
     import pandas as pd
     from optuna.trial import TrialState
 
@@ -60,14 +67,14 @@ def leaderboard(study, tracker=None, parent_run_id: str | None = None):
         runs = tracker.client.search_runs([tracker.experiment_id],
                                           filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
                                           max_results=5000)
-        test_acc = {r.info.run_id: r.data.metrics.get("test_acc") for r in runs}
+        test_acc = {r.info.run_id: r.data.metrics.get("test_acc", float("nan")) for r in runs}
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.RUNNING or t.state == TrialState.WAITING:
             continue
         state = t.user_attrs.get("state") or t.state.name
         iv = t.intermediate_values
-        if state == "COMPLETE" and t.values:
+        if state == "COMPLETE" and t.values and not t.user_attrs.get("scored"):
             val = t.values[0]
         else:
             val = max(iv.values()) if iv else float("nan")
@@ -85,9 +92,12 @@ def leaderboard(study, tracker=None, parent_run_id: str | None = None):
         })
     df = pd.DataFrame(rows, columns=COLUMNS)
     order = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2, "INTERRUPTED": 3, "REJECTED": 4}
+    key, high = "val_acc", True
+    if (scored := scored_by(study).split(",")[0]) in COLUMNS:
+        key, high = scored, study.directions[0].name == "MAXIMIZE"
     if len(df):
         df["_o"] = df.state.map(order).fillna(9)
-        df = df.sort_values(["_o", "val_acc"], ascending=[True, False]).drop(columns="_o").reset_index(drop=True)
+        df = df.sort_values(["_o", key], ascending=[True, not high]).drop(columns="_o").reset_index(drop=True)
     return df
 
 
@@ -147,6 +157,12 @@ def summary_line(study, df) -> str:
     pruned = df[df.state == "PRUNED"]
     saved = int((max_epochs - pruned.epochs).clip(lower=0).sum()) if max_epochs and len(pruned) else 0
     ok = df[df.state == "COMPLETE"]
+    scored = scored_by(study).split(",")[0]
+    if scored in COLUMNS:  # scored without training: the leaderboard's order is the objective's
+        best = f"; best {scored} {int(ok.iloc[0][scored]):,} (trial {int(ok.iloc[0].trial)}) {ok.iloc[0].sampled}" \
+            if len(ok) else ""
+        return (f"study {study.study_name}: {c.get('COMPLETE', 0)} scored without training, "
+                f"{c.get('REJECTED', 0)} rejected by the budget{best}")
     best = ""
     if len(ok):
         b = ok.sort_values("val_acc", ascending=False).iloc[0]
@@ -224,8 +240,11 @@ def _mean(values) -> float:
 
 
 def proxy_val_acc(trial) -> float:
-    """The trial's objective in the sweep (its best validation accuracy under the proxy recipe)."""
-    return float(trial.values[0]) if trial is not None and trial.values else float("nan")
+    """The trial's objective in the sweep (its best validation accuracy under the proxy recipe);
+    nan for a trial scored without training (its score is the MACs or params column)."""
+    if trial is None or not trial.values or trial.user_attrs.get("scored"):
+        return float("nan")
+    return float(trial.values[0])
 
 
 def _same_candidates(study, full_study) -> dict[int, int]:
@@ -314,16 +333,22 @@ def rank_agreement(table) -> dict:
     """Kendall's tau-b and Spearman's rho between the proxy's validation accuracy and each of
     the full recipe's accuracies (``RANKED``), over the rows of :func:`proxy_vs_full`; and, under
     ``free``, between the no-training proxies (``FREE``) and the full recipe's validation accuracy."""
-    ok = table[table.proxy_val_acc.notna() & table.full_val_acc.notna()]
+    full = table[table.full_val_acc.notna()]
+    ok = full[full.proxy_val_acc.notna()]
     out: dict = {"n_trials": len(ok)}
-    if len(ok) < MIN_RANKED:
-        out["note"] = f"needs >= {MIN_RANKED} retrained trials, has {len(ok)}"
+    if len(full) and not len(ok):  # trials scored without training: their proxy is one of FREE
+        out["n_trials"] = len(full)
+        out["scored"] = True
+    if out["n_trials"] < MIN_RANKED:
+        out["note"] = f"needs >= {MIN_RANKED} retrained trials, has {out['n_trials']}"
         return out
-    for col, _ in RANKED:
-        out[f"proxy_val_acc_vs_{col}"] = _agreement(ok, "proxy_val_acc", col)
-    if "ref_proxy_val_acc" in ok:  # this proxy against the reference study's (another proxy, or another seed)
-        out["proxy_val_acc_vs_ref_proxy_val_acc"] = _agreement(ok, "proxy_val_acc", "ref_proxy_val_acc")
-    out["free"] = {col: _agreement(ok, col, "full_val_acc") for col, _ in FREE if col in ok}
+    if len(ok):
+        for col, _ in RANKED:
+            out[f"proxy_val_acc_vs_{col}"] = _agreement(ok, "proxy_val_acc", col)
+        if "ref_proxy_val_acc" in ok:  # this proxy against the reference study's (another proxy, or another seed)
+            out["proxy_val_acc_vs_ref_proxy_val_acc"] = _agreement(ok, "proxy_val_acc", "ref_proxy_val_acc")
+    out["free"] = {col: _agreement(full if out.get("scored") else ok, col, "full_val_acc") for col, _ in FREE
+                   if col in ok}
     return out
 
 
@@ -331,8 +356,11 @@ def rank_lines(agreement: dict) -> list[str]:
     if "note" in agreement:
         return [f"rank agreement of proxy and full recipe: {agreement['note']} (python -m archsearch.retrain)"]
     lines = [f"rank agreement of proxy and full recipe over {agreement['n_trials']} retrained trials:"]
+    if agreement.get("scored"):
+        lines.append("  the trials were scored without training: their proxy is the no-training row below")
     for col, label in RANKED:
-        r = agreement[f"proxy_val_acc_vs_{col}"]
+        if (r := agreement.get(f"proxy_val_acc_vs_{col}")) is None:
+            continue
         tau, rho = (_fmt(r[k]) for k in ("kendall_tau_b", "spearman_rho"))
         lines.append(f"  proxy val_acc vs {label}: Kendall tau-b {tau}, Spearman rho {rho} (n={r['n']})")
     if r := agreement.get("proxy_val_acc_vs_ref_proxy_val_acc"):
@@ -341,7 +369,8 @@ def rank_lines(agreement: dict) -> list[str]:
     free = [f"{label} tau-b {_fmt(r['kendall_tau_b'])} rho {_fmt(r['spearman_rho'])} (n={r['n']})"
             for col, label in FREE if (r := agreement.get("free", {}).get(col)) and r["n"]]
     if free:
-        lines.append("  for comparison, no-training proxies vs full-recipe val_acc: " + "; ".join(free))
+        lines.append(("  " if agreement.get("scored") else "  for comparison, ")
+                     + "no-training proxies vs full-recipe val_acc: " + "; ".join(free))
     return lines
 
 
@@ -356,6 +385,8 @@ def proxy_cost(study) -> dict:
     from .retrain import override_key
 
     out: dict = {"train_images": None, "epochs": None}
+    if scored := scored_by(study):
+        return {**out, "train_images": 0, "epochs": 0, "scored": scored}
     recorded = study.user_attrs.get("archsearch.base_overrides")
     try:
         if recorded is None:
@@ -375,6 +406,8 @@ def proxy_cost(study) -> dict:
 
 
 def cost_line(study_name: str, cost: dict) -> str:
+    if cost.get("scored"):
+        return f"  cost of the {study_name} proxy: no training (scored by {cost['scored']} from the analysis)"
     imgs = cost.get("train_images")
     data = f"{int(imgs):,} training images" if imgs else "all training images"
     line = f"  cost of the {study_name} proxy: " + (cost["note"] if "note" in cost else
@@ -412,6 +445,8 @@ def proxy_choice(ref, studies: Sequence, min_tau: float = MIN_TAU):
                 rows.append({"proxy": f"{label} (no training)", "images": 0, "median_s": 0.0,
                              "kendall_tau_b": r.get("kendall_tau_b"), "spearman_rho": r.get("spearman_rho"),
                              "n": r.get("n", 0)})
+        if scored_by(st):  # scored without training: its proxy is the no-training rows above
+            continue
         r = agreement.get("proxy_val_acc_vs_full_val_acc") or {}
         cost = proxy_cost(st)
         imgs, epochs = cost.get("train_images"), cost.get("epochs")

@@ -350,7 +350,7 @@ def small_study(tmp_path, monkeypatch):
 
 
 RETRAIN_MISTAKES = [
-    (["sweep=nope"], "error: sweep: no config 'nope'; available: arch_dilated, arch_residual, hparams, pareto, "
+    (["sweep=nope"], "error: sweep: no config 'nope'; available: arch_dilated, arch_macs, arch_residual, hparams, pareto, "
                      "proxy_rank, smoke"),
     (["sweep=hparams"], "error: sweep: no study 'hparams' in journal:"),
     (["sweep=smoke", "hydra.sweeper.study_name=empty"], "error: sweep: study 'empty' has no COMPLETE trial yet"),
@@ -499,3 +499,72 @@ def test_proxy_cost_recomposes_a_sweep_over_a_users_model_directory(tmp_path):
     st.set_user_attr("archsearch.max_epochs", 2)
     cost = proxy_cost(st)
     assert cost["train_images"] == 5000 and cost["epochs"] == 2 and cost["trials"] == 1 and "note" not in cost
+
+
+# ------------------------------------------------------------------ sweeps scored without training
+def test_a_sweep_scored_by_macs_trains_nothing_and_retrain_takes_its_top(tmp_path, _mlflow_schema_template,
+                                                                         monkeypatch, capsys):
+    """objectives=[macs]: every accepted candidate is COMPLETE with its MACs, an MLflow run beside the
+    rejected ones, no training; retrain top=1 then trains the highest-MACs architecture."""
+    import mlflow
+
+    (tmp_path / "mlruns").mkdir(exist_ok=True)
+    shutil.copyfile(_mlflow_schema_template, tmp_path / "mlruns" / "mlflow.db")
+    cmd = [sys.executable, "-m", "archsearch.train", "-m", "sweep=smoke", *TINY, *FAST,
+           "model.wide=choice(32,48,80)", "model.dropout=0.0",
+           "hydra.sweeper.objectives=[macs]", "hydra.sweeper.direction=maximize", "hydra.sweeper.n_trials=4",
+           "hydra.sweep.dir=multirun/s"]
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    log = p.stdout + p.stderr
+    assert "COMPLETE (scored, not trained): macs=" in log and "epoch 1/1" not in log
+    assert "hydra.sweeper.params.optim.lr: does not change macs" in log  # a knob the score cannot see
+    st = journal_study(tmp_path)
+    assert st.user_attrs["archsearch.scored"] == "macs"
+    done = [t for t in st.trials if t.user_attrs.get("state") == "COMPLETE"]
+    assert len(done) == 4 and all(t.value == t.user_attrs["model.macs"] and t.user_attrs["scored"] == "macs"
+                                  and not t.intermediate_values for t in done)
+    assert any(t.user_attrs.get("state") == "REJECTED" and t.params["model.wide"] == 80 for t in st.trials)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["archsearch"])
+    scored = runs[runs["tags.scored"] == "macs"]
+    assert len(scored) == 4 and set(scored.status) == {"FINISHED"} and "metrics.val_acc" not in runs
+    assert sorted(scored["metrics.model.macs"]) == sorted(t.value for t in done)
+
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main("report", capsys, "sweep=smoke")
+    assert code == 0, err
+    top = max(done, key=lambda t: (t.value, -t.number))
+    assert "study smoke: 4 scored without training, " in out
+    assert f"best macs {int(top.value):,} (trial {top.number})" in out
+    code, out, err = run_main("retrain", capsys, "sweep=smoke", "top=1", *FAST)
+    assert code == 0, err
+    rec = journal_study(tmp_path).user_attrs[f"retrain.t{top.number}.s0"]
+    assert "model.wide=48" in rec["overrides"] and rec["epochs"] == 1
+    code, out, err = run_main("export", capsys, "sweep=smoke", f"trial={top.number}", "name=scored_top",
+                              f"out={tmp_path / 'models' / 'model'}")
+    assert code == 0, err
+    assert "scored without training by macs" in out
+    assert "# proxy: scored without training by macs" in (tmp_path / "models" / "model" / "scored_top.yaml").read_text()
+
+
+def test_report_on_a_scored_study_ranks_its_score_as_the_no_training_proxy(tmp_path, monkeypatch, capsys):
+    """A study scored by MACs has no proxy accuracy: its rank agreement is the MACs row, and the
+    proxy choice does not list it a second time."""
+    monkeypatch.chdir(tmp_path)
+    st = journal_study(tmp_path)
+    st.set_user_attr("archsearch.scored", "macs")
+    for i in range(3):  # more MACs, better full recipe; params the other way round
+        add_trial(st, {"model.wide": 32 + 8 * i}, value=1e6 * (i + 1), scored="macs",
+                  **{"model.macs": 1e6 * (i + 1), "model.params": 5000 - i})
+        st.set_user_attr(f"retrain.t{i}.s0", {"val_acc": 0.7 + 0.01 * i, "test_acc_single_view": 0.7,
+                                              "params": 5000 - i, "rf": 61})
+    code, out, err = run_main("report", capsys, "sweep=smoke", "tracking=none", "proxies=smoke")
+    assert code == 0, err
+    assert "the trials were scored without training: their proxy is the no-training row below" in out
+    assert "no-training proxies vs full-recipe val_acc: params tau-b -1.000 rho -1.000 (n=3); " \
+           "MACs tau-b +1.000 rho +1.000 (n=3)" in out
+    assert "cost of the smoke proxy: no training (scored by macs from the analysis)" in out
+    assert "cheapest with tau-b >= 0.6: MACs (no training) (n=3)" in out
+    assert "  smoke: " not in out  # its own row would repeat the MACs row

@@ -6,7 +6,9 @@ One loop per worker process, on Optuna's ask/tell API:
       rejected: tell PRUNED (no epoch reported) + a positive "budget" constraint, an
                 MLflow child run in state REJECTED; nothing is launched
       accepted: launch the job (it reports val accuracy each epoch to the storage and
-                stops itself when the pruner says so) -> tell COMPLETE / PRUNED / FAIL
+                stops itself when the pruner says so) -> tell COMPLETE / PRUNED / FAIL;
+                with objectives that need no training (params, macs, rf only): tell
+                COMPLETE with the analysis's figures, an MLflow child run, nothing launched
 
 until the study holds ``n_trials`` trained trials (COMPLETE + PRUNED + FAIL, whoever ran
 them), ``max_failures`` failures, or ``max_rejections_in_a_row`` rejections in a row.
@@ -127,6 +129,9 @@ class SweeperImpl:
             if o not in ("val_acc", *MEASURED):
                 raise SweepConfigError(f"hydra.sweeper.objectives: unknown objective {o!r}; choose from val_acc, params, macs, rf")
         self.objectives = objs
+        # nothing to train for: each accepted candidate is scored by the analysis alone (a proxy that
+        # costs no training, e.g. the MACs, whose ranking `report proxies=` measures)
+        self.scored = "" if "val_acc" in objs else ",".join(objs)
         return dirs
 
     def _compose(self, overrides: list[str]):
@@ -310,6 +315,10 @@ class SweeperImpl:
         base, cli_space = split_sweep_args(arguments)
         self.space, fixed = parse_space({**params_conf, **cli_space})
         self.base = base + fixed
+        for name in self.space:
+            if self.scored and not name.startswith("model."):
+                log.warning("hydra.sweeper.params.%s: does not change %s, which scores the trials without training: "
+                            "its sampled values are noise to the sampler (fix it, e.g. %s=VALUE)", name, self.scored, name)
         self.url = url = storage_url(self.conf.storage, self.study_name, base_dir)
         max_epochs = int(self.config.trainer.epochs)
         pconf = OmegaConf.to_container(self.conf.pruner, resolve=True)
@@ -348,6 +357,8 @@ class SweeperImpl:
         with warnings.catch_warnings():  # dashboards show "val_acc", not "Objective 0" (experimental API)
             warnings.simplefilter("ignore")
             study.set_metric_names(list(self.objectives))
+        if self.scored:  # report, retrain and export: the trials' values are not accuracies
+            study.set_user_attr("archsearch.scored", self.scored)
         study.set_user_attr("archsearch.pruner", pconf)
         study.set_user_attr("archsearch.max_epochs", max_epochs)
         study.set_user_attr("archsearch.base_overrides", self.base)  # retrain/export rebuild a trial's architecture
@@ -406,7 +417,10 @@ class SweeperImpl:
                                            "budget (max_rejections_in_a_row); widen the budget or narrow the search space")
                         continue
                     rejected_in_a_row = 0
-                    self._start(study, cand, pool)
+                    if self.scored:
+                        self._score(study, cand)
+                    else:
+                        self._start(study, cand, pool)
                     continue
                 if not running:
                     if stop_reason is None and c["RUNNING"] and _heartbeat_interval(study):
@@ -487,6 +501,25 @@ class SweeperImpl:
         # read COMPLETE trials, never see an untrained candidate as a result of 0
         study.tell(trial, state=TrialState.PRUNED)
         log.info("trial %d REJECTED (no job launched): %s", trial.number, "; ".join(reasons))
+
+    def _score(self, study, cand) -> None:
+        """A candidate of a study whose objectives need no training: COMPLETE with the analysis's
+        figures, an MLflow child run (FINISHED) beside the trained studies' ones; no job launched."""
+        from archsearch.tracking import record_scored
+
+        trial, values, _, _, report = cand
+        vals = [float(getattr(report, o)) for o in self.objectives]
+        trial.set_user_attr("state", "COMPLETE")
+        trial.set_user_attr("scored", self.scored)
+        rid = record_scored(self.tracker, self.parent, f"trial {trial.number} (scored, not trained)",
+                            {**values, **{f"model.{k}": getattr(report, k) for k in MEASURED}},
+                            {f"model.{k}": getattr(report, k) for k in MEASURED},
+                            {"trial_number": trial.number, "study": self.study_name, "scored": self.scored})
+        if rid:
+            trial.set_user_attr("mlflow_run_id", rid)
+        study.tell(trial, vals)
+        log.info("trial %d COMPLETE (scored, not trained): %s %s", trial.number,
+                 ", ".join(f"{o}={v:,.0f}" for o, v in zip(self.objectives, vals)), values)
 
     def _start(self, study, cand, pool) -> None:
         """Run the trial here (no pool: wait for it) or start it on a free slot of the pool."""
