@@ -6,8 +6,9 @@ proxy training (``conf/proxy/``) ranked them right and what they are really wort
 It opens the sweep's study (as the sweeper and ``python -m archsearch.report`` find it:
 ``hydra.sweeper.study_name=`` and ``hydra.sweeper.storage=`` work the same way), takes the
 ``top`` COMPLETE trials by objective value, the best of each architecture (its ``model.*``
-values; ``distinct=false`` also takes trials that differ only in other values such as the lr),
-or the trial numbers of ``trials=``, and trains
+values; ``distinct=false`` also takes trials that differ only in other values such as the lr;
+in a study scored without training, the first trial of each score: candidates with the same
+MACs are one as far as the score can tell), or the trial numbers of ``trials=``, and trains
 each one once per seed (``seeds=N``: seeds 0 .. N-1) on the ``config`` composed with, in
 order (the last wins): ``sweep=NAME``; the architecture overrides the sweep command was
 given (``model*``, ``budget*``, ``hydra.searchpath``, recorded by the sweeper; the command's
@@ -128,13 +129,16 @@ def complete_trials(study) -> list:
     return sorted(done, key=lambda t: (-t.values[0] if best_high else t.values[0], t.number))
 
 
-def distinct_architectures(trials: list) -> list:
+def distinct_architectures(trials: list, by_score: bool = False) -> list:
     """The best trial of each architecture (its sampled ``model.*`` values), in order: TPE
     often settles on one architecture and tunes the lr around it, and ``top=3`` should
-    retrain three networks, not one three times."""
+    retrain three networks, not one three times. ``by_score``: of each score instead (a study
+    scored without training cannot tell apart candidates with the same MACs, e.g. dilation
+    variants of one network; the first of each is kept)."""
     seen, out = set(), []
     for t in trials:
-        arch = tuple(sorted((k, repr(v)) for k, v in t.params.items() if k.startswith("model.")))
+        arch = tuple(t.values) if by_score else tuple(
+            sorted((k, repr(v)) for k, v in t.params.items() if k.startswith("model.")))
         if arch not in seen:
             seen.add(arch)
             out.append(t)
@@ -151,7 +155,8 @@ def pick_trials(study, top: int | None, numbers: Sequence[int] | None, field_nam
         raise ConfigError(f"sweep: study {name!r} has no COMPLETE trial yet; run the sweep first: "
                           f"python -m archsearch.train -m sweep={name}")
     if numbers is None:
-        return (distinct_architectures(done) if distinct else done)[: top or DEFAULT_TOP]
+        by_score = bool(study.user_attrs.get("archsearch.scored"))
+        return (distinct_architectures(done, by_score) if distinct else done)[: top or DEFAULT_TOP]
     ok = {t.number: t for t in done}
     nums = sorted(ok)
     choices = ", ".join(map(str, nums[:30])) + (", ..." if len(nums) > 30 else "")

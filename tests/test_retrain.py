@@ -442,6 +442,9 @@ def test_top_takes_the_best_trial_of_each_architecture():
 
     ranked = [t(29, 48, 0.05), t(51, 48, 0.04), t(7, 32, 0.05), t(3, 48, 0.09), t(9, 64, 0.01)]
     assert [x.number for x in distinct_architectures(ranked)] == [29, 7, 9]  # lr variants of 48 dropped
+    # scored without training: same MACs, the same candidate as far as the score can tell
+    scored = [SimpleNamespace(number=n, values=[m], params={"model.d": n}) for n, m in ((89, 88), (97, 88), (168, 86))]
+    assert [x.number for x in distinct_architectures(scored, by_score=True)] == [89, 168]
 
 
 def test_report_picks_the_cheapest_proxy_that_ranks_like_the_full_recipe(tmp_path, monkeypatch, capsys):
