@@ -113,7 +113,10 @@ def pareto_front(df):
     return df.loc[front]
 
 
-def write_outputs(df, out_dir: str | Path, study_name: str, budget_params: int | None = 200_000) -> list[Path]:
+def write_outputs(df, out_dir: str | Path, study_name: str, budget_params: int | None = 200_000,
+                  y: str = "val_acc") -> list[Path]:
+    """leaderboard.csv and pareto.png: ``y`` (the best validation accuracy; a scored study's
+    objective, e.g. ``macs``) against parameters, the budget line, the rejected candidates."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,20 +129,20 @@ def write_outputs(df, out_dir: str | Path, study_name: str, budget_params: int |
     fig, ax = plt.subplots(figsize=(7, 4.5))
     styles = {"COMPLETE": ("o", "tab:blue"), "PRUNED": ("s", "tab:gray"), "FAIL": ("v", "tab:red")}
     for state, (m, c) in styles.items():
-        d = df[(df.state == state) & df.params.notna() & df.val_acc.notna()]
+        d = df[(df.state == state) & df.params.notna() & df[y].notna()]
         if len(d):
-            ax.scatter(d.params, d.val_acc, marker=m, c=c, label=f"{state.lower()} ({len(d)})", alpha=0.8)
+            ax.scatter(d.params, d[y], marker=m, c=c, label=f"{state.lower()} ({len(d)})", alpha=0.8)
     rej = df[(df.state == "REJECTED") & df.params.notna()]
     if len(rej):
-        ymin = df.val_acc.min() if df.val_acc.notna().any() else 0.0
+        ymin = df[y].min() if df[y].notna().any() else 0.0
         ax.scatter(rej.params, [ymin] * len(rej), marker="x", c="tab:orange", label=f"rejected ({len(rej)})")
-    front = pareto_front(df)
+    front = pareto_front(df) if y == "val_acc" else df[:0]
     if len(front):
         ax.step(front.params, front.val_acc, where="post", c="tab:green", label="Pareto front")
     if budget_params:
         ax.axvline(budget_params, ls="--", c="k", lw=1, label=f"budget {budget_params:,} params")
     ax.set_xlabel("parameters")
-    ax.set_ylabel("best validation accuracy")
+    ax.set_ylabel("best validation accuracy" if y == "val_acc" else f"{y} (scored without training)")
     ax.set_title(f"study {study_name}")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -576,7 +579,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parent = study.user_attrs.get("mlflow_parent_run_id") if tracker.enabled else None
     df = leaderboard(study, tracker if tracker.enabled else None, parent)
     out = base / "outputs" / "reports" / name
-    files = write_outputs(df, out, name, OmegaConf.select(cfg, "budget.max_params"))
+    scored = scored_by(study).split(",")[0]
+    files = write_outputs(df, out, name, OmegaConf.select(cfg, "budget.max_params"),
+                          y=scored if scored in COLUMNS else "val_acc")
     print_table(df, drop=["run_id", "note"])
     line = summary_line(study, df)
     print(line)
