@@ -535,6 +535,17 @@ def test_a_sweep_scored_by_macs_trains_nothing_and_retrain_takes_its_top(tmp_pat
     assert len(scored) == 4 and set(scored.status) == {"FINISHED"} and "metrics.val_acc" not in runs
     assert sorted(scored["metrics.model.macs"]) == sorted(t.value for t in done)
 
+    # the same study continued with trained trials would mix MACs and accuracies: refused in one line
+    again = [a for a in cmd if not a.startswith(("hydra.sweeper.objectives", "hydra.sweeper.n_trials"))]
+    p = subprocess.run([*again, "hydra.sweeper.n_trials=5"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith(
+        "error: hydra.sweeper.objectives: study 'smoke' in ") and "holds trials scored by macs without training, " \
+        "these objectives are trained (val_acc); keep its objectives or start a new study with " \
+        "hydra.sweeper.study_name=NEW" in p.stderr
+    assert len(journal_study(tmp_path).trials) == len(st.trials)
+
     monkeypatch.chdir(tmp_path)
     code, out, err = run_main("report", capsys, "sweep=smoke")
     assert code == 0, err

@@ -342,6 +342,13 @@ class SweeperImpl:
         if list(d.name.lower() for d in study.directions) != directions:
             raise SweepConfigError(f"hydra.sweeper.direction: study {self.study_name!r} in {url} already has "
                                    f"directions {[d.name.lower() for d in study.directions]}")
+        was = str(study.user_attrs.get("archsearch.scored") or "")
+        if was != self.scored and self._counts(study)["COMPLETE"]:  # a study's values are one kind of figure
+            def what(scored: str) -> str:
+                return f"scored by {scored} without training" if scored else "trained (val_acc)"
+            raise SweepConfigError(f"hydra.sweeper.objectives: study {self.study_name!r} in {url} holds trials "
+                                   f"{what(was)}, these objectives are {what(self.scored)}; keep its objectives "
+                                   "or start a new study with hydra.sweeper.study_name=NEW")
         self._label(study, pconf, max_epochs)
         self.tracker = make_tracker(OmegaConf.to_container(self.config.tracking, resolve=True), base_dir)
         self._recover(study)
