@@ -495,7 +495,8 @@ def print_table(df, drop: Sequence[str] = ()) -> None:
         print(df.drop(columns=list(drop)).to_string(index=False, float_format=lambda v: f"{v:.4f}", max_colwidth=70))
 
 
-def _report_retrained(study, out: Path, summary: dict, full_study=None) -> list[Path]:
+def _report_retrained(study, out: Path, summary: dict, full_study=None,
+                      budget_params: int | None = 200_000) -> list[Path]:
     """Print and write the proxy-vs-full table and the rank agreement, if any trial was retrained
     (in ``full_study``, if given: see :func:`proxy_vs_full`)."""
     table = proxy_vs_full(study, full_study=full_study)
@@ -522,7 +523,33 @@ def _report_retrained(study, out: Path, summary: dict, full_study=None) -> list[
     summary["rank"] = agreement
     csv = out / "proxy_vs_full.csv"
     table.to_csv(csv, index=False)
-    return [csv]
+    return [csv, full_plot(table, out / "full_vs_params.png", study.study_name, budget_params)]
+
+
+def full_plot(table, png: Path, study_name: str, budget_params: int | None) -> Path:
+    """The retrained trials' full-recipe single-view test accuracy (mean over seeds) against their
+    parameters, each labelled with its trial number, and the budget line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = table[table.full_test_acc.notna() & table.params.notna()]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(d.params.astype(float), d.full_test_acc, c="tab:blue", label=f"retrained ({len(d)})")
+    for r in d.itertuples():
+        ax.annotate(f"t{int(r.trial)}", (float(r.params), r.full_test_acc), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    if budget_params:
+        ax.axvline(budget_params, ls="--", c="k", lw=1, label=f"budget {budget_params:,} params")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("full-recipe test accuracy, single view (mean over seeds)")
+    ax.set_title(f"study {study_name}: retrained trials")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
 
 
 def _min_tau(value: str | None) -> float:
@@ -586,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     line = summary_line(study, df)
     print(line)
     summary: dict = {"study": name, "storage": url, "summary": line, "rank": None}
-    files += _report_retrained(study, out, summary, full_study)
+    files += _report_retrained(study, out, summary, full_study, OmegaConf.select(cfg, "budget.max_params"))
     if others is not None:
         table, pick = proxy_choice(full_study or study, [study, *others], min_tau)
         for line in choice_lines(table, pick, min_tau):

@@ -135,6 +135,7 @@ def test_retrain_top_trials_full_recipe_mlflow_and_study_records(swept, monkeypa
     rep = swept / "outputs" / "reports" / "smoke"
     summary = json.loads((rep / "summary.json").read_text())
     assert summary["rank"]["n_trials"] == 3 and "kendall_tau_b" in summary["rank"]["proxy_val_acc_vs_full_val_acc"]
+    assert (rep / "full_vs_params.png").stat().st_size > 1000  # the retrained trials' accuracy against params
     csv = (rep / "proxy_vs_full.csv").read_text().splitlines()
     assert csv[0].startswith("trial,params,rf,macs,proxy_val_acc,full_val_acc,full_test_s0,full_test_s1") and len(csv) == 4
     assert all(row.split(",")[3].isdigit() for row in csv[1:])  # each trial's MACs, as the sweep recorded them
