@@ -202,7 +202,9 @@ def _check_target(path: Path, name: str, overwrite: bool, overrides: Sequence[st
 
     if path.exists() and not overwrite:
         raise ConfigError(f"overwrite: {path} exists; choose another name= or pass overwrite=true to replace it")
-    other = config_file("model", name, [d for d in search_dirs(overrides) if d.resolve() != path.parent.resolve()])
+    # another folder of the search path with the name (the target's own folder is the overwrite above)
+    others = [d for d in search_dirs(overrides) if (d / "model").resolve() != path.parent.resolve()]
+    other = config_file("model", name, others) if others else None
     if other is not None:
         raise ConfigError(f"name: a model {name!r} already exists ({other}); choose another name")
 

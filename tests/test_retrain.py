@@ -562,6 +562,11 @@ def test_a_sweep_scored_by_macs_trains_nothing_and_retrain_takes_its_top(tmp_pat
     assert code == 0, err
     assert "scored without training by macs" in out
     assert "# proxy: scored without training by macs" in (tmp_path / "models" / "model" / "scored_top.yaml").read_text()
+    # a model folder on the search path: overwrite=true replaces the file there (not "already exists")
+    code, out, err = run_main("export", capsys, "sweep=smoke", f"trial={top.number}", "name=scored_top",
+                              f"out={tmp_path / 'models' / 'model'}", "overwrite=true",
+                              f"hydra.searchpath=[file://{tmp_path / 'models'}]")
+    assert code == 0, err
 
 
 def test_report_on_a_scored_study_ranks_its_score_as_the_no_training_proxy(tmp_path, monkeypatch, capsys):
