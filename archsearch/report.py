@@ -44,7 +44,7 @@ from .study import TRAINED
 
 __all__ = ["base_dir", "leaderboard", "load_named", "main", "open_study", "pareto_front", "print_table",
            "proxies_agreement", "proxy_choice", "proxy_cost", "proxy_val_acc", "proxy_vs_full", "rank_agreement",
-           "rank_lines", "retrained", "scored_by", "summary_line", "write_outputs"]
+           "rank_lines", "retrained", "score_column", "scored_by", "summary_line", "write_outputs"]
 
 COLUMNS = ["trial", "state", "val_acc", "test_acc", "params", "rf", "macs", "epochs", "duration_s", "sampled",
            "note", "run_id"]
@@ -54,6 +54,13 @@ def scored_by(study) -> str:
     """The objective(s) a sweep scored its trials by without training them (``"macs"``, ...), or ''
     for a study of trained trials."""
     return str(study.user_attrs.get("archsearch.scored") or "")
+
+
+def score_column(study) -> str:
+    """The leaderboard column holding a scored study's (first) objective, e.g. ``macs``; '' for a
+    study of trained trials (its column is ``val_acc``)."""
+    first = scored_by(study).split(",")[0]
+    return first if first in COLUMNS else ""
 
 
 def leaderboard(study, tracker=None, parent_run_id: str | None = None):
@@ -93,7 +100,7 @@ def leaderboard(study, tracker=None, parent_run_id: str | None = None):
     df = pd.DataFrame(rows, columns=COLUMNS)
     order = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2, "INTERRUPTED": 3, "REJECTED": 4}
     key, high = "val_acc", True
-    if (scored := scored_by(study).split(",")[0]) in COLUMNS:
+    if scored := score_column(study):
         key, high = scored, study.directions[0].name == "MAXIMIZE"
     if len(df):
         df["_o"] = df.state.map(order).fillna(9)
@@ -160,8 +167,7 @@ def summary_line(study, df) -> str:
     pruned = df[df.state == "PRUNED"]
     saved = int((max_epochs - pruned.epochs).clip(lower=0).sum()) if max_epochs and len(pruned) else 0
     ok = df[df.state == "COMPLETE"]
-    scored = scored_by(study).split(",")[0]
-    if scored in COLUMNS:  # scored without training: the leaderboard's order is the objective's
+    if scored := score_column(study):  # scored without training: the leaderboard's order is the objective's
         best = f"; best {scored} {int(ok.iloc[0][scored]):,} (trial {int(ok.iloc[0].trial)}) {ok.iloc[0].sampled}" \
             if len(ok) else ""
         return (f"study {study.study_name}: {c.get('COMPLETE', 0)} scored without training, "
@@ -606,9 +612,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parent = study.user_attrs.get("mlflow_parent_run_id") if tracker.enabled else None
     df = leaderboard(study, tracker if tracker.enabled else None, parent)
     out = base / "outputs" / "reports" / name
-    scored = scored_by(study).split(",")[0]
     files = write_outputs(df, out, name, OmegaConf.select(cfg, "budget.max_params"),
-                          y=scored if scored in COLUMNS else "val_acc")
+                          y=score_column(study) or "val_acc")
     print_table(df, drop=["run_id", "note"])
     line = summary_line(study, df)
     print(line)

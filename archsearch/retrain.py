@@ -155,8 +155,9 @@ def pick_trials(study, top: int | None, numbers: Sequence[int] | None, field_nam
         raise ConfigError(f"sweep: study {name!r} has no COMPLETE trial yet; run the sweep first: "
                           f"python -m archsearch.train -m sweep={name}")
     if numbers is None:
-        by_score = bool(study.user_attrs.get("archsearch.scored"))
-        return (distinct_architectures(done, by_score) if distinct else done)[: top or DEFAULT_TOP]
+        from .report import scored_by
+
+        return (distinct_architectures(done, bool(scored_by(study))) if distinct else done)[: top or DEFAULT_TOP]
     ok = {t.number: t for t in done}
     nums = sorted(ok)
     choices = ", ".join(map(str, nums[:30])) + (", ..." if len(nums) > 30 else "")

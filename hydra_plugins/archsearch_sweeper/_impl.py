@@ -299,6 +299,7 @@ class SweeperImpl:
         """The study (created or resumed), its search space, the MLflow parent run, the sweep folder."""
         import optuna
 
+        from archsearch.report import scored_by
         from archsearch.study import (
             forget_storage,
             make_pruner,
@@ -342,7 +343,7 @@ class SweeperImpl:
         if list(d.name.lower() for d in study.directions) != directions:
             raise SweepConfigError(f"hydra.sweeper.direction: study {self.study_name!r} in {url} already has "
                                    f"directions {[d.name.lower() for d in study.directions]}")
-        was = str(study.user_attrs.get("archsearch.scored") or "")
+        was = scored_by(study)
         if was != self.scored and self._counts(study)["COMPLETE"]:  # a study's values are one kind of figure
             def what(scored: str) -> str:
                 return f"scored by {scored} without training" if scored else "trained (val_acc)"
