@@ -260,31 +260,33 @@ def run_lifecycle(tracker, name: str, tags: Mapping[str, Any], parent_run_id: st
         tracker.end(status)
 
 
+def _record_untrained(tracker: Tracker, parent_run_id: str | None, name: str, params: Mapping[str, Any],
+                      tags: Mapping[str, Any], status: str, metrics: Mapping[str, float] | None = None) -> str | None:
+    """An MLflow run for a candidate the sweep did not train (scored or rejected); None when tracking is off."""
+    if not tracker.enabled:
+        return None
+    t = tracker.for_run()
+    t.start(name=name, parent_run_id=parent_run_id, tags=tags)
+    t.log_params(params)
+    if metrics:
+        t.log_metrics(dict(metrics))
+    t.end(status)
+    return t.run_id
+
+
 def record_scored(tracker: Tracker, parent_run_id: str | None, name: str, params: Mapping[str, Any],
                   metrics: Mapping[str, float], tags: Mapping[str, Any] | None = None) -> str | None:
     """An MLflow run (status FINISHED, tag state=COMPLETE) for a candidate a sweep scored without
     training it (objectives the analysis gives: params, MACs, RF)."""
-    if not tracker.enabled:
-        return None
-    t = tracker.for_run()
-    t.start(name=name, parent_run_id=parent_run_id, tags={"state": "COMPLETE", **(tags or {})})
-    t.log_params(params)
-    t.log_metrics(dict(metrics))
-    t.end("FINISHED")
-    return t.run_id
+    return _record_untrained(tracker, parent_run_id, name, params, {"state": "COMPLETE", **(tags or {})},
+                             "FINISHED", metrics)
 
 
 def record_rejected(tracker: Tracker, parent_run_id: str | None, name: str, reasons: list[str],
                     params: Mapping[str, Any], tags: Mapping[str, Any] | None = None) -> str | None:
     """An MLflow run (status KILLED, tag state=REJECTED) for a candidate the budget refused."""
-    if not tracker.enabled:
-        return None
-    t = tracker.for_run()
-    t.start(name=name, parent_run_id=parent_run_id,
-            tags={"state": "REJECTED", "reasons": "; ".join(reasons)[:4900], **(tags or {})})
-    t.log_params(params)
-    t.end("KILLED")
-    return t.run_id
+    return _record_untrained(tracker, parent_run_id, name, params,
+                             {"state": "REJECTED", "reasons": "; ".join(reasons)[:4900], **(tags or {})}, "KILLED")
 
 
 @contextlib.contextmanager
