@@ -284,7 +284,8 @@ def proxies_agreement(study, other) -> dict:
 def proxy_vs_full(study, trials: Sequence[int] | None = None, full_study=None):
     """One row per retrained trial (or those of ``trials``): params, RF, MACs, the proxy's
     validation accuracy, the full recipe's validation accuracy (mean over seeds) and single-view
-    test accuracy per seed and their mean; best proxy first.
+    test accuracy per seed and their mean; best proxy first (a study scored without training has
+    no proxy accuracy: best score first).
 
     ``full_study``: the full-recipe records come from that study instead (e.g. the same
     candidates swept under another proxy or seed and retrained there), matched to this study's
@@ -320,6 +321,12 @@ def proxy_vs_full(study, trials: Sequence[int] | None = None, full_study=None):
     df = pd.DataFrame(rows, columns=cols)  # (a column not in cols, e.g. ref_trial of a study's own records: dropped)
     for c in ("params", "rf", "macs", *(["ref_trial"] if full_study is not None else [])):
         df[c] = df[c].astype("Int64")
+    if full_study is None and (col := score_column(study)):  # scored without training: no proxy accuracy
+        from optuna.study import StudyDirection
+
+        lowest = study.directions[0] == StudyDirection.MINIMIZE
+        return df.drop(columns=["proxy_val_acc"]).sort_values(col, ascending=lowest, na_position="last") \
+            .reset_index(drop=True)
     return df.sort_values("proxy_val_acc", ascending=False, na_position="last").reset_index(drop=True)
 
 
@@ -343,7 +350,7 @@ def rank_agreement(table) -> dict:
     the full recipe's accuracies (``RANKED``), over the rows of :func:`proxy_vs_full`; and, under
     ``free``, between the no-training proxies (``FREE``) and the full recipe's validation accuracy."""
     full = table[table.full_val_acc.notna()]
-    ok = full[full.proxy_val_acc.notna()]
+    ok = full[full.proxy_val_acc.notna()] if "proxy_val_acc" in full else full.iloc[:0]
     out: dict = {"n_trials": len(ok)}
     if len(full) and not len(ok):  # trials scored without training: their proxy is one of FREE
         out["n_trials"] = len(full)

@@ -588,3 +588,6 @@ def test_report_on_a_scored_study_ranks_its_score_as_the_no_training_proxy(tmp_p
     assert "cost of the smoke proxy: no training (scored by macs from the analysis)" in out
     assert "cheapest with tau-b >= 0.6: MACs (no training) (n=3)" in out
     assert "  smoke: " not in out  # its own row would repeat the MACs row
+    # the proxy-vs-full table is ordered by the score, with no empty proxy-accuracy column
+    rows = (tmp_path / "outputs" / "reports" / "smoke" / "proxy_vs_full.csv").read_text().splitlines()
+    assert "proxy_val_acc" not in rows[0] and [r.split(",")[0] for r in rows[1:]] == ["2", "1", "0"]
