@@ -44,7 +44,7 @@ from .study import TRAINED
 
 __all__ = ["base_dir", "leaderboard", "load_named", "main", "open_study", "pareto_front", "print_table",
            "proxies_agreement", "proxy_choice", "proxy_cost", "proxy_val_acc", "proxy_vs_full", "rank_agreement",
-           "rank_lines", "retrained", "score_column", "scored_by", "summary_line", "write_outputs"]
+           "rank_lines", "retrained", "score_column", "score_order", "scored_by", "summary_line", "write_outputs"]
 
 COLUMNS = ["trial", "state", "val_acc", "test_acc", "params", "rf", "macs", "epochs", "duration_s", "sampled",
            "note", "run_id"]
@@ -61,6 +61,12 @@ def score_column(study) -> str:
     study of trained trials (its column is ``val_acc``)."""
     first = scored_by(study).split(",")[0]
     return first if first in COLUMNS else ""
+
+
+def score_order(study) -> tuple[str, bool]:
+    """(column, best is highest) a scored study's trials rank by; ('', True) for trained trials."""
+    col = score_column(study)
+    return col, (not col) or study.directions[0].name == "MAXIMIZE"
 
 
 def leaderboard(study, tracker=None, parent_run_id: str | None = None):
@@ -99,9 +105,8 @@ def leaderboard(study, tracker=None, parent_run_id: str | None = None):
         })
     df = pd.DataFrame(rows, columns=COLUMNS)
     order = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2, "INTERRUPTED": 3, "REJECTED": 4}
-    key, high = "val_acc", True
-    if scored := score_column(study):
-        key, high = scored, study.directions[0].name == "MAXIMIZE"
+    key, high = score_order(study)
+    key = key or "val_acc"
     if len(df):
         df["_o"] = df.state.map(order).fillna(9)
         df = df.sort_values(["_o", key], ascending=[True, not high]).drop(columns="_o").reset_index(drop=True)
@@ -321,11 +326,9 @@ def proxy_vs_full(study, trials: Sequence[int] | None = None, full_study=None):
     df = pd.DataFrame(rows, columns=cols)  # (a column not in cols, e.g. ref_trial of a study's own records: dropped)
     for c in ("params", "rf", "macs", *(["ref_trial"] if full_study is not None else [])):
         df[c] = df[c].astype("Int64")
-    if full_study is None and (col := score_column(study)):  # scored without training: no proxy accuracy
-        from optuna.study import StudyDirection
-
-        lowest = study.directions[0] == StudyDirection.MINIMIZE
-        return df.drop(columns=["proxy_val_acc"]).sort_values(col, ascending=lowest, na_position="last") \
+    col, high = score_order(study)
+    if full_study is None and col:  # scored without training: no proxy accuracy
+        return df.drop(columns=["proxy_val_acc"]).sort_values(col, ascending=not high, na_position="last") \
             .reset_index(drop=True)
     return df.sort_values("proxy_val_acc", ascending=False, na_position="last").reset_index(drop=True)
 
