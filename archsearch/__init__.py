@@ -8,10 +8,11 @@ training on CIFAR-10 with albumentations, Optuna sweeps and MLflow tracking.
     result = fit(overrides=["model=compact", "trainer.epochs=5"])   # a training run, as the CLI's
 """
 
-from .analysis import LayerReport, Report, analyze, receptive_field
-from .budget import Budget, Violation, check, parse_budget
-from .config import load_budget, load_spec, spec_from_cfg
-from .spec import BlockSpec, LayerSpec, ModelSpec, SpecError, parse_spec, spec_hash
+from archsearch.analysis import LayerReport, Report, analyze, receptive_field
+from archsearch.budget import Budget, Violation, check, parse_budget
+from archsearch.config import load_budget, load_spec, spec_from_cfg
+from archsearch.errors import SpecError
+from archsearch.spec import BlockSpec, LayerSpec, ModelSpec, parse_spec, spec_hash
 
 __all__ = [
     "BlockSpec", "Budget", "LayerReport", "LayerSpec", "ModelSpec", "Report", "SpecError", "Violation",
@@ -22,7 +23,7 @@ __all__ = [
 
 def build_model(spec: ModelSpec):
     """Build the ``torch.nn.Module`` for a spec (imports torch lazily)."""
-    from .build import build_model as _build
+    from archsearch.build import build_model as _build
 
     return _build(spec)
 
@@ -30,6 +31,6 @@ def build_model(spec: ModelSpec):
 def fit(cfg=None, overrides=(), out_dir=None, **kw):
     """Train as ``python -m archsearch.train`` does (same MLflow run) -> TrainResult;
     see :func:`archsearch.job.fit`."""
-    from .job import fit as _fit
+    from archsearch.job import fit as _fit
 
     return _fit(cfg, overrides, out_dir, **kw)

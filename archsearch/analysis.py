@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
-from .ops import OPS, OpError
-from .spec import BlockSpec, LayerSpec, ModelSpec, SpecError, walk
+from archsearch.errors import OpError, SpecError
+from archsearch.ops import OPS
+from archsearch.spec import BlockSpec, LayerSpec, ModelSpec, walk
 
 __all__ = ["LayerReport", "Report", "analyze", "receptive_field"]
 

@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AugError", "FLIPS", "TRANSFORMS", "build_pipeline", "save_grid", "split_flip"]
+from archsearch.errors import AugError
+
+__all__ = ["FLIPS", "TRANSFORMS", "build_pipeline", "save_grid", "split_flip"]
 
 # the transforms a config may name (albumentations 2.0.x)
 TRANSFORMS = (
@@ -32,10 +34,6 @@ TRANSFORMS = (
     "Posterize", "Equalize", "InvertImg", "SafeRotate", "RandomRotate90", "Transpose",
     "ConstrainedCoarseDropout",
 )
-
-
-class AugError(ValueError):
-    """A bad augmentation config; ``str()`` is one line naming the transform and argument."""
 
 
 def _resolve(v: Any, mean_px: Sequence[float] | None) -> Any:

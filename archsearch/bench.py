@@ -61,7 +61,7 @@ def _model(opts: dict) -> str:
 
 # ------------------------------------------------------------------ data
 def _images(opts: dict) -> tuple[Any, Any]:
-    from .data import load_data, synthetic
+    from archsearch.data import load_data, synthetic
 
     n = int(opts.get("images", 4096))
     if opts.get("data", "synthetic") == "folder":
@@ -89,8 +89,8 @@ def _era_s9(mean_px):
     """The shipped default augmentation (conf/aug/era_s9.yaml), as training builds it."""
     from omegaconf import OmegaConf
 
-    from .augment import build_pipeline
-    from .config import compose
+    from archsearch.augment import build_pipeline
+    from archsearch.config import compose
 
     return build_pipeline(OmegaConf.to_container(compose("config", []).aug, resolve=True)["train"], mean_px)
 
@@ -110,7 +110,7 @@ def reference_epoch(model, x, y, batch: int, workers: int, device) -> float:
     import torch
     import torch.nn.functional as F
 
-    from .data import _stats
+    from archsearch.data import _stats
 
     mean, std = _stats(x)
     loader = torch.utils.data.DataLoader(_RefDataset(x, y, _reference_transform(mean, std)), batch_size=batch,
@@ -136,12 +136,12 @@ def reference_epoch(model, x, y, batch: int, workers: int, device) -> float:
 def part_train(opts: dict, rows: list, notes: list) -> None:
     """archsearch's real training path (archsearch.train.train) vs the reference loop."""
 
-    from . import build_model, load_spec
-    from .batches import worker_count as _workers
-    from .config import compose
-    from .data import Splits, _stats
-    from .job import train
-    from .precision import pick_device
+    from archsearch import build_model, load_spec
+    from archsearch.batches import worker_count as _workers
+    from archsearch.config import compose
+    from archsearch.data import Splits, _stats
+    from archsearch.job import train
+    from archsearch.precision import pick_device
 
     x, y = _images(opts)
     reps, batch = int(opts.get("reps", 3)), int(opts.get("batch", 128))
@@ -191,8 +191,8 @@ def part_train(opts: dict, rows: list, notes: list) -> None:
 def _compile_for_run(setting: str, device, batch: int, name: str, images: int) -> tuple[str, str, float]:
     """Part 1's ``trainer.compile``: auto -> what ``auto`` picks for a run of ``images`` images
     (its probe, or its cache) -> (true/false, why, the compile seconds a run pays)."""
-    from .compilation import choose_compile
-    from .spec import spec_hash
+    from archsearch.compilation import choose_compile
+    from archsearch.spec import spec_hash
 
     if setting != "auto":
         return setting, "set", 0.0
@@ -209,9 +209,9 @@ def _auto_model(device, batch: int, name: str):
     import torch
     from omegaconf import OmegaConf
 
-    from . import build_model, load_spec
-    from .precision import choose_precision
-    from .spec import spec_hash
+    from archsearch import build_model, load_spec
+    from archsearch.precision import choose_precision
+    from archsearch.spec import spec_hash
 
     spec = load_spec(name)
     model = build_model(spec)
@@ -225,8 +225,8 @@ def part_breakdown(opts: dict, rows: list, notes: list) -> None:
     """Model step alone (tensors already on the device) for every precision/layout candidate
     the probe times; augmentation rate."""
 
-    from . import build_model, load_spec
-    from .precision import _candidates, pick_device, probe
+    from archsearch import build_model, load_spec
+    from archsearch.precision import _candidates, pick_device, probe
 
     device = pick_device("auto")
     reps, batch = int(opts.get("reps", 3)), int(opts.get("batch", 128))
@@ -265,8 +265,8 @@ def part_compile(opts: dict, rows: list, notes: list) -> None:
     import torch
     import torch._inductor.config as inductor_config
 
-    from .compilation import probe_compile
-    from .precision import pick_device
+    from archsearch.compilation import probe_compile
+    from archsearch.precision import pick_device
 
     device = pick_device("auto")
     batch = int(opts.get("batch", 128))
@@ -297,7 +297,7 @@ def part_compile(opts: dict, rows: list, notes: list) -> None:
 
 
 def _long_spec():
-    from .spec import parse_spec
+    from archsearch.spec import parse_spec
 
     layers = []
     for i in range(28):
@@ -309,8 +309,8 @@ def _long_spec():
 
 
 def part_validator(opts: dict, rows: list, notes: list) -> None:
-    from . import analyze, build_model, check, load_budget, load_spec
-    from .config import available
+    from archsearch import analyze, build_model, check, load_budget, load_spec
+    from archsearch.config import available
 
     budget = load_budget()
     specs = [load_spec(m) for m in available("model")] + [_long_spec()]
@@ -343,7 +343,7 @@ def part_sweep(opts: dict, rows: list, notes: list) -> None:
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from .study import open_storage
+    from archsearch.study import open_storage
 
     trials = int(opts.get("trials", 200))
     with tempfile.TemporaryDirectory() as td:
@@ -387,7 +387,7 @@ def _timed_sweep(opts: dict, n_jobs: int, td: str) -> tuple[float, int]:
     """One archsearch sweep of small real trials -> (wall seconds, trained trials)."""
     import optuna
 
-    from .study import open_storage
+    from archsearch.study import open_storage
 
     n, images = int(opts.get("conc_trials", 8)), int(opts.get("conc_images", 2000))
     held = min(1000, images)  # validation and test images
@@ -534,14 +534,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad:
         print(f"error: parts: unknown part {bad[0]!r}; choose from {', '.join(PARTS)}", file=sys.stderr)
         return 2
-    from .config import available
+    from archsearch.config import available
 
     if _model(opts) not in available("model"):
         print(f"error: model: unknown model {_model(opts)!r}; choose one of {', '.join(available('model'))}",
               file=sys.stderr)
         return 2
-    from .compilation import compile_setting
-    from .config import ConfigError
+    from archsearch.compilation import compile_setting
+    from archsearch.errors import ConfigError
 
     try:
         compile_setting(opts.get("compile", "auto"))

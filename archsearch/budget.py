@@ -11,13 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from .analysis import Report
+from archsearch.analysis import Report
+from archsearch.errors import BudgetError
 
 __all__ = ["Budget", "Violation", "check", "parse_budget"]
-
-
-class BudgetError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)

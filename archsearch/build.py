@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .analysis import LayerReport, analyze
-from .ops import ACTIVATIONS, OPS
-from .spec import ModelSpec
+from archsearch.analysis import LayerReport, analyze
+from archsearch.ops import ACTIVATIONS, OPS
+from archsearch.spec import ModelSpec
 
 __all__ = ["Merge", "Net", "build_model"]
 

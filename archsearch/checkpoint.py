@@ -13,8 +13,8 @@ import os
 import random
 from pathlib import Path
 
-from .config import ConfigError
-from .engine import Engine, TrainState
+from archsearch.engine import Engine, TrainState
+from archsearch.errors import ConfigError
 
 __all__ = ["KEYS", "load", "save"]
 

@@ -40,8 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import ConfigError
-from .precision import (
+from archsearch.errors import ConfigError
+from archsearch.precision import (
     OtherLoad,
     Precision,
     _Stepper,

@@ -11,16 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .spec import ModelSpec, SpecError, parse_spec
+from archsearch.errors import ConfigError, SpecError
+from archsearch.spec import ModelSpec, parse_spec
 
-__all__ = ["CONF_DIR", "ConfigError", "available", "check_choices", "compose", "load_spec", "search_dirs",
+__all__ = ["CONF_DIR", "available", "check_choices", "compose", "load_spec", "search_dirs",
            "spec_from_cfg"]
 
 CONF_DIR = Path(os.environ.get("ARCHSEARCH_CONF", Path(__file__).resolve().parent.parent / "conf"))
-
-
-class ConfigError(ValueError):
-    """A user mistake in overrides or config choices; ``str()`` is one line."""
 
 
 def search_dirs(overrides: Sequence[str] = ()) -> list[Path]:
@@ -91,7 +88,7 @@ def check_choices(overrides: Sequence[str], config_name: str | None = "config") 
     a file the composition reads that is not well-formed YAML -> ConfigError naming the file,
     line and column. ``config_name=None``: only the files these overrides choose (a sweep
     candidate's, whose primary config was checked when the sweep started)."""
-    from .yamlcheck import check_config_files
+    from archsearch.yamlcheck import check_config_files
 
     dirs = search_dirs(overrides)
     choices = group_choices(overrides, dirs)
@@ -174,7 +171,7 @@ def load_spec(name: str, overrides: Sequence[str] = ()) -> ModelSpec:
 def load_budget(overrides: Sequence[str] = ()):
     from omegaconf import OmegaConf
 
-    from .budget import parse_budget
+    from archsearch.budget import parse_budget
 
     cfg = compose("validate", list(overrides))
     return parse_budget(OmegaConf.to_container(cfg.budget, resolve=True))

@@ -16,15 +16,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DataError", "Splits", "load_data", "load_data_once", "synthetic", "read_folder", "CIFAR10_CLASSES"]
+from archsearch.errors import DataError
+
+__all__ = ["Splits", "load_data", "load_data_once", "synthetic", "read_folder", "CIFAR10_CLASSES"]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 SOURCES = ("cifar10", "folder", "synthetic")
-
-
-class DataError(RuntimeError):
-    """A data problem the user can fix; ``str()`` is one line that says how."""
 
 
 @dataclass

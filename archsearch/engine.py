@@ -13,12 +13,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .batches import BatchAug, EpochBatches, make_loader, to_device, worker_count
-from .compilation import CompileChoice
-from .evaluate import evaluate
-from .optim import WeightEMA, make_optimizer, make_scheduler
-from .precision import Precision
-from .trial import NonFiniteLoss
+from archsearch.batches import BatchAug, EpochBatches, make_loader, to_device, worker_count
+from archsearch.compilation import CompileChoice
+from archsearch.errors import NonFiniteLoss
+from archsearch.evaluate import evaluate
+from archsearch.optim import WeightEMA, make_optimizer, make_scheduler
+from archsearch.precision import Precision
 
 __all__ = ["Engine", "TrainState"]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
-from .batches import to_device
-from .config import ConfigError
+from archsearch.batches import to_device
+from archsearch.errors import ConfigError
 
 __all__ = ["TTA_VIEWS", "evaluate", "parse_tta", "view"]
 

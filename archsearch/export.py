@@ -32,8 +32,9 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import CONF_DIR, ConfigError
-from .retrain import (
+from archsearch.config import CONF_DIR
+from archsearch.errors import ConfigError
+from archsearch.retrain import (
     boolean,
     complete_trials,
     override_key,
@@ -42,7 +43,7 @@ from .retrain import (
     shape_note,
     split_args,
 )
-from .study import override_value
+from archsearch.study import override_value
 
 __all__ = ["best_trial", "main", "model_node"]
 
@@ -53,7 +54,7 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
 # ------------------------------------------------------------------ which trial
 def best_trial(study):
     """Best mean full-recipe validation accuracy among retrained trials, else the best proxy trial."""
-    from .report import proxy_vs_full
+    from archsearch.report import proxy_vs_full
 
     done = complete_trials(study)
     table = proxy_vs_full(study)
@@ -99,8 +100,8 @@ def model_node(base_file: Path, overrides: Sequence[str]):
 def _analyze(node):
     from omegaconf import OmegaConf
 
-    from .analysis import analyze
-    from .config import spec_from_cfg
+    from archsearch.analysis import analyze
+    from archsearch.config import spec_from_cfg
 
     root = OmegaConf.create({"model": node})  # the ${model.*} references resolve as in a composed config
     return analyze(spec_from_cfg(root.model)), OmegaConf.to_container(root.model, resolve=True)
@@ -113,20 +114,20 @@ def _fmt_acc(v) -> str:
 def _short(text: str) -> str:
     """Paths inside the base folder (``report.base_dir``: where ``mlruns/`` lives) written
     relative to it: the header stays true on another machine."""
-    from .report import base_dir
+    from archsearch.report import base_dir
 
     return text.replace(str(base_dir()).rstrip("/") + "/", "")
 
 
 def _proxy_text(trial) -> str:
-    from .report import proxy_val_acc
+    from archsearch.report import proxy_val_acc
 
     scored = trial.user_attrs.get("scored")
     return f"scored without training by {scored}" if scored else f"proxy val_acc {_fmt_acc(proxy_val_acc(trial))}"
 
 
 def _header(study, url: str, trial, base_file: Path, model_ovs: list[str], report) -> str:
-    from .report import proxy_val_acc, retrained
+    from archsearch.report import proxy_val_acc, retrained
 
     def block(label: str, items: Sequence[str]) -> list[str]:
         return textwrap.wrap(f"{label} {' '.join(items)}", 100, initial_indent="# ", subsequent_indent="#   ")
@@ -151,7 +152,7 @@ def _header(study, url: str, trial, base_file: Path, model_ovs: list[str], repor
 
 def _searchpath(out: Path, overrides: Sequence[str]) -> list[str]:
     """The ``hydra.searchpath`` override under which ``model=NEWNAME`` finds ``out``."""
-    from .config import search_dirs
+    from archsearch.config import search_dirs
 
     dirs = [d.resolve() for d in search_dirs(overrides) if d.resolve() != CONF_DIR.resolve()]
     if out.parent.resolve() != CONF_DIR.resolve() and out.parent.resolve() not in dirs:
@@ -186,7 +187,7 @@ def _args(argv: Sequence[str]):
 
 def _compose_trial(study, trial, user: Sequence[str]):
     """The trial's overrides, its composed config and the model file it started from."""
-    from .config import compose_with_hydra, config_file, search_dirs
+    from archsearch.config import compose_with_hydra, config_file, search_dirs
 
     ovs = run_overrides(study, trial, user, seed=None)
     cfg = compose_with_hydra("config", ovs)
@@ -198,7 +199,7 @@ def _compose_trial(study, trial, user: Sequence[str]):
 
 
 def _check_target(path: Path, name: str, overwrite: bool, overrides: Sequence[str]) -> None:
-    from .config import config_file, search_dirs
+    from archsearch.config import config_file, search_dirs
 
     if path.exists() and not overwrite:
         raise ConfigError(f"overwrite: {path} exists; choose another name= or pass overwrite=true to replace it")
@@ -211,7 +212,7 @@ def _check_target(path: Path, name: str, overwrite: bool, overrides: Sequence[st
 
 def _validate(path: Path, name: str, overrides: Sequence[str]) -> tuple[int, str]:
     """``python -m archsearch.validate model=NAME``, in process, with the sweep's budget overrides."""
-    from .validate import run
+    from archsearch.validate import run
 
     budget = [o for o in overrides if override_key(o) == "budget" or override_key(o).startswith("budget.")]
     try:
@@ -227,7 +228,7 @@ def _validate(path: Path, name: str, overrides: Sequence[str]) -> tuple[int, str
 def _export(argv: Sequence[str]) -> tuple[int, str]:
     from omegaconf import OmegaConf
 
-    from .report import open_study, retrained
+    from archsearch.report import open_study, retrained
 
     which, name, out, overwrite, rest = _args(argv)
     _, study, url = open_study(rest)
@@ -261,9 +262,7 @@ def _export(argv: Sequence[str]) -> tuple[int, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .budget import BudgetError
-    from .spec import SpecError
-    from .study import StudyError
+    from archsearch.errors import BudgetError, SpecError, StudyError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):

@@ -6,10 +6,10 @@ it), so neither imports the other.
 
 from __future__ import annotations
 
-from .analysis import Report, analyze
-from .budget import Violation, check, parse_budget
-from .config import spec_from_cfg
-from .spec import ModelSpec
+from archsearch.analysis import Report, analyze
+from archsearch.budget import Violation, check, parse_budget
+from archsearch.config import spec_from_cfg
+from archsearch.spec import ModelSpec
 
 __all__ = ["BudgetRejected", "gate", "verdict"]
 

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint
-from .analysis import Report
-from .config import ConfigError
-from .engine import Engine, TrainState
-from .gate import gate
-from .spec import ModelSpec, spec_hash
+from archsearch import checkpoint
+from archsearch.analysis import Report
+from archsearch.engine import Engine, TrainState
+from archsearch.errors import ConfigError
+from archsearch.gate import gate
+from archsearch.spec import ModelSpec, spec_hash
 
 __all__ = ["TrainResult", "fit", "train"]
 
@@ -56,7 +56,7 @@ def fit(cfg: Any = None, overrides: Sequence[str] = (), out_dir: str | Path | No
     ``fit(cfg)`` with a composed config. Same run, same MLflow logging and the same result
     as ``python -m archsearch.train``; output under ``outputs/fit/<time>_<model>/`` unless
     ``out_dir`` is given."""
-    from .config import compose
+    from archsearch.config import compose
 
     if cfg is None:
         cfg = compose("config", list(overrides))
@@ -133,11 +133,11 @@ def parse_knobs(cfg) -> _Knobs:
     data loaded or an MLflow run started."""
     from omegaconf import OmegaConf
 
-    from .augment import split_flip
-    from .compilation import compile_setting
-    from .evaluate import parse_tta
-    from .optim import parse_ema, parse_norm_knobs
-    from .recipe import check_recipe
+    from archsearch.augment import split_flip
+    from archsearch.compilation import compile_setting
+    from archsearch.evaluate import parse_tta
+    from archsearch.optim import parse_ema, parse_norm_knobs
+    from archsearch.recipe import check_recipe
 
     acfg = OmegaConf.to_container(cfg.aug, resolve=True)
     tcfg = cfg.trainer
@@ -157,12 +157,12 @@ def _setup(cfg, spec: ModelSpec, report: Report, k: _Knobs, out_dir, data, sweep
     import torch
     from omegaconf import OmegaConf
 
-    from .augment import build_pipeline
-    from .build import build_model
-    from .compilation import choose_compile
-    from .data import load_data
-    from .precision import choose_precision, pick_device
-    from .recipe import apply_recipe
+    from archsearch.augment import build_pipeline
+    from archsearch.build import build_model
+    from archsearch.compilation import choose_compile
+    from archsearch.data import load_data
+    from archsearch.precision import choose_precision, pick_device
+    from archsearch.recipe import apply_recipe
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -207,7 +207,7 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
     """
     from omegaconf import OmegaConf
 
-    from .tracking import make_tracker, run_lifecycle
+    from archsearch.tracking import make_tracker, run_lifecycle
 
     t0 = time.time()
     spec, report = gate(cfg)  # may raise: nothing loaded yet
@@ -279,8 +279,8 @@ def _run_epoch(s: _Setup, state: TrainState, run, epoch: int, save: bool) -> Non
 
 def _finish(s: _Setup, state: TrainState, run, cfg, t0: float) -> TrainResult:
     """The final test evaluation, its metrics and artifacts, and the run's one closing line."""
-    from .plots import write_plots
-    from .tracking import ui_link
+    from archsearch.plots import write_plots
+    from archsearch.tracking import ui_link
 
     test_loss, test_acc, preds, parts = s.engine.test(s.tta)
     wall = time.time() - t0
@@ -329,10 +329,10 @@ def _log_inputs(run, cfg, resolved: dict, s: _Setup) -> None:
     import numpy as np
     from omegaconf import OmegaConf
 
-    from .augment import save_grid
-    from .budget import parse_budget
-    from .tracking import flatten
-    from .validate import format_table
+    from archsearch.augment import save_grid
+    from archsearch.budget import parse_budget
+    from archsearch.tracking import flatten
+    from archsearch.validate import format_table
 
     r, d = s.report, s.data
     params = flatten({k: v for k, v in resolved.items() if k not in ("tracking", "trial", "hydra")})
@@ -383,7 +383,7 @@ def _log_model(s: _Setup, state: TrainState, run) -> None:
     import numpy as np
     import torch
 
-    from .build import build_model
+    from archsearch.build import build_model
 
     t0, net, step = time.time(), build_model(s.spec), len(state.history)
     best = s.out / "best.pt"

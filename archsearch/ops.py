@@ -40,6 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from archsearch.errors import OpError
+
 __all__ = ["ACTIVATIONS", "EXTRAS", "OPS", "FieldDef", "OpDef", "Shape", "Step"]
 
 Shape = tuple  # (C, H, W)
@@ -84,15 +86,6 @@ class Step(NamedTuple):
     spatial: bool = True  # False once the map is pooled to a vector (gap, linear)
 
 
-class OpError(ValueError):
-    """A shape/channel problem found by an op's rule; ``field`` names the culprit."""
-
-    def __init__(self, field_name: str | None, message: str):
-        super().__init__(message)
-        self.field = field_name
-        self.message = message
-
-
 @dataclass(frozen=True)
 class OpDef:
     name: str
@@ -131,7 +124,6 @@ def _conv_geometry(a: dict, shape: Shape) -> tuple[int, int, int, int]:
             f"{k_eff}, stride {s}, padding {p})",
         )
     return c, ho, wo, k_eff
-
 
 
 # ---------------------------------------------------------------- conv

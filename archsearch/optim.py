@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from .config import ConfigError
+from archsearch.errors import ConfigError
 
 __all__ = ["WeightEMA", "make_optimizer", "make_scheduler", "parse_ema"]
 

@@ -13,7 +13,7 @@ def write_plots(out: Path, history, classes, y_true, y_pred, x_test, max_wrong: 
     Drawn with PIL: a few milliseconds, which a sweep pays once per trial."""
     import numpy as np
 
-    from .augment import save_grid
+    from archsearch.augment import save_grid
 
     files = []
     if history:

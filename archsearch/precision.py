@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
+from archsearch.errors import ConfigError
 
 log = logging.getLogger("archsearch")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from .config import ConfigError
+from archsearch.errors import ConfigError
 
 __all__ = ["STEM_INITS", "apply_recipe", "whiten_stem"]
 

@@ -40,7 +40,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .study import TRAINED
+from archsearch.study import TRAINED
 
 __all__ = ["base_dir", "leaderboard", "load_named", "main", "open_study", "pareto_front", "print_table",
            "proxies_agreement", "proxy_choice", "proxy_cost", "proxy_val_acc", "proxy_vs_full", "rank_agreement",
@@ -199,7 +199,8 @@ def open_study(overrides: Sequence[str]):
     """``sweep=NAME`` (and any overrides, ``hydra.sweeper.study_name`` / ``storage`` included)
     -> (the composed config with its hydra node, the Optuna study, its storage URL).
     No sweep named, or no such study: ConfigError (one line)."""
-    from .config import ConfigError, compose_with_hydra
+    from archsearch.config import compose_with_hydra
+    from archsearch.errors import ConfigError
 
     cfg = compose_with_hydra("config", list(overrides))
     sw = cfg.hydra.sweeper
@@ -215,8 +216,8 @@ def load_named(cfg, name: str, field_name: str = "sweep"):
     storage URL); none there: ConfigError naming ``field_name``."""
     import optuna
 
-    from .config import ConfigError
-    from .study import open_storage, storage_url
+    from archsearch.errors import ConfigError
+    from archsearch.study import open_storage, storage_url
 
     url = storage_url(cfg.hydra.sweeper.get("storage"), name, base_dir())
     hint = {"sweep": f"run it first: python -m archsearch.train -m sweep={name}",
@@ -339,7 +340,7 @@ FREE = (("params", "params"), ("macs", "MACs"))  # proxies that need no training
 
 
 def _agreement(d, x_col: str, y_col: str) -> dict:
-    from .rank import kendall_tau_b, spearman_rho
+    from archsearch.rank import kendall_tau_b, spearman_rho
 
     d = d[d[x_col].notna() & d[y_col].notna()]
     x, y = [float(v) for v in d[x_col]], [float(v) for v in d[y_col]]
@@ -400,8 +401,9 @@ def proxy_cost(study) -> dict:
     machine was shared or the trial paused)."""
     import statistics
 
-    from .config import ConfigError, compose
-    from .retrain import override_key
+    from archsearch.config import compose
+    from archsearch.errors import ConfigError
+    from archsearch.retrain import override_key
 
     out: dict = {"train_images": None, "epochs": None}
     if scored := scored_by(study):
@@ -569,7 +571,7 @@ def full_plot(table, png: Path, study_name: str, budget_params: int | None) -> P
 
 
 def _min_tau(value: str | None) -> float:
-    from .config import ConfigError
+    from archsearch.errors import ConfigError
 
     if value is None:
         return MIN_TAU
@@ -585,9 +587,9 @@ def _min_tau(value: str | None) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     from omegaconf import OmegaConf
 
-    from .config import ConfigError
-    from .retrain import split_args
-    from .tracking import make_tracker
+    from archsearch.errors import ConfigError
+    from archsearch.retrain import split_args
+    from archsearch.tracking import make_tracker
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):

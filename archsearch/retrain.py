@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
-from .study import override_value
+from archsearch.errors import ConfigError
+from archsearch.study import override_value
 
 __all__ = ["complete_trials", "main", "override_key", "pick_trials", "run_overrides", "shape_note", "split_args",
            "sweep_overrides", "trial_overrides"]
@@ -155,7 +155,7 @@ def pick_trials(study, top: int | None, numbers: Sequence[int] | None, field_nam
         raise ConfigError(f"sweep: study {name!r} has no COMPLETE trial yet; run the sweep first: "
                           f"python -m archsearch.train -m sweep={name}")
     if numbers is None:
-        from .report import scored_by
+        from archsearch.report import scored_by
 
         return (distinct_architectures(done, bool(scored_by(study))) if distinct else done)[: top or DEFAULT_TOP]
     ok = {t.number: t for t in done}
@@ -242,8 +242,8 @@ class _Capture:
 
 def _plan(study, trials: list, args: Args) -> tuple[list[_Plan], list[str]]:
     """Compose and budget-check every run before any trains; (runs to train, lines to print first)."""
-    from .config import compose
-    from .gate import gate
+    from archsearch.config import compose
+    from archsearch.gate import gate
 
     plans, skipped = [], []
     for t in trials:
@@ -295,14 +295,14 @@ def _data(cfg, base: Path):
     """Load a dataset once for all the runs that use it (the split depends on data.seed only)."""
     from omegaconf import OmegaConf
 
-    from .data import load_data_once
+    from archsearch.data import load_data_once
 
     return load_data_once(OmegaConf.to_container(cfg.data, resolve=True), base)
 
 
 def retrain_one(study, plan: _Plan, tracker, parent: str | None, base: Path) -> dict:
     """Train one planned run and record it in the study as ``retrain.t<trial>.s<seed>``."""
-    from .job import train
+    from archsearch.job import train
 
     cap = _Capture(tracker.for_run() if tracker.enabled else tracker)
     tags = {"archsearch.study": study.study_name, "archsearch.trial": plan.trial.number,
@@ -319,7 +319,7 @@ def retrain_one(study, plan: _Plan, tracker, parent: str | None, base: Path) -> 
 
 # ------------------------------------------------------------------ the command
 def _prepare(argv: Sequence[str]):
-    from .report import open_study
+    from archsearch.report import open_study
 
     args = parse_args(argv)
     cfg, study, url = open_study(args.overrides)
@@ -332,9 +332,9 @@ def _train_all(study, plans: list[_Plan], cfg) -> int:
     """Train the planned runs in order; -> how many failed (a non-finite loss; the others go on)."""
     from omegaconf import OmegaConf
 
-    from .report import base_dir
-    from .tracking import make_tracker
-    from .trial import NonFiniteLoss
+    from archsearch.errors import NonFiniteLoss
+    from archsearch.report import base_dir
+    from archsearch.tracking import make_tracker
 
     base = base_dir()
     tracker = make_tracker(OmegaConf.to_container(cfg.tracking, resolve=True), base)
@@ -353,13 +353,9 @@ def _train_all(study, plans: list[_Plan], cfg) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .augment import AugError
-    from .budget import BudgetError
-    from .data import DataError
-    from .gate import BudgetRejected
-    from .report import print_table, proxy_vs_full
-    from .spec import SpecError
-    from .study import StudyError
+    from archsearch.errors import AugError, BudgetError, DataError, SpecError, StudyError
+    from archsearch.gate import BudgetRejected
+    from archsearch.report import print_table, proxy_vs_full
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):

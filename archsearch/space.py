@@ -159,9 +159,10 @@ def _fast_check(base: dict, combo: dict[str, Any], full: dict | None = None) -> 
     gate it: what composing each candidate gives for value overrides, without composing.
     Interpolations other than plain references within them are left to OmegaConf, on a copy of
     the whole composed config ``full`` (they may point anywhere in it)."""
-    from .analysis import analyze
-    from .budget import check, parse_budget
-    from .spec import SpecError, parse_spec
+    from archsearch.analysis import analyze
+    from archsearch.budget import check, parse_budget
+    from archsearch.errors import SpecError
+    from archsearch.spec import parse_spec
 
     raw = copy.deepcopy(base)
     try:
@@ -186,8 +187,9 @@ def _fast_check(base: dict, combo: dict[str, Any], full: dict | None = None) -> 
 
 def _slow_check(overrides: list[str], combo: dict[str, Any]) -> Candidate:
     """Compose the candidate as the sweeper does (a config-group dimension needs it)."""
-    from .config import ConfigError, compose
-    from .study import override_value
+    from archsearch.config import compose
+    from archsearch.errors import ConfigError
+    from archsearch.study import override_value
 
     try:
         cfg = compose("config", [*overrides, *(f"{k}={override_value(v)}" for k, v in combo.items())])
@@ -198,8 +200,8 @@ def _slow_check(overrides: list[str], combo: dict[str, Any]) -> Candidate:
 
 def _gated(combo, cfg) -> Candidate:
     """The sweeper's budget gate on a composed config."""
-    from .gate import verdict
-    from .spec import SpecError
+    from archsearch.errors import SpecError
+    from archsearch.gate import verdict
 
     try:
         _, report, violations = verdict(cfg)
@@ -212,10 +214,10 @@ def check_space(overrides: Sequence[str], samples: int = 1000, seed: int = 0) ->
     """Compose the sweep (``sweep=NAME`` among ``overrides``), and check its architectures."""
     from omegaconf import OmegaConf
 
-    from hydra_plugins.archsearch_sweeper._impl import SweepConfigError, _values, parse_space
-
-    from .config import ConfigError, compose_with_hydra
-    from .study import split_sweep_args
+    from archsearch.config import compose_with_hydra
+    from archsearch.errors import ConfigError, SweepConfigError
+    from archsearch.study import split_sweep_args
+    from hydra_plugins.archsearch_sweeper._impl import _values, parse_space
 
     plain, cli_space = split_sweep_args(overrides)
     cfg = compose_with_hydra("config", plain)
@@ -314,9 +316,9 @@ def write_csv(rep: SpaceReport, path: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .config import ConfigError
-    from .report import base_dir
-    from .retrain import positive_int, split_args
+    from archsearch.errors import ConfigError
+    from archsearch.report import base_dir
+    from archsearch.retrain import positive_int, split_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):

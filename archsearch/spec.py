@@ -43,9 +43,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .ops import ACTIVATIONS, EXTRAS, OPS
+from archsearch.errors import SpecError
+from archsearch.ops import ACTIVATIONS, EXTRAS, OPS
 
-__all__ = ["BlockSpec", "LayerSpec", "ModelSpec", "SpecError", "parse_spec", "spec_hash", "walk"]
+__all__ = ["BlockSpec", "LayerSpec", "ModelSpec", "parse_spec", "spec_hash", "walk"]
 
 MODEL_FIELDS = ("name", "in_channels", "input_size", "num_classes", "order", "layer_defaults", "layers", "stages")
 BLOCKS = ("residual", "branches", "repeat")
@@ -54,15 +55,6 @@ MAX_DEPTH = 8  # blocks inside blocks
 MAX_LAYERS = 2000  # layers after expanding repeats
 ORDER_ITEMS = ("op", "bn", "act", "dropout")
 DEFAULT_ORDER = ("op", "bn", "act", "dropout")
-
-
-class SpecError(ValueError):
-    """A malformed model spec. ``str(err)`` is one line: ``<yaml path>: <what is wrong>``."""
-
-    def __init__(self, path: str, message: str):
-        super().__init__(f"{path}: {message}")
-        self.path = path
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from archsearch.errors import StudyError
+
 __all__ = ["TRAINED", "draw_index", "make_pruner", "make_sampler", "open_storage", "override_value", "split_sweep_args",
            "storage_url"]
 
 TRAINED = ("COMPLETE", "PRUNED", "FAIL")
 PRUNERS = ("hyperband", "median", "none")
 SAMPLERS = ("tpe", "random")
-
-
-class StudyError(ValueError):
-    pass
 
 
 def override_value(v: Any) -> str:

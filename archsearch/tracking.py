@@ -238,7 +238,7 @@ def run_lifecycle(tracker, name: str, tags: Mapping[str, Any], parent_run_id: st
     """Open (or, with ``run_id``, reopen) a run and always close it with what happened:
     FINISHED + state COMPLETE when the block ends normally; KILLED + state PRUNED when the
     pruner stops it; KILLED on Ctrl-C / SIGTERM; FAILED + the error as a tag otherwise."""
-    from .trial import Pruned
+    from archsearch.errors import Pruned
 
     tracker.start(name=name, tags=tags, parent_run_id=parent_run_id, run_id=run_id)
     status = "FAILED"
@@ -348,7 +348,7 @@ def make_tracker(cfg: Mapping[str, Any] | None, base_dir: str | Path | None = No
     """``cfg`` is the ``tracking`` config group."""
     if not cfg or not cfg.get("enabled", True):
         return NullTracker()
-    from .config import ConfigError
+    from archsearch.errors import ConfigError
 
     for key in ("log_model", "log_checkpoint"):
         if not isinstance(cfg.get(key, True), bool):

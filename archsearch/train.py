@@ -15,13 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .analysis import analyze
-from .budget import BudgetError
-from .config import ConfigError, check_choices
-from .gate import BudgetRejected, gate
-from .job import TrainResult, fit, train
-from .spec import SpecError
-from .trial import NonFiniteLoss, Pruned, TrialRef
+from archsearch.analysis import analyze
+from archsearch.config import check_choices
+from archsearch.errors import BudgetError, ConfigError, NonFiniteLoss, Pruned, SpecError
+from archsearch.gate import BudgetRejected, gate
+from archsearch.job import TrainResult, fit, train
+from archsearch.trial import TrialRef
 
 __all__ = ["BudgetRejected", "NonFiniteLoss", "Pruned", "TrainResult", "fit", "gate", "main", "train"]
 
@@ -33,7 +32,7 @@ def _cached_data(cfg, base_dir: Path):
     """A sweep process loads its dataset once and reuses it across trials."""
     from omegaconf import OmegaConf
 
-    from .data import load_data_once
+    from archsearch.data import load_data_once
 
     return load_data_once(OmegaConf.to_container(cfg.data, resolve=True), base_dir)
 
@@ -42,7 +41,7 @@ def _multirun_parent(cfg, sweep_dir: str) -> str | None:
     """Plain Hydra multirun (basic sweeper): one MLflow parent run per multirun directory."""
     from omegaconf import OmegaConf
 
-    from .tracking import make_tracker
+    from archsearch.tracking import make_tracker
 
     tr = make_tracker(OmegaConf.to_container(cfg.tracking, resolve=True))
     if not tr.enabled:
@@ -62,7 +61,7 @@ def _record_rejection(cfg, e: BudgetRejected) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from .tracking import make_tracker, record_rejected
+    from archsearch.tracking import make_tracker, record_rejected
 
     hc = HydraConfig.get()
     tr = make_tracker(OmegaConf.to_container(cfg.tracking, resolve=True))
@@ -84,7 +83,7 @@ def _task(cfg) -> float | None:
     ref = TrialRef.from_cfg(cfg.get("trial"))
     kw: dict[str, Any] = {}
     if ref is not None:  # launched by the archsearch sweeper
-        from .trial import trial_job_kwargs
+        from archsearch.trial import trial_job_kwargs
 
         kw = trial_job_kwargs(ref, int(cfg.trainer.epochs))
     elif hc.mode == RunMode.MULTIRUN:
@@ -98,9 +97,8 @@ def main() -> None:
     """Console entry: user mistakes -> one line on stderr; exit 1 for budget, 2 for bad input."""
     import hydra
 
-    from .augment import AugError
-    from .config import CONF_DIR
-    from .data import DataError
+    from archsearch.config import CONF_DIR
+    from archsearch.errors import AugError, DataError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -11,19 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["NonFiniteLoss", "Pruned", "TrialRef", "pruning_hook", "trial_job_kwargs"]
+from archsearch.errors import Pruned
 
-
-class Pruned(Exception):
-    """Raised by an epoch hook (the sweeper's pruner) to stop a trial early."""
-
-    def __init__(self, epoch: int, value: float):
-        super().__init__(f"pruned after epoch {epoch} (val_acc {value:.4f})")
-        self.epoch, self.value = epoch, value
-
-
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite: the trial fails, the sweep goes on."""
+__all__ = ["TrialRef", "pruning_hook", "trial_job_kwargs"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +49,7 @@ def pruning_hook(ref: TrialRef, max_epochs: int):
     the MLflow run id on the trial. Works from any process or machine that reaches the storage."""
     import optuna
 
-    from .study import make_pruner, open_storage, retrying
+    from archsearch.study import make_pruner, open_storage, retrying
 
     storage = open_storage(ref.storage)
     study = optuna.load_study(study_name=ref.study_name, storage=storage)

@@ -27,8 +27,9 @@ RESULT = "result.json"
 
 def run_trial(cfg, job_dir: Path) -> dict[str, Any]:
     """Train one trial's config in ``job_dir`` -> the result record (never raises for a trial's own failure)."""
-    from .job import train
-    from .trial import Pruned, TrialRef, trial_job_kwargs
+    from archsearch.errors import Pruned
+    from archsearch.job import train
+    from archsearch.trial import TrialRef, trial_job_kwargs
 
     ref = TrialRef.from_cfg(cfg.get("trial"))
     if ref is None:

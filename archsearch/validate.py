@@ -10,10 +10,10 @@ import json
 import sys
 from collections.abc import Sequence
 
-from .analysis import Report, analyze
-from .budget import Budget, BudgetError, Violation, check, parse_budget
-from .config import ConfigError, available, compose, spec_from_cfg
-from .spec import SpecError
+from archsearch.analysis import Report, analyze
+from archsearch.budget import Budget, Violation, check, parse_budget
+from archsearch.config import available, compose, spec_from_cfg
+from archsearch.errors import BudgetError, ConfigError, SpecError
 
 __all__ = ["format_table", "main", "run"]
 

@@ -26,7 +26,7 @@ _DATA_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", 
 
 
 def _err(path: Path, mark, message: str):
-    from .config import ConfigError
+    from archsearch.errors import ConfigError
 
     where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
     return ConfigError(f"{where}: {' '.join(message.split())}")
@@ -109,7 +109,7 @@ def check_config_files(choices: Sequence[tuple[str, str]], dirs: Sequence[Path],
     """Check every file that composing ``config_name`` with the ``(group, option)`` choices
     reads from ``dirs``: the primary config, the chosen options, the defaults they choose.
     ``config_name=None`` checks only the chosen options (and their defaults)."""
-    from .config import config_file
+    from archsearch.config import config_file
 
     chosen = {g for g, _ in choices}
     todo: list[tuple[str, str]] = sorted(set(choices))

@@ -2,7 +2,8 @@
 
 import pytest
 
-from archsearch import SpecError, analyze, parse_spec
+from archsearch import analyze, parse_spec
+from archsearch.errors import SpecError
 
 
 def spec(layers, size=32, cin=3):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from archsearch import analyze, build_model, check, load_budget, load_spec, parse_spec
-from archsearch.spec import SpecError
+from archsearch.errors import SpecError
 
 
 def spec(layers, **model):

@@ -5,7 +5,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from archsearch.config import ConfigError
+from archsearch.errors import ConfigError
 
 
 def _tiny_model():

@@ -134,7 +134,8 @@ def test_cli_multirun_with_cfg_is_one_line(tmp_path):
 
 
 def test_bad_augmentation_argument_names_transform_and_argument():
-    from archsearch.augment import AugError, build_pipeline
+    from archsearch.augment import build_pipeline
+    from archsearch.errors import AugError
 
     with pytest.raises(AugError, match=r"aug.train\[0\].CoarseDropout: unknown argument 'max_holes'; valid arguments: "
                                        r"num_holes_range"):
@@ -211,7 +212,8 @@ def test_folder_loader_reads_and_caches(tmp_path, monkeypatch):
 def test_offline_cifar10_gives_one_line_advice(tmp_path, monkeypatch):
     import urllib.error
 
-    from archsearch.data import DataError, load_data
+    from archsearch.data import load_data
+    from archsearch.errors import DataError
 
     def offline(*a, **k):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
@@ -224,8 +226,8 @@ def test_offline_cifar10_gives_one_line_advice(tmp_path, monkeypatch):
 
 
 def test_non_finite_loss_fails_the_run(tmp_path):
+    from archsearch.errors import NonFiniteLoss
     from archsearch.job import train
-    from archsearch.trial import NonFiniteLoss
 
     with pytest.raises(NonFiniteLoss, match="lower optim.lr"):
         train(cfg_for(tmp_path, *TINY_MODEL, "trainer.epochs=1", "optim.lr=1e12", "sched=constant", "trainer.log_every=1",
@@ -425,7 +427,7 @@ def test_fit_from_a_notebook_is_the_cli_run(tmp_path, monkeypatch):
 def test_resume_refuses_a_file_that_is_not_our_checkpoint(tmp_path):
     import torch
 
-    from archsearch.config import ConfigError
+    from archsearch.errors import ConfigError
     from archsearch.job import train
 
     train(cfg_for(tmp_path, *TINY_MODEL, "trainer.epochs=1", "trainer.tta=none"), tmp_path / "a")

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from archsearch.config import ConfigError, compose
+from archsearch.config import compose
+from archsearch.errors import ConfigError
 
 FAST = ["data=synthetic", "data.n_train=400", "data.n_test=100", "data.val_size=64", "trainer.batch_size=32",
         "trainer.progress=false", "trainer.workers=0", "trainer.amp=off", "trainer.channels_last=false",

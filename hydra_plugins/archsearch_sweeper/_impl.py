@@ -26,16 +26,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from archsearch.errors import SweepConfigError
 from archsearch.study import TRAINED, override_value, split_sweep_args
 
 log = logging.getLogger("archsearch.sweep")
 
 MEASURED = ("params", "macs", "rf")  # objectives taken from the analysis, not the job
 DIRECTIONS = ("maximize", "minimize")
-
-
-class SweepConfigError(ValueError):
-    pass
 
 
 # ------------------------------------------------------------------ search space
@@ -376,7 +373,7 @@ class SweeperImpl:
         when ``n_jobs`` > 1 or GPUs are listed, one per slot (see ``_pool.plan_slots``)."""
         from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 
-        from ._pool import Pool, plan_slots
+        from hydra_plugins.archsearch_sweeper._pool import Pool, plan_slots
 
         devices = self.conf.get("devices", "auto")
         devices = list(devices) if OmegaConf.is_list(devices) else devices
@@ -399,7 +396,7 @@ class SweeperImpl:
     def _loop(self, study, pool) -> str | None:
         """Ask, gate and start trials until n_trials are trained (or a stop rule fires); with a pool,
         a new trial starts as soon as a slot frees up: no batch waits for its slowest trial."""
-        from ._pool import Pool
+        from hydra_plugins.archsearch_sweeper._pool import Pool
 
         n_trials, max_fail = int(self.conf.n_trials), int(self.conf.max_failures)
         max_rej = int(self.conf.max_rejections_in_a_row)
@@ -446,8 +443,8 @@ class SweeperImpl:
     def _candidate(self, study):
         """Ask a trial, suggest its values, compose and gate its config -> (trial, values, overrides, cfg,
         report), or None when the budget rejected it (recorded, nothing launched)."""
+        from archsearch.errors import SpecError
         from archsearch.gate import verdict
-        from archsearch.spec import SpecError
         from archsearch.study import draw_index, make_sampler, worker_id
         from archsearch.trial import TrialRef
 
@@ -660,7 +657,7 @@ def _as_result(ret) -> dict[str, Any]:
     """Hydra's JobReturn (a trial run in this process) -> the result record a trial process writes."""
     from hydra.core.utils import JobStatus
 
-    from archsearch.trial import Pruned
+    from archsearch.errors import Pruned
 
     if ret.status == JobStatus.COMPLETED:
         return {"status": "COMPLETE", "value": ret.return_value}

@@ -63,7 +63,7 @@ ConfigStore.instance().store(group="hydra/sweeper", name="archsearch", node=Arch
 
 class ArchsearchSweeper(Sweeper):
     def __init__(self, **conf: Any) -> None:
-        from ._impl import SweeperImpl
+        from hydra_plugins.archsearch_sweeper._impl import SweeperImpl
 
         self._impl = SweeperImpl(conf)
 
@@ -73,10 +73,7 @@ class ArchsearchSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         import sys
 
-        from archsearch.config import ConfigError
-        from archsearch.study import StudyError
-
-        from ._impl import SweepConfigError
+        from archsearch.errors import ConfigError, StudyError, SweepConfigError
 
         try:
             return self._impl.sweep(arguments)
