@@ -31,5 +31,7 @@ test-all: $(STAMP)
 validate: $(STAMP)
 	$(PY) -m archsearch.validate $(ARGS)
 
+## ruff, and the import contracts in pyproject.toml (the layers: imports run one way)
 lint: $(STAMP)
-	$(PY) -m ruff check archsearch tests
+	$(PY) -m ruff check archsearch hydra_plugins tests
+	cd $(CURDIR) && $(VENV)/bin/lint-imports

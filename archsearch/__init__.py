@@ -3,19 +3,19 @@ training on CIFAR-10 with albumentations, Optuna sweeps and MLflow tracking.
 
     from archsearch import load_spec, analyze, build_model
     spec = load_spec("dilated_sep", overrides=["model.layers.2.d=1"])
-    report = analyze(spec)      # report.params, report.rf, report.macs, report.out_shape, report.layers
+    analysis = analyze(spec)    # analysis.params, analysis.rf, analysis.macs, analysis.out_shape, analysis.layers
     model = build_model(spec)   # torch.nn.Module (torch is imported only here)
     result = fit(overrides=["model=compact", "trainer.epochs=5"])   # a training run, as the CLI's
 """
 
-from archsearch.analysis import LayerReport, Report, analyze, receptive_field
-from archsearch.budget import Budget, Violation, check, parse_budget
-from archsearch.config import load_budget, load_spec, spec_from_cfg
+from archsearch.config.compose import load_budget, load_spec, spec_from_cfg
 from archsearch.errors import SpecError
-from archsearch.spec import BlockSpec, LayerSpec, ModelSpec, parse_spec, spec_hash
+from archsearch.grammar.analysis import Analysis, LayerAnalysis, analyze, receptive_field
+from archsearch.grammar.budget import Budget, Violation, check, parse_budget
+from archsearch.grammar.spec import BlockSpec, LayerSpec, ModelSpec, parse_spec, spec_hash
 
 __all__ = [
-    "BlockSpec", "Budget", "LayerReport", "LayerSpec", "ModelSpec", "Report", "SpecError", "Violation",
+    "BlockSpec", "Budget", "LayerAnalysis", "LayerSpec", "ModelSpec", "Analysis", "SpecError", "Violation",
     "analyze", "build_model", "check", "load_budget", "load_spec", "parse_budget", "parse_spec",
     "fit", "receptive_field", "spec_from_cfg", "spec_hash",
 ]
@@ -23,7 +23,7 @@ __all__ = [
 
 def build_model(spec: ModelSpec):
     """Build the ``torch.nn.Module`` for a spec (imports torch lazily)."""
-    from archsearch.build import build_model as _build
+    from archsearch.grammar.build import build_model as _build
 
     return _build(spec)
 
@@ -31,6 +31,6 @@ def build_model(spec: ModelSpec):
 def fit(cfg=None, overrides=(), out_dir=None, **kw):
     """Train as ``python -m archsearch.train`` does (same MLflow run) -> TrainResult;
     see :func:`archsearch.job.fit`."""
-    from archsearch.job import fit as _fit
+    from archsearch.training.job import fit as _fit
 
     return _fit(cfg, overrides, out_dir, **kw)

@@ -49,7 +49,7 @@ def _med(xs: Sequence[float]) -> tuple[float, float, float]:
     return statistics.median(xs), min(xs), max(xs)
 
 
-def _fmt(xs: Sequence[float], unit: str = "", digits: int = 0) -> str:
+def _spread(xs: Sequence[float], unit: str = "", digits: int = 0) -> str:
     m, lo, hi = _med(xs)
     f = f"{{:,.{digits}f}}"
     return f"{f.format(m)}{unit} ({f.format(lo)}-{f.format(hi)})"
@@ -61,7 +61,7 @@ def _model(opts: dict) -> str:
 
 # ------------------------------------------------------------------ data
 def _images(opts: dict) -> tuple[Any, Any]:
-    from archsearch.data import load_data, synthetic
+    from archsearch.training.data import load_data, synthetic
 
     n = int(opts.get("images", 4096))
     if opts.get("data", "synthetic") == "folder":
@@ -89,8 +89,8 @@ def _era_s9(mean_px):
     """The shipped default augmentation (conf/aug/era_s9.yaml), as training builds it."""
     from omegaconf import OmegaConf
 
-    from archsearch.augment import build_pipeline
-    from archsearch.config import compose
+    from archsearch.config.compose import compose
+    from archsearch.training.augment import build_pipeline
 
     return build_pipeline(OmegaConf.to_container(compose("config", []).aug, resolve=True)["train"], mean_px)
 
@@ -110,9 +110,9 @@ def reference_epoch(model, x, y, batch: int, workers: int, device) -> float:
     import torch
     import torch.nn.functional as F
 
-    from archsearch.data import _stats
+    from archsearch.training.data import channel_stats
 
-    mean, std = _stats(x)
+    mean, std = channel_stats(x)
     loader = torch.utils.data.DataLoader(_RefDataset(x, y, _reference_transform(mean, std)), batch_size=batch,
                                          shuffle=True, num_workers=workers, pin_memory=device.type == "cuda")
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -137,17 +137,17 @@ def part_train(opts: dict, rows: list, notes: list) -> None:
     """archsearch's real training path (archsearch.train.train) vs the reference loop."""
 
     from archsearch import build_model, load_spec
-    from archsearch.batches import worker_count as _workers
-    from archsearch.config import compose
-    from archsearch.data import Splits, _stats
-    from archsearch.job import train
-    from archsearch.precision import pick_device
+    from archsearch.config.compose import compose
+    from archsearch.training.batches import worker_count as _workers
+    from archsearch.training.data import Splits, channel_stats
+    from archsearch.training.job import train
+    from archsearch.training.precision import pick_device
 
     x, y = _images(opts)
     reps, batch = int(opts.get("reps", 3)), int(opts.get("batch", 128))
     device = pick_device("auto")
     workers = _workers(opts.get("workers", "auto"), device)
-    mean, std = _stats(x)
+    mean, std = channel_stats(x)
     splits = Splits(x, y, x[:256], y[:256], x[:256], y[:256], tuple(f"c{i}" for i in range(10)), mean, std)
     # ours: the real loop; the reference runs one epoch after each of ours (from the epoch hook, outside
     # our timed loop), so each pair compared is measured back to back and drift hits both alike; the
@@ -171,7 +171,7 @@ def part_train(opts: dict, rows: list, notes: list) -> None:
         res = train(cfg, td, epoch_hook=reference, data=splits)
     ours, ref = [h["images_per_s"] for h in res.history[1:]], ref[1:]
     ratio = [o / r for o, r in zip(ours, ref)]
-    rows.append(("1. training, end to end (images/s)", f"reference loop: {_fmt(ref)}", f"archsearch: {_fmt(ours)}",
+    rows.append(("1. training, end to end (images/s)", f"reference loop: {_spread(ref)}", f"archsearch: {_spread(ours)}",
                  f"**{statistics.median(ratio):.2f}x** ({min(ratio):.2f}-{max(ratio):.2f})"))
     # the run at the paired ratio of row 1 (robust to the machine's drift), plus the compile it pays once
     ref_min = run_images / statistics.median(ref) / 60
@@ -191,8 +191,8 @@ def part_train(opts: dict, rows: list, notes: list) -> None:
 def _compile_for_run(setting: str, device, batch: int, name: str, images: int) -> tuple[str, str, float]:
     """Part 1's ``trainer.compile``: auto -> what ``auto`` picks for a run of ``images`` images
     (its probe, or its cache) -> (true/false, why, the compile seconds a run pays)."""
-    from archsearch.compilation import choose_compile
-    from archsearch.spec import spec_hash
+    from archsearch.grammar.spec import spec_hash
+    from archsearch.training.compilation import choose_compile
 
     if setting != "auto":
         return setting, "set", 0.0
@@ -210,8 +210,8 @@ def _auto_model(device, batch: int, name: str):
     from omegaconf import OmegaConf
 
     from archsearch import build_model, load_spec
-    from archsearch.precision import choose_precision
-    from archsearch.spec import spec_hash
+    from archsearch.grammar.spec import spec_hash
+    from archsearch.training.precision import choose_precision
 
     spec = load_spec(name)
     model = build_model(spec)
@@ -226,13 +226,13 @@ def part_breakdown(opts: dict, rows: list, notes: list) -> None:
     the probe times; augmentation rate."""
 
     from archsearch import build_model, load_spec
-    from archsearch.precision import _candidates, pick_device, probe
+    from archsearch.training.precision import candidates, pick_device, probe
 
     device = pick_device("auto")
     reps, batch = int(opts.get("reps", 3)), int(opts.get("batch", 128))
     steps = 8 if device.type == "cpu" else 50
     spec = load_spec(_model(opts))
-    cands = _candidates(device, "auto", None)
+    cands = candidates(device, "auto", None)
     runs = [probe(build_model(spec), device, cands, batch, spec.input_shape, spec.num_classes, steps=steps)
             for _ in range(reps)]
     base = [r["fp32 NCHW"] for r in runs]
@@ -242,7 +242,7 @@ def part_breakdown(opts: dict, rows: list, notes: list) -> None:
             continue
         rates = [r[label] for r in runs]
         mark = " (auto's choice)" if chosen.label == label else ""
-        rows.append((f"2a. model step alone, {label}{mark} (images/s)", f"fp32 NCHW: {_fmt(base)}", _fmt(rates),
+        rows.append((f"2a. model step alone, {label}{mark} (images/s)", f"fp32 NCHW: {_spread(base)}", _spread(rates),
                      f"{statistics.median(rates) / statistics.median(base):.2f}x"))
     x, _ = _images({**opts, "images": min(int(opts.get("images", 4096)), 4096)})
     pipe = _era_s9([125.0, 123.0, 114.0])
@@ -254,7 +254,7 @@ def part_breakdown(opts: dict, rows: list, notes: list) -> None:
             pipe(image=im)
         if r:
             rates.append(len(x) / (time.perf_counter() - t0))
-    rows.append(("2b. era_s9 augmentation, one worker (images/s)", "", _fmt(rates), ""))
+    rows.append(("2b. era_s9 augmentation, one worker (images/s)", "", _spread(rates), ""))
     notes.append("part 2: the full-pipeline figure is part 1's archsearch column; the difference to 2a "
                  "is the data pipeline's share (loading, augmentation, host-to-device copy).")
 
@@ -265,8 +265,8 @@ def part_compile(opts: dict, rows: list, notes: list) -> None:
     import torch
     import torch._inductor.config as inductor_config
 
-    from archsearch.compilation import probe_compile
-    from archsearch.precision import pick_device
+    from archsearch.training.compilation import probe_compile
+    from archsearch.training.precision import pick_device
 
     device = pick_device("auto")
     batch = int(opts.get("batch", 128))
@@ -297,7 +297,7 @@ def part_compile(opts: dict, rows: list, notes: list) -> None:
 
 
 def _long_spec():
-    from archsearch.spec import parse_spec
+    from archsearch.grammar.spec import parse_spec
 
     layers = []
     for i in range(28):
@@ -310,7 +310,7 @@ def _long_spec():
 
 def part_validator(opts: dict, rows: list, notes: list) -> None:
     from archsearch import analyze, build_model, check, load_budget, load_spec
-    from archsearch.config import available
+    from archsearch.config.paths import available
 
     budget = load_budget()
     specs = [load_spec(m) for m in available("model")] + [_long_spec()]
@@ -332,7 +332,7 @@ def part_validator(opts: dict, rows: list, notes: list) -> None:
             if r:
                 usual.append(5 / (time.perf_counter() - t0))
         rows.append((f"3. validator: {spec.name} ({len(spec.layers)} layers), specs/s",
-                     f"build nn.Module + count: {_fmt(usual)}", f"analyze + check: {_fmt(rates)}",
+                     f"build nn.Module + count: {_spread(usual)}", f"analyze + check: {_spread(rates)}",
                      f"{statistics.median(rates) / statistics.median(usual):,.0f}x"))
     notes.append("part 3: target >= 10,000 specs/s for analyze + budget check.")
 
@@ -343,7 +343,7 @@ def part_sweep(opts: dict, rows: list, notes: list) -> None:
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from archsearch.study import open_storage
+    from archsearch.search.study import open_storage
 
     trials = int(opts.get("trials", 200))
     with tempfile.TemporaryDirectory() as td:
@@ -375,8 +375,8 @@ def part_sweep(opts: dict, rows: list, notes: list) -> None:
             prev_end = end
     k = max(1, min(10, len(over) // 4))
     first, last = over[1:k + 1], over[-k:]
-    rows.append((f"4. sweep overhead per trial (s), {len(over)} trials", f"trials 2-{k + 1}: {_fmt(first, digits=2)}",
-                 f"last {k}: {_fmt(last, digits=2)}", f"growth {statistics.median(last) / statistics.median(first):.2f}x"))
+    rows.append((f"4. sweep overhead per trial (s), {len(over)} trials", f"trials 2-{k + 1}: {_spread(first, digits=2)}",
+                 f"last {k}: {_spread(last, digits=2)}", f"growth {statistics.median(last) / statistics.median(first):.2f}x"))
     notes.append(f"part 4: {len(over)} trials in {wall:.0f}s wall; overhead = time between consecutive trial "
                  "completions minus the trial's training-loop seconds (compose, budget gate, launch, data cache, "
                  "model build, MLflow run with params/artifacts, evaluation, Optuna storage, and the precision probe "
@@ -387,7 +387,7 @@ def _timed_sweep(opts: dict, n_jobs: int, td: str) -> tuple[float, int]:
     """One archsearch sweep of small real trials -> (wall seconds, trained trials)."""
     import optuna
 
-    from archsearch.study import open_storage
+    from archsearch.search.study import open_storage
 
     n, images = int(opts.get("conc_trials", 8)), int(opts.get("conc_images", 2000))
     held = min(1000, images)  # validation and test images
@@ -428,12 +428,12 @@ def part_concurrency(opts: dict, rows: list, notes: list) -> None:
 
 _MEM_CHILD = r"""
 import json, os, sys, time, threading
-from archsearch.config import compose
-from archsearch.data import Splits, synthetic, _stats
-from archsearch.job import train
+from archsearch.config.compose import compose
+from archsearch.training.data import Splits, synthetic, channel_stats
+from archsearch.training.job import train
 import tempfile
 x, y = synthetic(%d, seed=0)
-mean, std = _stats(x)
+mean, std = channel_stats(x)
 s = Splits(x, y, x[:1000], y[:1000], x[:1000], y[:1000], tuple(f"c{i}" for i in range(10)), mean, std)
 cfg = compose("config", ["tracking=none", "trainer.epochs=1", "trainer.progress=false", "trainer.checkpoint=false",
                          "trainer.workers=%d", "trainer.tta=none", "trainer.batch_size=%d"])
@@ -534,14 +534,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad:
         print(f"error: parts: unknown part {bad[0]!r}; choose from {', '.join(PARTS)}", file=sys.stderr)
         return 2
-    from archsearch.config import available
+    from archsearch.config.paths import available
 
     if _model(opts) not in available("model"):
         print(f"error: model: unknown model {_model(opts)!r}; choose one of {', '.join(available('model'))}",
               file=sys.stderr)
         return 2
-    from archsearch.compilation import compile_setting
     from archsearch.errors import ConfigError
+    from archsearch.training.compilation import compile_setting
 
     try:
         compile_setting(opts.get("compile", "auto"))

@@ -1,4 +1,11 @@
-"""How every ``python -m archsearch.*`` command ends.
+"""How every ``python -m archsearch.*`` command starts and ends.
+
+:func:`start` is the common start: the arguments (``sys.argv`` unless given), ``--help`` prints
+the command's docstring, and a user mistake (any of :data:`USER_ERRORS`) is one line on stderr
+and exit status 2. :func:`split_args`, :func:`positive_int` and :func:`boolean` read a command's
+own ``key=value`` arguments apart from the Hydra overrides it passes on.
+
+:func:`run` is the common end.
 
 A process that has imported torch, MLflow, Hydra and Optuna spends 1-3 s after its last line
 in the interpreter's teardown: freeing the objects of thousands of modules one by one, none
@@ -28,10 +35,21 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-__all__ = ["run"]
+from archsearch.errors import (
+    AugError,
+    BudgetError,
+    ConfigError,
+    DataError,
+    OpError,
+    SpecError,
+    StudyError,
+    SweepConfigError,
+)
+
+__all__ = ["USER_ERRORS", "boolean", "positive_int", "run", "split_args", "start"]
 
 
 def _terminate(signum: int, frame) -> NoReturn:
@@ -68,3 +86,51 @@ def run(main: Callable[[], int | None]) -> NoReturn:
         except (OSError, ValueError):  # closed, or a broken pipe: nothing left to save
             pass
     os._exit(code)
+
+
+# ------------------------------------------------------------------ start
+USER_ERRORS = (AugError, BudgetError, ConfigError, DataError, OpError, SpecError, StudyError, SweepConfigError)
+
+
+def start(doc: str, body: Callable[[list[str]], int], argv: Sequence[str] | None = None,
+          help_extra: Callable[[], str] | None = None) -> int:
+    """Run ``body(arguments)`` as a command: ``-h``/``--help`` prints ``doc`` (and ``help_extra()``),
+    status 0; a user mistake prints ``error: <one line>`` on stderr, status 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(doc.strip())
+        if help_extra is not None:
+            print(help_extra())
+        return 0
+    try:
+        return body(args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+# ------------------------------------------------------------------ arguments
+def split_args(argv: Sequence[str], own: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """``key=value`` arguments of the command itself (``own`` keys) apart from Hydra overrides."""
+    mine: dict[str, str] = {}
+    rest: list[str] = []
+    for a in argv:
+        key, eq, value = a.partition("=")
+        if eq and key in own:
+            mine[key] = value.strip()
+        else:
+            rest.append(a)
+    return mine, rest
+
+
+def positive_int(field_name: str, value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{field_name}: must be a whole number >= 1; got {value!r}")
+    return int(value)
+
+
+def boolean(field_name: str, value: str) -> bool:
+    v = value.lower()
+    if v not in ("true", "false"):
+        raise ConfigError(f"{field_name}: must be true or false; got {value!r}")
+    return v == "true"

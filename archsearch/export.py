@@ -32,18 +32,17 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from archsearch.config import CONF_DIR
+from archsearch.cli import boolean, split_args
+from archsearch.config.paths import CONF_DIR
 from archsearch.errors import ConfigError
-from archsearch.retrain import (
-    boolean,
+from archsearch.search.selection import (
     complete_trials,
     override_key,
     pick_trials,
     run_overrides,
     shape_note,
-    split_args,
 )
-from archsearch.study import override_value
+from archsearch.search.study import override_value
 
 __all__ = ["best_trial", "main", "model_node"]
 
@@ -54,7 +53,7 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
 # ------------------------------------------------------------------ which trial
 def best_trial(study):
     """Best mean full-recipe validation accuracy among retrained trials, else the best proxy trial."""
-    from archsearch.report import proxy_vs_full
+    from archsearch.search.proxy_rank import proxy_vs_full
 
     done = complete_trials(study)
     table = proxy_vs_full(study)
@@ -100,8 +99,8 @@ def model_node(base_file: Path, overrides: Sequence[str]):
 def _analyze(node):
     from omegaconf import OmegaConf
 
-    from archsearch.analysis import analyze
-    from archsearch.config import spec_from_cfg
+    from archsearch.config.compose import spec_from_cfg
+    from archsearch.grammar.analysis import analyze
 
     root = OmegaConf.create({"model": node})  # the ${model.*} references resolve as in a composed config
     return analyze(spec_from_cfg(root.model)), OmegaConf.to_container(root.model, resolve=True)
@@ -112,22 +111,22 @@ def _fmt_acc(v) -> str:
 
 
 def _short(text: str) -> str:
-    """Paths inside the base folder (``report.base_dir``: where ``mlruns/`` lives) written
+    """Paths inside the base folder (``archsearch.config.paths.base_dir``: where ``mlruns/`` lives) written
     relative to it: the header stays true on another machine."""
-    from archsearch.report import base_dir
+    from archsearch.config.paths import base_dir
 
     return text.replace(str(base_dir()).rstrip("/") + "/", "")
 
 
 def _proxy_text(trial) -> str:
-    from archsearch.report import proxy_val_acc
+    from archsearch.search.results import proxy_val_acc
 
     scored = trial.user_attrs.get("scored")
     return f"scored without training by {scored}" if scored else f"proxy val_acc {_fmt_acc(proxy_val_acc(trial))}"
 
 
-def _header(study, url: str, trial, base_file: Path, model_ovs: list[str], report) -> str:
-    from archsearch.report import proxy_val_acc, retrained
+def _header(study, url: str, trial, base_file: Path, model_ovs: list[str], analysis) -> str:
+    from archsearch.search.results import proxy_val_acc, retrained
 
     def block(label: str, items: Sequence[str]) -> list[str]:
         return textwrap.wrap(f"{label} {' '.join(items)}", 100, initial_indent="# ", subsequent_indent="#   ")
@@ -135,7 +134,7 @@ def _header(study, url: str, trial, base_file: Path, model_ovs: list[str], repor
     lines = [f"# Exported by python -m archsearch.export from trial {trial.number} of study {study.study_name!r}",
              f"#   storage: {_short(url)}", f"#   based on: {_short(str(base_file))}"]
     lines += block("model settings applied:", model_ovs or ["(none)"])
-    lines.append(f"# {report.params:,} params, RF {report.rf}, {report.macs:,} MACs (archsearch's analysis of this file)")
+    lines.append(f"# {analysis.params:,} params, RF {analysis.rf}, {analysis.macs:,} MACs (archsearch's analysis of this file)")
     lines.append(f"# proxy: {_proxy_text(trial)}" if trial.user_attrs.get("scored")
                  else f"# proxy (the sweep's training): val_acc {_fmt_acc(proxy_val_acc(trial))}")
     recs = retrained(study).get(trial.number, {})
@@ -152,7 +151,7 @@ def _header(study, url: str, trial, base_file: Path, model_ovs: list[str], repor
 
 def _searchpath(out: Path, overrides: Sequence[str]) -> list[str]:
     """The ``hydra.searchpath`` override under which ``model=NEWNAME`` finds ``out``."""
-    from archsearch.config import search_dirs
+    from archsearch.config.paths import search_dirs
 
     dirs = [d.resolve() for d in search_dirs(overrides) if d.resolve() != CONF_DIR.resolve()]
     if out.parent.resolve() != CONF_DIR.resolve() and out.parent.resolve() not in dirs:
@@ -187,7 +186,8 @@ def _args(argv: Sequence[str]):
 
 def _compose_trial(study, trial, user: Sequence[str]):
     """The trial's overrides, its composed config and the model file it started from."""
-    from archsearch.config import compose_with_hydra, config_file, search_dirs
+    from archsearch.config.compose import compose_with_hydra
+    from archsearch.config.paths import config_file, search_dirs
 
     ovs = run_overrides(study, trial, user, seed=None)
     cfg = compose_with_hydra("config", ovs)
@@ -199,7 +199,7 @@ def _compose_trial(study, trial, user: Sequence[str]):
 
 
 def _check_target(path: Path, name: str, overwrite: bool, overrides: Sequence[str]) -> None:
-    from archsearch.config import config_file, search_dirs
+    from archsearch.config.paths import config_file, search_dirs
 
     if path.exists() and not overwrite:
         raise ConfigError(f"overwrite: {path} exists; choose another name= or pass overwrite=true to replace it")
@@ -228,7 +228,7 @@ def _validate(path: Path, name: str, overrides: Sequence[str]) -> tuple[int, str
 def _export(argv: Sequence[str]) -> tuple[int, str]:
     from omegaconf import OmegaConf
 
-    from archsearch.report import open_study, retrained
+    from archsearch.search.results import open_study, retrained
 
     which, name, out, overwrite, rest = _args(argv)
     _, study, url = open_study(rest)
@@ -240,14 +240,14 @@ def _export(argv: Sequence[str]) -> tuple[int, str]:
     node = model_node(base_file, model_ovs)
     composed = OmegaConf.to_container(cfg.model, resolve=True)
     node.name = composed["name"]
-    report, resolved = _analyze(node)
+    analysis, resolved = _analyze(node)
     diff = _first_difference(composed, resolved)
     if diff:
         raise ConfigError(f"{diff}: the trial's composed model differs from {base_file} with its model overrides "
                           "(set by the sweep file itself?); export cannot rebuild it")
     node.name = name
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(_header(study, url, trial, base_file, model_ovs, report) + OmegaConf.to_yaml(node))
+    path.write_text(_header(study, url, trial, base_file, model_ovs, analysis) + OmegaConf.to_yaml(node))
     code, text = _validate(path, name, ovs)
     if code:
         return code, f"error: the validator refused the exported model; nothing written:\n{text}"
@@ -255,9 +255,9 @@ def _export(argv: Sequence[str]) -> tuple[int, str]:
     seeds = f"{len(full)} seed{'s' if len(full) > 1 else ''}"
     full_text = f", full-recipe val_acc {sum(full) / len(full):.4f} ({seeds})" if full else ""
     sp = " ".join(f"'{s}'" for s in _searchpath(out, ovs))
-    note = "".join(f"\n{n}" for n in shape_note(trial, report.params))
-    return 0, (f"wrote {path}\n{name}: trial {trial.number} of study {study.study_name!r}, {report.params:,} params, "
-               f"RF {report.rf}, {_proxy_text(trial)}{full_text}; "
+    note = "".join(f"\n{n}" for n in shape_note(trial, analysis.params))
+    return 0, (f"wrote {path}\n{name}: trial {trial.number} of study {study.study_name!r}, {analysis.params:,} params, "
+               f"RF {analysis.rf}, {_proxy_text(trial)}{full_text}; "
                f"{text.strip().splitlines()[-1]}; train it: python -m archsearch.train model={name} {sp}".rstrip() + note)
 
 

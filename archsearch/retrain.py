@@ -44,44 +44,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from archsearch.cli import boolean, positive_int, split_args
 from archsearch.errors import ConfigError
-from archsearch.study import override_value
+from archsearch.search.selection import (
+    DEFAULT_TOP,
+    override_key,
+    pick_trials,
+    run_overrides,
+    shape_note,
+    sweep_overrides,
+)
 
-__all__ = ["complete_trials", "main", "override_key", "pick_trials", "run_overrides", "shape_note", "split_args",
-           "sweep_overrides", "trial_overrides"]
+__all__ = ["main"]
 
 log = logging.getLogger("archsearch")
 
 OWN = ("top", "seeds", "trials", "force", "distinct")
-ARCH_KEYS = ("model", "budget", "hydra.searchpath")  # sweep-command overrides that shape the trial's architecture
-DEFAULT_TOP = 3
-
-
-# ------------------------------------------------------------------ arguments
-def split_args(argv: Sequence[str], own: Sequence[str]) -> tuple[dict[str, str], list[str]]:
-    """``key=value`` arguments of the command itself (``own`` keys) apart from Hydra overrides."""
-    mine: dict[str, str] = {}
-    rest: list[str] = []
-    for a in argv:
-        key, eq, value = a.partition("=")
-        if eq and key in own:
-            mine[key] = value.strip()
-        else:
-            rest.append(a)
-    return mine, rest
-
-
-def positive_int(field_name: str, value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise ConfigError(f"{field_name}: must be a whole number >= 1; got {value!r}")
-    return int(value)
-
-
-def boolean(field_name: str, value: str) -> bool:
-    v = value.lower()
-    if v not in ("true", "false"):
-        raise ConfigError(f"{field_name}: must be true or false; got {value!r}")
-    return v == "true"
 
 
 @dataclass
@@ -113,99 +91,6 @@ def parse_args(argv: Sequence[str]) -> Args:
             raise ConfigError(f"trials: expected trial numbers like trials=4,7; got {mine['trials']!r}")
         args.trials = list(dict.fromkeys(int(x) for x in items))
     return args
-
-
-# ------------------------------------------------------------------ which trials, which config
-def _state(trial) -> str:
-    return trial.user_attrs.get("state") or trial.state.name
-
-
-def complete_trials(study) -> list:
-    """The trained COMPLETE trials (not the budget's rejections), best objective value first."""
-    from optuna.study import StudyDirection
-
-    done = [t for t in study.get_trials(deepcopy=False) if _state(t) == "COMPLETE" and t.values]
-    best_high = study.directions[0] == StudyDirection.MAXIMIZE
-    return sorted(done, key=lambda t: (-t.values[0] if best_high else t.values[0], t.number))
-
-
-def distinct_architectures(trials: list, by_score: bool = False) -> list:
-    """The best trial of each architecture (its sampled ``model.*`` values), in order: TPE
-    often settles on one architecture and tunes the lr around it, and ``top=3`` should
-    retrain three networks, not one three times. ``by_score``: of each score instead (a study
-    scored without training cannot tell apart candidates with the same MACs, e.g. dilation
-    variants of one network; the first of each is kept)."""
-    seen, out = set(), []
-    for t in trials:
-        arch = tuple(t.values) if by_score else tuple(
-            sorted((k, repr(v)) for k, v in t.params.items() if k.startswith("model.")))
-        if arch not in seen:
-            seen.add(arch)
-            out.append(t)
-    return out
-
-
-def pick_trials(study, top: int | None, numbers: Sequence[int] | None, field_name: str = "trials",
-                distinct: bool = True) -> list:
-    """The ``top`` best COMPLETE trials (of distinct architectures unless ``distinct`` is false), or the trials ``numbers`` (each must be COMPLETE;
-    ``field_name`` is the argument named in the error)."""
-    done = complete_trials(study)
-    name = study.study_name
-    if not done:
-        raise ConfigError(f"sweep: study {name!r} has no COMPLETE trial yet; run the sweep first: "
-                          f"python -m archsearch.train -m sweep={name}")
-    if numbers is None:
-        from archsearch.report import scored_by
-
-        return (distinct_architectures(done, bool(scored_by(study))) if distinct else done)[: top or DEFAULT_TOP]
-    ok = {t.number: t for t in done}
-    nums = sorted(ok)
-    choices = ", ".join(map(str, nums[:30])) + (", ..." if len(nums) > 30 else "")
-    every = {t.number: t for t in study.get_trials(deepcopy=False)}
-    for n in numbers:
-        if n not in every:
-            raise ConfigError(f"{field_name}: study {name!r} has no trial {n}; choose one of the COMPLETE trials "
-                              f"{choices}")
-        if n not in ok:
-            raise ConfigError(f"{field_name}: trial {n} of study {name!r} is {_state(every[n])}, not COMPLETE; "
-                              f"choose one of {choices}")
-    return [ok[n] for n in numbers]
-
-
-def override_key(override: str) -> str:
-    """``+model.x=1`` -> ``model.x``."""
-    return override.lstrip("+~").partition("=")[0]
-
-
-def _is_arch(override: str) -> bool:
-    key = override_key(override)
-    return any(key == k or key.startswith(k + ".") for k in ARCH_KEYS)
-
-
-def sweep_overrides(study) -> tuple[list[str], list[str]]:
-    """The sweep command's overrides as the sweeper recorded them: (reapplied: those that shape
-    the architecture and its budget; not reapplied: the training settings)."""
-    base = [str(o) for o in study.user_attrs.get("archsearch.base_overrides") or []]
-    kept = [o for o in base if _is_arch(o)]
-    other = [o for o in base if not _is_arch(o) and not override_key(o).startswith("hydra.")
-             and override_key(o) != "sweep"]
-    return kept, other
-
-
-def trial_overrides(study, trial) -> list[str]:
-    """What made the trial's architecture and recipe: the reapplied sweep-command overrides,
-    then its sampled values (Optuna's parameter names are the override keys)."""
-    kept, _ = sweep_overrides(study)
-    return kept + [f"{k}={override_value(v)}" for k, v in trial.params.items()]
-
-
-def run_overrides(study, trial, user: Sequence[str], seed: int | None) -> list[str]:
-    """The full-recipe config of ``trial``: sweep, trial, ``proxy=none``, the user's, the seed."""
-    sweep = [o for o in user if override_key(o) == "sweep"]
-    rest = [o for o in user if override_key(o) != "sweep"]
-    run_name = [f"run_name={override_value(f'{study.study_name}-t{trial.number}-full-s{seed}')}"]
-    return [*sweep, *trial_overrides(study, trial), "proxy=none", *(run_name if seed is not None else []),
-            *rest, *([f"seed={seed}"] if seed is not None else [])]
 
 
 # ------------------------------------------------------------------ training
@@ -242,8 +127,8 @@ class _Capture:
 
 def _plan(study, trials: list, args: Args) -> tuple[list[_Plan], list[str]]:
     """Compose and budget-check every run before any trains; (runs to train, lines to print first)."""
-    from archsearch.config import compose
-    from archsearch.gate import gate
+    from archsearch.config.compose import compose
+    from archsearch.config.gate import gate
 
     plans, skipped = [], []
     for t in trials:
@@ -255,20 +140,10 @@ def _plan(study, trials: list, args: Args) -> tuple[list[_Plan], list[str]]:
             ovs = run_overrides(study, t, args.overrides, seed)
             cfg = compose("config", ovs)
             if not any(p.trial is t for p in plans):
-                _, report = gate(cfg)  # BudgetRejected / SpecError before anything trains (the seed changes no shape)
-                skipped += shape_note(t, report.params)
+                _, analysis = gate(cfg)  # BudgetRejected / SpecError before anything trains (the seed changes no shape)
+                skipped += shape_note(t, analysis.params)
             plans.append(_Plan(t, seed, ovs, cfg))
     return plans, skipped
-
-
-def shape_note(trial, params: int) -> list[str]:
-    """A warning when the rebuilt architecture is not the one the sweep trained (e.g. a study
-    from before the sweeper recorded its command's ``model.*`` overrides)."""
-    swept = trial.user_attrs.get("model.params")
-    if swept is None or int(swept) == params:
-        return []
-    return [f"note: trial {trial.number} had {int(swept):,} params in the sweep, this config has {params:,}: pass the "
-            "sweep command's model.* overrides again"]
 
 
 def _describe(rec: dict) -> str:
@@ -295,14 +170,14 @@ def _data(cfg, base: Path):
     """Load a dataset once for all the runs that use it (the split depends on data.seed only)."""
     from omegaconf import OmegaConf
 
-    from archsearch.data import load_data_once
+    from archsearch.training.data import load_data_once
 
     return load_data_once(OmegaConf.to_container(cfg.data, resolve=True), base)
 
 
 def retrain_one(study, plan: _Plan, tracker, parent: str | None, base: Path) -> dict:
     """Train one planned run and record it in the study as ``retrain.t<trial>.s<seed>``."""
-    from archsearch.job import train
+    from archsearch.training.job import train
 
     cap = _Capture(tracker.for_run() if tracker.enabled else tracker)
     tags = {"archsearch.study": study.study_name, "archsearch.trial": plan.trial.number,
@@ -319,7 +194,7 @@ def retrain_one(study, plan: _Plan, tracker, parent: str | None, base: Path) -> 
 
 # ------------------------------------------------------------------ the command
 def _prepare(argv: Sequence[str]):
-    from archsearch.report import open_study
+    from archsearch.search.results import open_study
 
     args = parse_args(argv)
     cfg, study, url = open_study(args.overrides)
@@ -332,8 +207,8 @@ def _train_all(study, plans: list[_Plan], cfg) -> int:
     """Train the planned runs in order; -> how many failed (a non-finite loss; the others go on)."""
     from omegaconf import OmegaConf
 
+    from archsearch.config.paths import base_dir
     from archsearch.errors import NonFiniteLoss
-    from archsearch.report import base_dir
     from archsearch.tracking import make_tracker
 
     base = base_dir()
@@ -353,9 +228,10 @@ def _train_all(study, plans: list[_Plan], cfg) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from archsearch.config.gate import BudgetRejected
     from archsearch.errors import AugError, BudgetError, DataError, SpecError, StudyError
-    from archsearch.gate import BudgetRejected
-    from archsearch.report import print_table, proxy_vs_full
+    from archsearch.search.leaderboard import print_table
+    from archsearch.search.proxy_rank import proxy_vs_full
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):

@@ -48,9 +48,9 @@ class Candidate:
         return not self.reasons
 
     @classmethod
-    def measured(cls, combo: dict[str, Any], report, violations=()) -> Candidate:
+    def measured(cls, combo: dict[str, Any], analysis, violations=()) -> Candidate:
         """A candidate the analysis measured, with the budget rules it breaks (none: within it)."""
-        return cls(combo, report.params, report.macs, report.rf, [v.message for v in violations],
+        return cls(combo, analysis.params, analysis.macs, analysis.rf, [v.message for v in violations],
                    [v.rule for v in violations])
 
 
@@ -159,10 +159,10 @@ def _fast_check(base: dict, combo: dict[str, Any], full: dict | None = None) -> 
     gate it: what composing each candidate gives for value overrides, without composing.
     Interpolations other than plain references within them are left to OmegaConf, on a copy of
     the whole composed config ``full`` (they may point anywhere in it)."""
-    from archsearch.analysis import analyze
-    from archsearch.budget import check, parse_budget
     from archsearch.errors import SpecError
-    from archsearch.spec import parse_spec
+    from archsearch.grammar.analysis import analyze
+    from archsearch.grammar.budget import check, parse_budget
+    from archsearch.grammar.spec import parse_spec
 
     raw = copy.deepcopy(base)
     try:
@@ -179,17 +179,17 @@ def _fast_check(base: dict, combo: dict[str, Any], full: dict | None = None) -> 
         whole.update(raw)
         return _gated(combo, OmegaConf.create(whole))
     try:
-        report = analyze(parse_spec(resolved["model"], raw=raw["model"]))
+        analysis = analyze(parse_spec(resolved["model"], raw=raw["model"]))
     except SpecError as e:
         return Candidate(combo, reasons=[str(e)], rules=["invalid"])
-    return Candidate.measured(combo, report, check(report, parse_budget(resolved["budget"])))
+    return Candidate.measured(combo, analysis, check(analysis, parse_budget(resolved["budget"])))
 
 
 def _slow_check(overrides: list[str], combo: dict[str, Any]) -> Candidate:
     """Compose the candidate as the sweeper does (a config-group dimension needs it)."""
-    from archsearch.config import compose
+    from archsearch.config.compose import compose
     from archsearch.errors import ConfigError
-    from archsearch.study import override_value
+    from archsearch.search.study import override_value
 
     try:
         cfg = compose("config", [*overrides, *(f"{k}={override_value(v)}" for k, v in combo.items())])
@@ -200,24 +200,24 @@ def _slow_check(overrides: list[str], combo: dict[str, Any]) -> Candidate:
 
 def _gated(combo, cfg) -> Candidate:
     """The sweeper's budget gate on a composed config."""
+    from archsearch.config.gate import verdict
     from archsearch.errors import SpecError
-    from archsearch.gate import verdict
 
     try:
-        _, report, violations = verdict(cfg)
+        _, analysis, violations = verdict(cfg)
     except SpecError as e:
         return Candidate(combo, reasons=[str(e)], rules=["invalid"])
-    return Candidate.measured(combo, report, violations)
+    return Candidate.measured(combo, analysis, violations)
 
 
 def check_space(overrides: Sequence[str], samples: int = 1000, seed: int = 0) -> SpaceReport:
     """Compose the sweep (``sweep=NAME`` among ``overrides``), and check its architectures."""
     from omegaconf import OmegaConf
 
-    from archsearch.config import compose_with_hydra
+    from archsearch.config.compose import compose_with_hydra
     from archsearch.errors import ConfigError, SweepConfigError
-    from archsearch.study import split_sweep_args
-    from hydra_plugins.archsearch_sweeper._impl import _values, parse_space
+    from archsearch.search.space import parse_space, sweep_values
+    from archsearch.search.study import split_sweep_args
 
     plain, cli_space = split_sweep_args(overrides)
     cfg = compose_with_hydra("config", plain)
@@ -238,7 +238,7 @@ def check_space(overrides: Sequence[str], samples: int = 1000, seed: int = 0) ->
                           f"(only {', '.join(training) or 'none'}): every trial has the same architecture")
     dims = {}
     for k, sw in arch.items():
-        vals = _values(sw)
+        vals = sweep_values(sw)
         if not vals and type(sw).__name__ != "IntervalSweep":
             raise ConfigError(f"hydra.sweeper.params.{k}: no values to draw")
         dims[k] = vals or None
@@ -316,9 +316,9 @@ def write_csv(rep: SpaceReport, path: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from archsearch.cli import positive_int, split_args
+    from archsearch.config.paths import base_dir
     from archsearch.errors import ConfigError
-    from archsearch.report import base_dir
-    from archsearch.retrain import positive_int, split_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):

@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from archsearch.analysis import analyze
-from archsearch.config import check_choices
+from archsearch.config.compose import check_choices
+from archsearch.config.gate import BudgetRejected, gate
 from archsearch.errors import BudgetError, ConfigError, NonFiniteLoss, Pruned, SpecError
-from archsearch.gate import BudgetRejected, gate
-from archsearch.job import TrainResult, fit, train
-from archsearch.trial import TrialRef
+from archsearch.grammar.analysis import analyze
+from archsearch.search.trial import TrialRef
+from archsearch.training.job import TrainResult, fit, train
 
 __all__ = ["BudgetRejected", "NonFiniteLoss", "Pruned", "TrainResult", "fit", "gate", "main", "train"]
 
@@ -32,7 +32,7 @@ def _cached_data(cfg, base_dir: Path):
     """A sweep process loads its dataset once and reuses it across trials."""
     from omegaconf import OmegaConf
 
-    from archsearch.data import load_data_once
+    from archsearch.training.data import load_data_once
 
     return load_data_once(OmegaConf.to_container(cfg.data, resolve=True), base_dir)
 
@@ -83,7 +83,7 @@ def _task(cfg) -> float | None:
     ref = TrialRef.from_cfg(cfg.get("trial"))
     kw: dict[str, Any] = {}
     if ref is not None:  # launched by the archsearch sweeper
-        from archsearch.trial import trial_job_kwargs
+        from archsearch.search.trial import trial_job_kwargs
 
         kw = trial_job_kwargs(ref, int(cfg.trainer.epochs))
     elif hc.mode == RunMode.MULTIRUN:
@@ -97,7 +97,7 @@ def main() -> None:
     """Console entry: user mistakes -> one line on stderr; exit 1 for budget, 2 for bad input."""
     import hydra
 
-    from archsearch.config import CONF_DIR
+    from archsearch.config.paths import CONF_DIR
     from archsearch.errors import AugError, DataError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -10,55 +10,16 @@ import json
 import sys
 from collections.abc import Sequence
 
-from archsearch.analysis import Report, analyze
-from archsearch.budget import Budget, Violation, check, parse_budget
-from archsearch.config import available, compose, spec_from_cfg
+from archsearch.config.compose import compose, spec_from_cfg
+from archsearch.config.paths import available
 from archsearch.errors import BudgetError, ConfigError, SpecError
+from archsearch.grammar.analysis import analyze
+from archsearch.grammar.budget import check, parse_budget
+from archsearch.grammar.table import format_table
 
-__all__ = ["format_table", "main", "run"]
+__all__ = ["main", "run"]
 
 FORMATS = ("table", "json")
-
-
-def _shape(s) -> str:
-    return "x".join(str(x) for x in s)
-
-
-def format_table(report: Report, budget: Budget, violations: list[Violation]) -> str:
-    spec = report.spec
-    rows = [("path", "op", "details", "output", "params", "MACs", "RF", "jump")]
-    for l in report.layers:  # a block's row, then its paths' rows indented under it
-        path = "  " * l.depth + l.path.removeprefix("model.")
-        params = f"({l.params:,})" if l.is_block else f"{l.params:,}"  # a block's: the sum of its rows
-        macs = f"({l.macs:,})" if l.is_block else f"{l.macs:,}"
-        rows.append((path, l.op, l.desc, _shape(l.out_shape), params, macs,
-                     str(l.rf) if l.spatial else "-", str(l.jump) if l.spatial else "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    right = {4, 5, 6, 7}
-    lines = [f"{spec.name}: input {_shape(spec.input_shape)}, {spec.num_classes} classes, order {'->'.join(spec.order)}"]
-    for j, r in enumerate(rows):
-        lines.append("  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    lines.append(f"total: {report.params:,} params, {report.macs:,} MACs, receptive field {report.rf} "
-                 f"(last spatial map before global pooling)")
-    limits = []
-    if budget.max_params is not None:
-        limits.append(f"params <= {budget.max_params:,}")
-    if budget.min_rf is not None:
-        limits.append(f"RF >= {budget.min_rf}")
-    if budget.max_macs is not None:
-        limits.append(f"MACs <= {budget.max_macs:,}")
-    for flag, text in (("forbid_maxpool", "no maxpool"), ("require_separable", "separable"),
-                       ("require_dilated", "dilated"), ("require_gap", "GAP")):
-        if getattr(budget, flag):
-            limits.append(text)
-    if violations:
-        lines.append(f"REJECTED {spec.name}: {len(violations)} budget violation(s)")
-        lines += [f"  - {v.message}" for v in violations]
-    else:
-        lines.append(f"OK {spec.name}: within budget ({', '.join(limits)})")
-    return "\n".join(lines)
 
 
 def run(overrides: Sequence[str]) -> tuple[int, str]:
@@ -71,16 +32,16 @@ def run(overrides: Sequence[str]) -> tuple[int, str]:
         raise ConfigError(f"format: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     spec = spec_from_cfg(cfg.model)
     budget = parse_budget(OmegaConf.to_container(cfg.budget, resolve=True))
-    report = analyze(spec)
-    violations = check(report, budget)
+    analysis = analyze(spec)
+    violations = check(analysis, budget)
     if fmt == "json":
-        d = report.to_dict()
+        d = analysis.to_dict()
         d["budget"] = budget.__dict__
         d["violations"] = [v.to_dict() for v in violations]
         d["ok"] = not violations
         text = json.dumps(d, indent=2)
     else:
-        text = format_table(report, budget, violations)
+        text = format_table(analysis, budget, violations)
     return (1 if violations else 0), text
 
 

@@ -63,7 +63,7 @@ ConfigStore.instance().store(group="hydra/sweeper", name="archsearch", node=Arch
 
 class ArchsearchSweeper(Sweeper):
     def __init__(self, **conf: Any) -> None:
-        from hydra_plugins.archsearch_sweeper._impl import SweeperImpl
+        from archsearch.search.sweeper import SweeperImpl
 
         self._impl = SweeperImpl(conf)
 

@@ -1,0 +1,143 @@
+"""A study's trials as a table: the leaderboard (one row a trial, from Optuna and MLflow), its
+Pareto front, the files a sweep writes at its end (CSV, JSON, the Pareto plot) and the one-line
+summary the sweeper prints.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from archsearch.search.results import COLUMNS, score_column, score_order
+from archsearch.search.study import TRAINED
+
+
+def leaderboard(study, tracker=None, parent_run_id: str | None = None):
+    """One row per finished trial, best validation accuracy first (a study scored without training:
+    best objective first; its val_acc is empty)."""
+    import pandas as pd
+    from optuna.trial import TrialState
+
+    test_acc: dict[str, float] = {}
+    if tracker is not None and parent_run_id:
+        runs = tracker.client.search_runs([tracker.experiment_id],
+                                          filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                          max_results=5000)
+        test_acc = {r.info.run_id: r.data.metrics.get("test_acc", float("nan")) for r in runs}
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.RUNNING or t.state == TrialState.WAITING:
+            continue
+        state = t.user_attrs.get("state") or t.state.name
+        iv = t.intermediate_values
+        if state == "COMPLETE" and t.values and not t.user_attrs.get("scored"):
+            val = t.values[0]
+        else:
+            val = max(iv.values()) if iv else float("nan")
+        if state == "REJECTED":
+            val = float("nan")
+        dur = ((t.datetime_complete - t.datetime_start).total_seconds()
+               if t.datetime_complete and t.datetime_start else float("nan"))
+        rid = t.user_attrs.get("mlflow_run_id")
+        note = "; ".join(t.user_attrs.get("reasons", [])) or t.user_attrs.get("error", "")
+        rows.append({
+            "trial": t.number, "state": state, "val_acc": val, "test_acc": test_acc.get(rid, float("nan")),
+            "params": t.user_attrs.get("model.params"), "rf": t.user_attrs.get("model.rf"),
+            "macs": t.user_attrs.get("model.macs"), "epochs": len(iv), "duration_s": round(dur, 1),
+            "sampled": json.dumps(t.params, sort_keys=True), "note": note, "run_id": rid,
+        })
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    order = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2, "INTERRUPTED": 3, "REJECTED": 4}
+    key, high = score_order(study)
+    key = key or "val_acc"
+    if len(df):
+        df["_o"] = df.state.map(order).fillna(9)
+        df = df.sort_values(["_o", key], ascending=[True, not high]).drop(columns="_o").reset_index(drop=True)
+    return df
+
+
+def pareto_front(df):
+    """Rows not dominated in (higher val_acc, fewer params), among COMPLETE trials."""
+    ok = df[(df.state == "COMPLETE") & df.val_acc.notna() & df.params.notna()].sort_values(
+        ["params", "val_acc"], ascending=[True, False])
+    front, best = [], -1.0
+    for i, r in ok.iterrows():
+        if r.val_acc > best:
+            front.append(i)
+            best = r.val_acc
+    return df.loc[front]
+
+
+def write_outputs(df, out_dir: str | Path, study_name: str, budget_params: int | None = 200_000,
+                  y: str = "val_acc") -> list[Path]:
+    """leaderboard.csv and pareto.png: ``y`` (the best validation accuracy; a scored study's
+    objective, e.g. ``macs``) against parameters, the budget line, the rejected candidates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv = out / "leaderboard.csv"
+    df.to_csv(csv, index=False)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"COMPLETE": ("o", "tab:blue"), "PRUNED": ("s", "tab:gray"), "FAIL": ("v", "tab:red")}
+    for state, (m, c) in styles.items():
+        d = df[(df.state == state) & df.params.notna() & df[y].notna()]
+        if len(d):
+            ax.scatter(d.params, d[y], marker=m, c=c, label=f"{state.lower()} ({len(d)})", alpha=0.8)
+    rej = df[(df.state == "REJECTED") & df.params.notna()]
+    if len(rej):
+        ymin = df[y].min() if df[y].notna().any() else 0.0
+        ax.scatter(rej.params, [ymin] * len(rej), marker="x", c="tab:orange", label=f"rejected ({len(rej)})")
+    front = pareto_front(df) if y == "val_acc" else df[:0]
+    if len(front):
+        ax.step(front.params, front.val_acc, where="post", c="tab:green", label="Pareto front")
+    if budget_params:
+        ax.axvline(budget_params, ls="--", c="k", lw=1, label=f"budget {budget_params:,} params")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("best validation accuracy" if y == "val_acc" else f"{y} (scored without training)")
+    ax.set_title(f"study {study_name}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png = out / "pareto.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return [csv, png]
+
+
+def summary_line(study, df) -> str:
+    import pandas as pd
+
+    max_epochs = study.user_attrs.get("archsearch.max_epochs")
+    c = df.state.value_counts().to_dict() if len(df) else {}
+    pruned = df[df.state == "PRUNED"]
+    saved = int((max_epochs - pruned.epochs).clip(lower=0).sum()) if max_epochs and len(pruned) else 0
+    ok = df[df.state == "COMPLETE"]
+    if scored := score_column(study):  # scored without training: the leaderboard's order is the objective's
+        best = f"; best {scored} {int(ok.iloc[0][scored]):,} (trial {int(ok.iloc[0].trial)}) {ok.iloc[0].sampled}" \
+            if len(ok) else ""
+        return (f"study {study.study_name}: {c.get('COMPLETE', 0)} scored without training, "
+                f"{c.get('REJECTED', 0)} rejected by the budget{best}")
+    best = ""
+    if len(ok):
+        b = ok.sort_values("val_acc", ascending=False).iloc[0]
+        params = f", {int(b.params):,} params" if pd.notna(b.params) else ""
+        best = f"; best val_acc {b.val_acc:.4f} (trial {int(b.trial)}{params}) {b.sampled}"
+    trained = sum(c.get(s, 0) for s in TRAINED)
+    return (f"study {study.study_name}: {trained} trained ({c.get('COMPLETE', 0)} complete, {c.get('PRUNED', 0)} "
+            f"pruned, {c.get('FAIL', 0)} failed), {c.get('REJECTED', 0)} rejected before launch, "
+            f"{c.get('INTERRUPTED', 0)} interrupted; epochs saved by pruning: {saved}{best}")
+
+
+def fmt_cell(v) -> str:
+    return "n/a" if v is None or v != v else f"{float(v):+.3f}"
+
+
+def print_table(df, drop: Sequence[str] = ()) -> None:
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", 200, "display.width", 200, "display.max_colwidth", 60):
+        print(df.drop(columns=list(drop)).to_string(index=False, float_format=lambda v: f"{v:.4f}", max_colwidth=70))

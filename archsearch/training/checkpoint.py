@@ -1,0 +1,68 @@
+"""Checkpoints: ``last.pt`` after every epoch, ``best.pt`` at the best validation accuracy.
+
+One schema, written and read here only: the engine's states (model, optimizer, scheduler,
+scaler, ema), the run's :class:`~archsearch.engine.TrainState` (epoch, best_val, history,
+run_id), what it was trained on (spec, spec_hash) and the RNG states, so that
+``trainer.resume=PATH/last.pt`` continues exactly where the run stopped. Loading refuses a
+file with missing or unknown keys, or of another architecture, in one line.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+from archsearch.errors import ConfigError
+from archsearch.training.engine import Engine, TrainState
+
+__all__ = ["KEYS", "load", "save"]
+
+KEYS = frozenset({"model", "optimizer", "scheduler", "scaler", "ema", "epoch", "best_val", "history",
+                  "spec_hash", "spec", "run_id", "rng"})
+
+
+def _rng_state() -> dict:
+    import numpy as np
+    import torch
+
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def save(path: Path, engine: Engine, state: TrainState, spec, spec_hash: str) -> None:
+    """Write atomically: a killed run never leaves a truncated checkpoint."""
+    import torch
+
+    ck = {**engine.state_dict(), "epoch": state.epoch - 1, "best_val": state.best_val, "history": state.history,
+          "spec_hash": spec_hash, "spec": spec.to_dict(), "run_id": state.run_id, "rng": _rng_state()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(ck, tmp)
+    os.replace(tmp, path)
+
+
+def load(path_str: str, engine: Engine, spec_hash: str) -> TrainState:
+    """Restore ``engine`` and the RNGs from a checkpoint -> the run's TrainState."""
+    import numpy as np
+    import torch
+
+    path = Path(path_str).expanduser()
+    if not path.exists():
+        raise ConfigError(f"trainer.resume: no checkpoint at {path}")
+    try:
+        ck = torch.load(path, map_location=engine.precision.device, weights_only=False)
+    except Exception as e:
+        raise ConfigError(f"trainer.resume: {path} is not a readable checkpoint ({type(e).__name__})") from None
+    keys = set(ck) if isinstance(ck, dict) else set()
+    if keys != KEYS:
+        raise ConfigError(f"trainer.resume: {path} is not an archsearch checkpoint (missing "
+                          f"{sorted(KEYS - keys)}, unknown {sorted(keys - KEYS)})")
+    if ck["spec_hash"] != spec_hash:
+        raise ConfigError(f"trainer.resume: {path} holds a different architecture "
+                          f"(spec {ck['spec_hash']}, this run {spec_hash})")
+    if engine.ema is not None and not ck["ema"]:
+        raise ConfigError(f"trainer.ema: {path} was trained without EMA; resume with trainer.ema=null")
+    engine.load_state_dict(ck)
+    torch.set_rng_state(ck["rng"]["torch"])
+    np.random.set_state(ck["rng"]["numpy"])
+    random.setstate(ck["rng"]["python"])
+    return TrainState(epoch=ck["epoch"] + 1, best_val=ck["best_val"], history=ck["history"], run_id=ck["run_id"])

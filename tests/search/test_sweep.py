@@ -1,0 +1,398 @@
+"""The Optuna sweeper end to end: real Hydra multiruns in subprocesses, synthetic data,
+journal storage and MLflow (SQLite) in a temp dir."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from helpers import FIXED, TINY
+
+
+def sweep(cwd, *args, sweep_dir="multirun/s", check=True, background=False, probe=False):
+    cmd = [sys.executable, "-m", "archsearch.train", "-m", "sweep=smoke", *TINY, *([] if probe else FIXED),
+           f"hydra.sweep.dir={sweep_dir}", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if background:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
+def study(cwd, name="smoke"):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    path = Path(cwd) / "mlruns" / "optuna" / f"{name}.journal"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.create_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(path))),
+                               direction="maximize", load_if_exists=True)
+
+
+def states(st):
+    return {t.number: t.user_attrs.get("state", t.state.name) for t in st.get_trials()}
+
+
+def a_running_trial(cwd, proc, timeout, poll=0.5):
+    """The number of the first trial seen RUNNING with an epoch reported, while the sweep ``proc``
+    runs; None if none within ``timeout`` seconds."""
+    from optuna.trial import TrialState
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(poll)
+        try:
+            running = [t for t in study(cwd).trials if t.state == TrialState.RUNNING and t.intermediate_values]
+        except Exception:
+            continue
+        if running:
+            return running[0].number
+    return None
+
+
+def test_smoke_sweep_rejects_fails_prunes_and_logs_parent_child(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("ARCHSEARCH_PROBE_BUSY", "1")  # cache the probe even beside other tests' processes
+    st = study(tmp_path)
+    space = {"model.wide": 32, "model.dropout": 0.0}
+    st.enqueue_trial({**space, "optim.lr": 0.05})                    # 0: trains, completes
+    st.enqueue_trial({**space, "model.wide": 72, "optim.lr": 0.05})  # 1: over budget -> rejected
+    st.enqueue_trial({**space, "optim.lr": 1e12})                    # 2: loss blows up -> FAIL
+    st.enqueue_trial({**space, "optim.lr": 1e-7})                    # 3: hopeless -> pruned
+    p = sweep(tmp_path, "model.wide=choice(32,48,72)", "optim.lr=choice(0.05,1e12,1e-7)",
+              "hydra.sweeper.n_trials=5", "trainer.epochs=3",
+              "hydra.sweeper.pruner={name:median,n_startup_trials:1,n_warmup_steps:0}", probe=True)
+    s = states(study(tmp_path))
+    assert s[0] == "COMPLETE" and s[1] == "REJECTED" and s[2] == "FAIL" and s[3] == "PRUNED"
+    trained = [n for n, v in s.items() if v in ("COMPLETE", "PRUNED", "FAIL")]
+    assert len(trained) == 5  # rejections do not count towards n_trials
+    # the rejected candidate launched no job: no job directory, no metrics, no reported epoch
+    jobs = {int(d.name) for d in (tmp_path / "multirun" / "s").iterdir() if d.is_dir()}
+    assert 1 not in jobs and {0, 2, 3} <= jobs
+    t1 = study(tmp_path).trials[1]
+    assert not t1.intermediate_values and t1.constraints["budget"] > 0
+    # Optuna's own views (best trial, importance, dashboards) never read a rejection as a result of 0
+    from optuna.trial import TrialState
+    st = study(tmp_path)
+    assert t1.state == TrialState.PRUNED and t1.value is None
+    assert st.best_trial.number == 0 and st.metric_names == ["val_acc"]
+    assert "params 165,624 exceed max_params 100,000" in t1.user_attrs["reasons"][0]
+    t3 = study(tmp_path).trials[3]
+    assert len(t3.intermediate_values) < 3  # stopped before its last epoch
+    n_rej = sum(v == "REJECTED" for v in s.values())
+    assert "study smoke: 5 trained" in p.stderr and f"{n_rej} rejected before launch" in p.stderr
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["archsearch"])
+    parents = runs[runs["tags.archsearch.role"] == "parent"]
+    assert len(parents) == 1 and parents["tags.archsearch.study"].iloc[0] == "smoke"
+    pid = parents.run_id.iloc[0]
+    children = runs[runs["tags.mlflow.parentRunId"] == pid]
+    assert len(children) == len(s)  # every trial, rejected ones included
+    by_trial = {int(r["tags.trial_number"]): r for _, r in children.iterrows()}
+    assert by_trial[0]["tags.state"] == "COMPLETE" and by_trial[0].status == "FINISHED"
+    assert by_trial[1]["tags.state"] == "REJECTED" and by_trial[1]["params.model.params"] == "165624"
+    assert "exceed max_params" in by_trial[1]["tags.reasons"]
+    assert by_trial[2]["tags.state"] == "FAIL" and by_trial[2].status == "FAILED"
+    assert by_trial[3]["tags.state"] == "PRUNED"
+    assert by_trial[0]["params.model.wide"] == "32"
+    assert parents["metrics.n_rejected"].iloc[0] == n_rej
+    assert parents["metrics.n_failed"].iloc[0] == sum(v == "FAIL" for v in s.values())
+    client = mlflow.tracking.MlflowClient()
+    assert {"leaderboard.csv", "pareto.png"} <= {a.path for a in client.list_artifacts(pid)}
+    # trainer.amp=auto: the first trial of an architecture probes, later ones read the cache
+    trained_runs = [by_trial[n] for n in sorted(by_trial) if by_trial[n]["tags.state"] != "REJECTED"]
+    sources = [r["tags.precision.source"] for r in trained_runs]
+    assert sources[0] == "probe" and "cache" in sources and all(r["tags.precision.why"] for r in trained_runs)
+
+    # the report reads the same study back
+    r = subprocess.run([sys.executable, "-m", "archsearch.report", "sweep=smoke"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "REJECTED" in r.stdout and "PRUNED" in r.stdout and "epochs saved by pruning" in r.stdout
+    assert (tmp_path / "outputs" / "reports" / "smoke" / "pareto.png").exists()
+
+    # the same command again continues the study to n_trials: nothing left to run, finished trials kept
+    first = {t.number: t.datetime_complete for t in study(tmp_path).trials}
+    same_space = ["model.wide=choice(32,48,72)", "optim.lr=choice(0.05,1e12,1e-7)"]
+    p = sweep(tmp_path, *same_space, "hydra.sweeper.n_trials=5", "trainer.epochs=1", sweep_dir="multirun/s2")
+    assert "5/5 trained trials so far" in p.stdout + p.stderr
+    assert not (tmp_path / "multirun" / "s2").exists() or not any((tmp_path / "multirun" / "s2").glob("[0-9]*"))
+    sweep(tmp_path, *same_space, "hydra.sweeper.n_trials=6", "trainer.epochs=1", sweep_dir="multirun/s3")
+    after = {t.number: t.datetime_complete for t in study(tmp_path).trials}
+    assert sum(v in ("COMPLETE", "PRUNED", "FAIL") for v in states(study(tmp_path)).values()) == 6
+    assert all(after[n] == first[n] for n in first)  # completed trials never re-run
+    # the same study over another space: one line naming the parameter, exit 2, the study intact
+    p = sweep(tmp_path, "model.wide=choice(32,48,72)", "optim.lr=choice(0.5,0.6)", "hydra.sweeper.n_trials=9",
+              sweep_dir="multirun/s4", check=False)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(
+        "error: hydra.sweeper.params.optim.lr: study 'smoke' in journal:") and "Traceback" not in p.stderr
+    assert sum(v in ("COMPLETE", "PRUNED", "FAIL") for v in states(study(tmp_path)).values()) == 6
+
+
+def test_a_bad_sweep_setting_is_one_line(tmp_path):
+    p = sweep(tmp_path, "hydra.sweeper.direction=sideways", check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1] == ("error: hydra.sweeper.direction: unknown direction 'sideways'; "
+                                                 "choose one of maximize, minimize")
+
+
+def test_sigkill_mid_trial_resumes_keeping_completed(tmp_path):
+    from optuna.trial import TrialState
+
+    proc = sweep(tmp_path, "hydra.sweeper.n_trials=2", "trainer.epochs=4", "hydra.sweeper.pruner={name:none}",
+                 background=True)
+    deadline = time.time() + 240
+    killed_trial = None
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            ts = study(tmp_path).trials
+        except Exception:
+            continue
+        done = [t for t in ts if t.state == TrialState.COMPLETE and t.user_attrs.get("state") == "COMPLETE"]
+        running = [t for t in ts if t.state == TrialState.RUNNING and t.intermediate_values]
+        if done and running:
+            killed_trial = running[0].number
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=30)
+    assert killed_trial is not None, "never saw a completed and a running trial"
+    completed_before = {t.number for t in study(tmp_path).trials if t.user_attrs.get("state") == "COMPLETE"}
+
+    sweep(tmp_path, "hydra.sweeper.n_trials=2", "trainer.epochs=4", "hydra.sweeper.pruner={name:none}",
+          sweep_dir="multirun/s2")
+    st = study(tmp_path)
+    s = states(st)
+    assert s[killed_trial] == "INTERRUPTED"
+    retry = [t for t in st.trials if t.user_attrs.get("retry_of") == killed_trial]
+    assert len(retry) == 1 and retry[0].params == st.trials[killed_trial].params
+    assert completed_before <= {n for n, v in s.items() if v == "COMPLETE"}
+    assert sum(v in ("COMPLETE", "PRUNED", "FAIL") for v in s.values()) == 2
+
+
+def test_sigterm_mid_trial_marks_it_interrupted_at_once(tmp_path):
+    """A sweep stopped with SIGTERM (kill, a scheduler's pre-emption) while a trial runs in its own
+    process: exit 143, the trial INTERRUPTED and re-queued at once (not left RUNNING until a next
+    sweep recovers it), its MLflow run KILLED."""
+    import mlflow
+    from optuna.trial import TrialState
+
+    proc = sweep(tmp_path, "hydra.sweeper.n_trials=1", "trainer.epochs=20", "hydra.sweeper.pruner={name:none}",
+                 background=True)
+    victim = a_running_trial(tmp_path, proc, timeout=240)
+    if victim is not None:
+        proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert victim is not None, "never saw a running trial: " + out[-2000:]
+    assert proc.returncode == 143, out[-2000:]
+    st = study(tmp_path)
+    assert states(st)[victim] == "INTERRUPTED" and not [t for t in st.trials if t.state == TrialState.RUNNING]
+    assert "the sweep was stopped during the trial" in st.trials[victim].user_attrs["error"]
+    retry = [t for t in st.trials if t.user_attrs.get("retry_of") == victim]
+    assert len(retry) == 1 and retry[0].state == TrialState.WAITING
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    run = mlflow.get_run(st.trials[victim].user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+    parent = mlflow.get_run(st.user_attrs["mlflow_parent_run_id"])  # the study's run: not left RUNNING
+    assert parent.info.status == "KILLED" and parent.data.tags["summary"].startswith("stopped: 0 trained")
+
+    sweep(tmp_path, "hydra.sweeper.n_trials=1", "trainer.epochs=1", sweep_dir="multirun/s2")  # resumed
+    st = study(tmp_path)
+    assert st.user_attrs["mlflow_parent_run_id"] == parent.info.run_id  # the same run, reopened and closed
+    resumed = mlflow.get_run(parent.info.run_id)
+    assert resumed.info.status == "FINISHED" and "error" not in resumed.data.tags
+
+
+def test_two_workers_share_one_study(tmp_path):
+    study(tmp_path)  # create the journal up front
+    args = ["hydra.sweeper.n_trials=4", "trainer.epochs=1", "model.wide=choice(32,48)"]
+    a = sweep(tmp_path, *args, sweep_dir="multirun/a", background=True)
+    b = sweep(tmp_path, *args, sweep_dir="multirun/b", background=True)
+    out_a, _ = a.communicate(timeout=600)
+    out_b, _ = b.communicate(timeout=600)
+    assert a.returncode == 0 and b.returncode == 0, out_a[-2000:] + out_b[-2000:]
+    st = study(tmp_path)
+    trained = [t for t in st.trials if t.user_attrs.get("state") in ("COMPLETE", "PRUNED", "FAIL")]
+    assert 4 <= len(trained) <= 5  # a race at the very end may add one
+    jobs_a = {d.name for d in (tmp_path / "multirun" / "a").iterdir() if d.name.isdigit()}
+    jobs_b = {d.name for d in (tmp_path / "multirun" / "b").iterdir() if d.name.isdigit()}
+    assert jobs_a and jobs_b and not (jobs_a & jobs_b)  # both worked, no trial ran twice
+    workers = {t.user_attrs["worker"] for t in trained}
+    assert len(workers) == 2
+
+
+def test_plain_multirun_groups_jobs_under_one_parent(tmp_path):
+    import mlflow
+
+    cmd = [sys.executable, "-m", "archsearch.train", "-m", "data=synthetic", *TINY[:3], "trainer.epochs=1",
+           "trainer.progress=false", "trainer.workers=0", *FIXED, "model=dilated_sep,too_wide",
+           "hydra.sweep.dir=multirun/p"]
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "REJECTED too_wide" in p.stderr
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["archsearch"])
+    parent = runs[runs["tags.archsearch.role"] == "parent"]
+    assert len(parent) == 1
+    kids = runs[runs["tags.mlflow.parentRunId"] == parent.run_id.iloc[0]]
+    assert set(kids["tags.state"]) == {"COMPLETE", "REJECTED"}
+
+
+def test_two_workers_on_postgresql(tmp_path, postgres_url):
+    """Many machines share a study through an RDB storage: a real PostgreSQL server here."""
+    import optuna
+
+    storage = f"hydra.sweeper.storage='{postgres_url}'"
+    args = [storage, "hydra.sweeper.n_trials=4", "trainer.epochs=1", "model.wide=choice(32,48)"]
+    a = sweep(tmp_path, *args, sweep_dir="multirun/a", background=True)
+    b = sweep(tmp_path, *args, sweep_dir="multirun/b", background=True)
+    out_a, _ = a.communicate(timeout=600)
+    out_b, _ = b.communicate(timeout=600)
+    assert a.returncode == 0 and b.returncode == 0, out_a[-2000:] + out_b[-2000:]
+    st = optuna.load_study(study_name="smoke", storage=postgres_url)
+    trained = [t for t in st.trials if t.user_attrs.get("state") in ("COMPLETE", "PRUNED", "FAIL")]
+    assert 4 <= len(trained) <= 5
+    assert len({t.user_attrs["worker"] for t in trained}) == 2
+    assert all(len(t.intermediate_values) == 1 for t in trained if t.user_attrs["state"] == "COMPLETE")
+    jobs_a = {d.name for d in (tmp_path / "multirun" / "a").iterdir() if d.name.isdigit()}
+    jobs_b = {d.name for d in (tmp_path / "multirun" / "b").iterdir() if d.name.isdigit()}
+    assert not (jobs_a & jobs_b)
+
+
+def test_only_rejections_stops_with_a_message(tmp_path):
+    p = sweep(tmp_path, "model.wide=choice(72,80)", "hydra.sweeper.max_rejections_in_a_row=3",
+              "hydra.sweeper.n_trials=4")
+    s = states(study(tmp_path))
+    assert list(s.values()) == ["REJECTED"] * 3
+    assert "3 candidates in a row were rejected by the budget" in p.stderr
+    assert not (tmp_path / "multirun" / "s").exists() or not any((tmp_path / "multirun" / "s").glob("[0-9]*"))
+
+
+def test_multi_objective_gives_a_pareto_front_without_pruning(tmp_path):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    p = sweep(tmp_path, "hydra.sweeper.direction=[maximize,minimize]", "hydra.sweeper.objectives=[val_acc,params]",
+              "hydra.sweeper.n_trials=2", "trainer.epochs=1", "model.wide=choice(32,48)")
+    assert "multi-objective study: Optuna cannot prune it, so pruning is off" in p.stdout + p.stderr
+    path = tmp_path / "mlruns" / "optuna" / "smoke.journal"
+    st = optuna.load_study(study_name="smoke", storage=JournalStorage(JournalFileBackend(str(path))))
+    assert [d.name for d in st.directions] == ["MAXIMIZE", "MINIMIZE"]
+    done = [t for t in st.trials if t.user_attrs.get("state") == "COMPLETE"]
+    assert len(done) == 2 and all(t.values[1] == t.user_attrs["model.params"] for t in done)
+    assert st.best_trials  # the Pareto front
+
+
+def test_plan_slots_divides_devices_and_cores():
+    import pytest
+
+    from archsearch.search.pool import plan_slots
+
+    cpu = plan_slots(2, "auto", 1, cores=[0, 1], gpus=[])
+    assert [(s.gpu, s.cores) for s in cpu] == [(None, (0,)), (None, (1,))]  # one core each, no oversubscription
+    assert cpu[0].env()["OMP_NUM_THREADS"] == "1" and "CUDA_VISIBLE_DEVICES" not in cpu[0].env()
+    gpu = plan_slots(None, "auto", 2, cores=list(range(8)), gpus=[0, 1])  # null: every slot of every GPU
+    assert [s.gpu for s in gpu] == [0, 0, 1, 1] and gpu[2].env()["CUDA_VISIBLE_DEVICES"] == "1"
+    assert len(plan_slots(None, "auto", 1, cores=[0, 1], gpus=[])) == 1
+    with pytest.raises(ValueError, match=r"hydra.sweeper.n_jobs: 3 concurrent trials need 3 slots, but devices \[0\]"):
+        plan_slots(3, [0], 1, cores=[0, 1])
+    with pytest.raises(ValueError, match="hydra.sweeper.devices: expected auto, cpu or a list"):
+        plan_slots(2, "gpus", 1, cores=[0, 1])
+
+
+def _kill_trial_process(job: str) -> None:
+    for pid in os.listdir("/proc"):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"archsearch.search.trial_process" in cmd and any(a.decode().endswith(job) for a in cmd):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def test_n_jobs_two_trials_at_a_time_and_a_killed_one_is_retried(tmp_path):
+    """n_jobs=2 on 2 cores: trials in processes of their own, one core each, overlapping in time;
+    rejection before launch, pruning through the storage and MLflow parent/child runs as with one;
+    a trial process killed under the sweeper (OOM, SIGKILL) is INTERRUPTED and retried once, and the
+    sweep goes on to n_trials."""
+    import mlflow
+    from optuna.trial import TrialState
+
+    st = study(tmp_path)
+    st.enqueue_trial({"model.wide": 72, "model.dropout": 0.0, "optim.lr": 0.05})  # over budget: rejected
+    proc = sweep(tmp_path, "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=4", "trainer.epochs=3",
+                 "hydra.sweeper.pruner={name:none}", "model.wide=choice(32,48,72)", background=True)
+    victim = a_running_trial(tmp_path, proc, timeout=300, poll=0.3)
+    if victim is not None:
+        _kill_trial_process(f"multirun/s/{victim}")
+    out, _ = proc.communicate(timeout=600)
+    assert victim is not None and proc.returncode == 0, out[-3000:]
+    assert "2 trials at a time" in out
+    st = study(tmp_path)
+    s = states(st)
+    assert s[0] == "REJECTED" and not (tmp_path / "multirun" / "s" / "0").exists()
+    assert s[victim] == "INTERRUPTED" and "killed by signal 9" in st.trials[victim].user_attrs["error"]
+    retry = [t for t in st.trials if t.user_attrs.get("retry_of") == victim]
+    assert len(retry) == 1 and retry[0].params == st.trials[victim].params
+    assert sum(v in ("COMPLETE", "PRUNED", "FAIL") for v in s.values()) == 4
+    assert not [t for t in st.trials if t.state == TrialState.RUNNING]
+    trained = [t for t in st.trials if t.user_attrs.get("state") in ("COMPLETE", "PRUNED")]
+    assert {t.user_attrs["slot"].split(" (")[0] for t in trained} == {"slot 0", "slot 1"}
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trained)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))  # two trials ran at the same time
+    for t in trained:  # each job folder as Hydra keeps it, plus what the trial process returned
+        job = tmp_path / "multirun" / "s" / str(t.number)
+        assert (job / ".hydra" / "config.yaml").exists() and (job / "result.json").exists()
+        assert len(t.intermediate_values) == 3  # reported from the trial's own process
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["archsearch"])
+    parent = runs[runs["tags.archsearch.role"] == "parent"].run_id.iloc[0]
+    kids = runs[runs["tags.mlflow.parentRunId"] == parent]
+    assert len(kids) == len(s) and not (kids.status == "RUNNING").any()
+    assert set(kids[kids["tags.trial_number"] == str(victim)].status) == {"KILLED"}
+
+
+def test_a_retry_does_not_shift_the_draws_after_it():
+    """The sweeper's draw for each new trial (ask, the sampler seeded at the trial's draw index,
+    suggest): a study whose trial 1 was stopped and re-queued draws the same candidates, in the
+    same order, as one that ran through (a second study of the same seed, e.g. under another
+    proxy, stays aligned with the first)."""
+    import optuna
+
+    from archsearch.search.space import parse_space, suggest
+    from archsearch.search.study import draw_index, make_sampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space, _ = parse_space({"model.wide": "choice(32,48,72)", "model.narrow": "choice(8,16,32)",
+                            "optim.lr": "tag(log, interval(0.01, 0.3))"})
+
+    def draw(st):
+        t = st.ask()
+        st.sampler = make_sampler({"name": "random", "seed": 0}, seed_offset=draw_index(st, t.number))
+        return t, {k: suggest(t, k, sw) for k, sw in space.items()}
+
+    clean = optuna.create_study()
+    expected = []
+    for _ in range(5):
+        t, values = draw(clean)
+        clean.tell(t, 0.5)
+        expected.append(values)
+    stopped = optuna.create_study()
+    got = []
+    for i in range(6):
+        t, values = draw(stopped)
+        if i == 1:  # stopped mid-trial: failed, its parameters re-queued (trial 2 runs them again)
+            stopped.tell(t, state=optuna.trial.TrialState.FAIL)
+            stopped.enqueue_trial(values, user_attrs={"retry_of": t.number})
+            continue
+        stopped.tell(t, 0.5)
+        got.append(values)
+    assert got == expected
