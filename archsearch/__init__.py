@@ -12,7 +12,8 @@ from archsearch.config.compose import load_budget, load_spec, spec_from_cfg
 from archsearch.errors import SpecError
 from archsearch.grammar.analysis import Analysis, LayerAnalysis, analyze, receptive_field
 from archsearch.grammar.budget import Budget, Violation, check, parse_budget
-from archsearch.grammar.spec import BlockSpec, LayerSpec, ModelSpec, parse_spec, spec_hash
+from archsearch.grammar.layers import BlockSpec, LayerSpec
+from archsearch.grammar.spec import ModelSpec, parse_spec, spec_hash
 
 __all__ = [
     "BlockSpec", "Budget", "LayerAnalysis", "LayerSpec", "ModelSpec", "Analysis", "SpecError", "Violation",

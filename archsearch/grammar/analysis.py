@@ -25,8 +25,9 @@ from functools import cached_property
 from typing import NamedTuple
 
 from archsearch.errors import OpError, SpecError
+from archsearch.grammar.layers import BlockSpec, LayerSpec, walk
 from archsearch.grammar.ops import OPS
-from archsearch.grammar.spec import BlockSpec, LayerSpec, ModelSpec, walk
+from archsearch.grammar.spec import ModelSpec
 
 __all__ = ["LayerAnalysis", "Analysis", "analyze", "receptive_field"]
 
@@ -157,14 +158,14 @@ def _merge(block: BlockSpec, ends: list[_State]) -> tuple[int, int, int]:
     return (c, *first.shape[1:])
 
 
-def _block(block: BlockSpec, st: _State, depth: int) -> tuple[list[LayerAnalysis], _State]:
+def _analyze_block(block: BlockSpec, st: _State, depth: int) -> tuple[list[LayerAnalysis], _State]:
     if not st.spatial:
         raise SpecError(block.path, f"{block.op} needs a spatial input; it comes after global pooling here")
     below: list[LayerAnalysis] = []  # every row inside the block, in reading order
     kids, ends = [], []
     params = macs = 0
     for p in block.paths:
-        rows, own, p_params, p_macs, end = _walk(p, st, depth + 1)
+        rows, own, p_params, p_macs, end = _analyze_list(p, st, depth + 1)
         below += rows
         kids.append(own)
         ends.append(end)
@@ -178,7 +179,7 @@ def _block(block: BlockSpec, st: _State, depth: int) -> tuple[list[LayerAnalysis
     return below, _State(shape, rf, jump, True, st.rf_before_pool)
 
 
-def _walk(nodes, st: _State, depth: int):
+def _analyze_list(nodes, st: _State, depth: int):
     """Rows of ``nodes`` from state ``st``: (every row, nested ones too; the rows of ``nodes`` themselves;
     their params; their MACs; the state after them). Plain layers are handled inline (the validator's
     speed is this loop's): one Step from the op's rule, one row."""
@@ -188,7 +189,7 @@ def _walk(nodes, st: _State, depth: int):
     shape, rf, jump, spatial, before = st
     for node in nodes:
         if isinstance(node, BlockSpec):
-            more, (shape, rf, jump, spatial, before) = _block(node, _State(shape, rf, jump, spatial, before), depth)
+            more, (shape, rf, jump, spatial, before) = _analyze_block(node, _State(shape, rf, jump, spatial, before), depth)
             row = more[0]
             rows += more
         else:
@@ -217,7 +218,7 @@ def _walk(nodes, st: _State, depth: int):
 
 def analyze(spec: ModelSpec) -> Analysis:
     """Walk the layers and blocks; raise :class:`SpecError` (with the YAML path) on impossible shapes."""
-    rows, top, params, macs, end = _walk(spec.layers, _State(spec.input_shape, 1, 1, True, None), 0)
+    rows, top, params, macs, end = _analyze_list(spec.layers, _State(spec.input_shape, 1, 1, True, None), 0)
     shape = end.shape
     if shape[1:] != (1, 1):
         c, h, w = shape

@@ -139,7 +139,7 @@ def _conv_analyze(a: dict, shape: Shape) -> Step:
 
 
 def _conv_build(a: dict, cin: int) -> list:
-    from torch import nn
+    from torch import nn  # only to build: analysing a spec never imports torch
 
     return [
         nn.Conv2d(cin, a["out"], a["k"], a["s"], _pad(a), a["d"], a["groups"], a["bias"])
@@ -155,7 +155,7 @@ def _sep_analyze(a: dict, shape: Shape) -> Step:
 
 
 def _sep_build(a: dict, cin: int) -> list:
-    from torch import nn
+    from torch import nn  # only to build: analysing a spec never imports torch
 
     return [
         nn.Conv2d(cin, cin, a["k"], a["s"], _pad(a), a["d"], groups=cin, bias=False),
@@ -175,7 +175,7 @@ def _maxpool_analyze(a: dict, shape: Shape) -> Step:
 
 
 def _maxpool_build(a: dict, cin: int) -> list:
-    from torch import nn
+    from torch import nn  # only to build: analysing a spec never imports torch
 
     g = _pool_args(a)
     return [nn.MaxPool2d(g["k"], g["s"], g["p"])]
@@ -188,7 +188,7 @@ def _gap_analyze(a: dict, shape: Shape) -> Step:
 
 
 def _gap_build(a: dict, cin: int) -> list:
-    from torch import nn
+    from torch import nn  # only to build: analysing a spec never imports torch
 
     return [nn.AdaptiveAvgPool2d(1)]
 
@@ -203,7 +203,7 @@ def _linear_analyze(a: dict, shape: Shape) -> Step:
 
 
 def _linear_build(a: dict, cin: int) -> list:
-    from torch import nn
+    from torch import nn  # only to build: analysing a spec never imports torch
 
     # 1x1 conv == Linear on a (C,1,1) map, and keeps the tensor 4-D so bn/act/dropout
     # and channels_last work unchanged; parameter count equals nn.Linear's.

@@ -1,6 +1,7 @@
 """Parse a model config (``conf/model/NAME.yaml``) into a typed, frozen :class:`ModelSpec`.
 
-Model-level fields (the layer grammar itself is documented in :mod:`archsearch.ops`):
+Model-level fields (the layer grammar itself is documented in :mod:`archsearch.grammar.ops`,
+blocks in :mod:`archsearch.grammar.layers`):
 
 - ``name``: the model's name (defaults to the config file's name),
 - ``in_channels``, ``input_size``: the input image (3, 32 for CIFAR-10),
@@ -13,21 +14,6 @@ Model-level fields (the layer grammar itself is documented in :mod:`archsearch.o
 - knobs: any other scalar key (``width: 64``, ``dropout: 0.05``) is a knob that layers
   reference with interpolation (``out: ${model.width}``) so a sweep can turn one value.
   A knob nothing references is reported as an unknown field (most likely a typo).
-
-Blocks (the layer list may hold them wherever it holds layers; they nest):
-
-- ``{op: residual, body: [...], shortcut: identity}``: ``y = body(x) + shortcut(x)``; the
-  shortcut is ``identity`` (the default) or a layer list such as
-  ``[{op: conv, out: 64, k: 1, s: 2}]``,
-- ``{op: branches, merge: concat, paths: [[...], [...]]}``: parallel paths from the same
-  input, merged by ``add`` (same C, H, W) or ``concat`` (same H, W; channels add up); an
-  empty path is the identity,
-- ``{op: repeat, times: N, body: [...]}``: the body N times in a row (``times`` may be a
-  knob, ``${model.depth}``); each repetition has its own weights.
-
-``residual`` and ``branches`` take an optional ``act`` applied after the merge. A block
-nests at most :data:`MAX_DEPTH` deep and a model expands to at most :data:`MAX_LAYERS`
-layers.
 
 Every error is a :class:`SpecError` whose text starts with the YAML path of the culprit,
 e.g. ``model.layers[7].k: must be a positive int, got 0``. Nothing here imports torch,
@@ -44,104 +30,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from archsearch.errors import SpecError
-from archsearch.grammar.ops import ACTIVATIONS, EXTRAS, OPS
+from archsearch.grammar.layers import (
+    BlockSpec,
+    LayerSpec,
+    checked,
+    node_dict,
+    parse_extras,
+    parse_layers,
+    type_name,
+    walk,
+)
+from archsearch.grammar.ops import EXTRAS
 
 __all__ = ["BlockSpec", "LayerSpec", "ModelSpec", "parse_spec", "spec_hash", "walk"]
 
 MODEL_FIELDS = ("name", "in_channels", "input_size", "num_classes", "order", "layer_defaults", "layers", "stages")
-BLOCKS = ("residual", "branches", "repeat")
-MERGES = ("add", "concat")
-MAX_DEPTH = 8  # blocks inside blocks
-MAX_LAYERS = 2000  # layers after expanding repeats
 ORDER_ITEMS = ("op", "bn", "act", "dropout")
 DEFAULT_ORDER = ("op", "bn", "act", "dropout")
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """One layer: its op, the op's fields with defaults filled in, and its extras."""
-
-    index: int
-    op: str
-    args: Mapping[str, Any]
-    bn: bool = False
-    act: str = "none"
-    dropout: float = 0.0
-    where: str = ""  # its YAML path (parsing sets it; a hand-built layer falls back to model.layers[index])
-
-    @property
-    def path(self) -> str:
-        return self.where or f"model.layers[{self.index}]"
-
-    def describe(self) -> str:
-        a = self.args
-        if self.op in ("conv", "sepconv"):
-            s = f"{a['k']}x{a['k']}"
-            if a["d"] > 1:
-                s += f" d{a['d']}"
-            if a["s"] > 1:
-                s += f" s{a['s']}"
-            p = a["p"] if a["p"] is not None else a["d"] * (a["k"] - 1) // 2
-            s += f" p{p}"
-            if self.op == "conv" and a["groups"] > 1:
-                s += f" g{a['groups']}"
-            if a["bias"]:
-                s += " +bias"
-        elif self.op == "maxpool":
-            s = f"{a['k']}x{a['k']} s{a['s'] if a['s'] is not None else a['k']}"
-        elif self.op == "linear":
-            s = "+bias" if a["bias"] else ""
-        else:
-            s = ""
-        return (s + (" | " + ",".join(self.extras()) if self.extras() else "")).strip()
-
-    def extras(self, order: tuple[str, ...] = ("op", "act", "dropout", "bn")) -> list[str]:
-        names = {"bn": "bn" if self.bn else "", "act": "" if self.act == "none" else self.act,
-                 "dropout": f"drop{self.dropout:g}" if self.dropout else ""}
-        return [names[k] for k in order if k != "op" and names[k]]
-
-
-@dataclass(frozen=True)
-class BlockSpec:
-    """Parallel paths from one input, merged: ``residual`` (body + shortcut, added) or
-    ``branches`` (``add`` or ``concat``). An empty path is the identity."""
-
-    index: int
-    op: str  # residual | branches
-    paths: tuple[tuple, ...]  # each a tuple of LayerSpec / BlockSpec
-    merge: str  # add | concat
-    act: str = "none"
-    where: str = ""
-    path_names: tuple[str, ...] = ()  # "body", "shortcut" or "paths[i]", for display
-
-    @property
-    def path(self) -> str:
-        return self.where or f"model.layers[{self.index}]"
-
-    def describe(self) -> str:
-        parts = [f"{name}: {len(p)} layer(s)" if p else f"{name}: identity" for name, p in zip(self.path_names, self.paths)]
-        extra = f" | {self.act}" if self.act != "none" else ""
-        return f"{self.merge} of " + ", ".join(parts) + extra
-
-    def to_dict(self) -> dict:
-        return {"op": self.op, "merge": self.merge, "act": self.act,
-                "paths": [[_node_dict(n) for n in p] for p in self.paths]}
-
-
-def _node_dict(n) -> dict:
-    if isinstance(n, BlockSpec):
-        return n.to_dict()
-    return {"op": n.op, **dict(n.args), "bn": n.bn, "act": n.act, "dropout": n.dropout}
-
-
-def walk(nodes):
-    """Every LayerSpec in ``nodes``, blocks entered, in order."""
-    for n in nodes:
-        if isinstance(n, BlockSpec):
-            for p in n.paths:
-                yield from walk(p)
-        else:
-            yield n
 
 
 @dataclass(frozen=True)
@@ -164,7 +69,7 @@ class ModelSpec:
             "input_size": self.input_size,
             "num_classes": self.num_classes,
             "order": list(self.order),
-            "layers": [_node_dict(n) for n in self.layers],
+            "layers": [node_dict(n) for n in self.layers],
         }
 
 
@@ -173,169 +78,6 @@ def spec_hash(spec: ModelSpec) -> str:
     d = spec.to_dict()
     d.pop("name")
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _type_name(v: Any) -> str:
-    return "null" if v is None else type(v).__name__
-
-
-def _check(path: str, kind: str, v: Any) -> Any:
-    if kind == "pos_int":
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise SpecError(path, f"must be a positive int, got {v!r}")
-    elif kind == "nonneg_int":
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise SpecError(path, f"must be a non-negative int, got {v!r}")
-    elif kind == "bool":
-        if not isinstance(v, bool):
-            raise SpecError(path, f"must be true or false, got {v!r}")
-    elif kind == "act":
-        if v is None or v is False:
-            v = "none"
-        if not isinstance(v, str) or v not in ACTIVATIONS:
-            raise SpecError(path, f"unknown activation {v!r}; choose one of {', '.join(ACTIVATIONS)}")
-    elif kind == "dropout":
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
-            raise SpecError(path, f"must be a number in [0, 1), got {v!r}")
-        v = float(v)
-    return v
-
-
-_EXTRA_KINDS = {"bn": "bool", "act": "act", "dropout": "dropout"}
-
-
-def _parse_extras(path: str, m: Mapping, base: dict) -> dict:
-    out = dict(base)
-    for key in EXTRAS:
-        if key in m:
-            out[key] = _check(f"{path}.{key}", _EXTRA_KINDS[key], m[key])
-    return out
-
-
-def _parse_layer(i: int, raw: Mapping, defaults: dict, path: str) -> LayerSpec:
-    op = raw["op"]
-    od = OPS[op]
-    allowed = set(od.fields) | ({*EXTRAS} if od.extras else set()) | {"op"}
-    for key in raw:
-        if key not in allowed:
-            raise SpecError(
-                f"{path}.{key}", f"unknown field for op {op!r}; valid fields: {', '.join(sorted(allowed - {'op'}))}"
-            )
-    args = {}
-    for name, fd in od.fields.items():
-        if name in raw and raw[name] is not None:
-            args[name] = _check(f"{path}.{name}", fd.kind, raw[name])
-        elif fd.required:
-            raise SpecError(f"{path}.{name}", f"missing (required by op {op!r})")
-        else:
-            args[name] = fd.default
-    extras = {"bn": False, "act": "none", "dropout": 0.0}
-    if od.extras:
-        extras = _parse_extras(path, raw, defaults if od.takes_defaults else extras)
-    return LayerSpec(i, op, args, **extras, where=path)
-
-
-class _Budget:
-    """How many layers the model has expanded to so far (repeats counted in full)."""
-
-    def __init__(self):
-        self.layers = 0
-
-    def count(self, path: str, n: int) -> None:
-        self.layers += n
-        if self.layers > MAX_LAYERS:
-            raise SpecError(path, f"the model expands to more than {MAX_LAYERS} layers here (repeats multiply "
-                                  "their bodies); lower a repeat's times or nest fewer repeats")
-
-
-_BLOCK_FIELDS = {"residual": ("op", "body", "shortcut", "act"), "branches": ("op", "paths", "merge", "act"),
-                 "repeat": ("op", "times", "body")}
-
-
-def _parse_list(raw: Any, path: str, defaults: dict, depth: int, budget: _Budget) -> tuple:
-    if raw is None or isinstance(raw, (str, Mapping)) or not hasattr(raw, "__iter__"):
-        raise SpecError(path, f"must be a list of layers, got {_type_name(raw)}")
-    out = []
-    for i, item in enumerate(raw):
-        node = _parse_node(i, item, defaults, f"{path}[{i}]", depth, budget)
-        out.extend(node if isinstance(node, list) else [node])
-    return tuple(out)
-
-
-def _parse_node(i: int, raw: Any, defaults: dict, path: str, depth: int, budget: _Budget):
-    """A layer, a block, or (for ``repeat``) a list of nodes."""
-    choices = ", ".join((*OPS, *BLOCKS))
-    if not isinstance(raw, Mapping):
-        raise SpecError(path, f"must be a mapping like {{op: conv, out: 64}}, got {_type_name(raw)}")
-    if "_target_" in raw:
-        raise SpecError(f"{path}._target_", "specs are data: no code is executed from a layer")
-    if "op" not in raw:
-        raise SpecError(f"{path}.op", f"missing; choose one of {choices}")
-    op = raw["op"]
-    if op not in OPS and op not in BLOCKS:
-        raise SpecError(f"{path}.op", f"unknown op {op!r}; choose one of {choices}")
-    if op in OPS:
-        budget.count(path, 1)
-        return _parse_layer(i, raw, defaults, path)
-    if depth >= MAX_DEPTH:
-        raise SpecError(path, f"blocks nest more than {MAX_DEPTH} deep here; flatten the model")
-    for key in raw:
-        if key not in _BLOCK_FIELDS[op]:
-            raise SpecError(f"{path}.{key}", f"unknown field for op {op!r}; valid fields: "
-                                             f"{', '.join(k for k in _BLOCK_FIELDS[op] if k != 'op')}")
-    if op == "repeat":
-        return _parse_repeat(raw, defaults, path, depth, budget)
-    act = _check(f"{path}.act", "act", raw.get("act", "none"))
-    if op == "residual":
-        if "body" not in raw:
-            raise SpecError(f"{path}.body", "missing; a residual block adds body(x) to shortcut(x)")
-        body = _parse_list(raw["body"], f"{path}.body", defaults, depth + 1, budget)
-        if not body:
-            raise SpecError(f"{path}.body", "empty; a residual body needs at least one layer")
-        sc = raw.get("shortcut", "identity")
-        short = () if sc in (None, "identity") else _parse_shortcut(sc, defaults, path, depth, budget)
-        return BlockSpec(i, op, (body, short), "add", act, path, ("body", "shortcut"))
-    merge = raw.get("merge", "concat")
-    if merge not in MERGES:
-        raise SpecError(f"{path}.merge", f"unknown merge {merge!r}; choose one of {', '.join(MERGES)}")
-    paths_raw = raw.get("paths")
-    if paths_raw is None:
-        raise SpecError(f"{path}.paths", "missing; branches needs a list of paths, each a list of layers")
-    if isinstance(paths_raw, (str, Mapping)) or not hasattr(paths_raw, "__iter__") or len(list(paths_raw)) < 2:
-        raise SpecError(f"{path}.paths", f"must be a list of at least 2 paths (each a list of layers), "
-                                         f"got {_type_name(paths_raw)}")
-    paths = tuple(_parse_list(p, f"{path}.paths[{j}]", defaults, depth + 1, budget) for j, p in enumerate(paths_raw))
-    return BlockSpec(i, op, paths, merge, act, path, tuple(f"paths[{j}]" for j in range(len(paths))))
-
-
-def _parse_shortcut(sc: Any, defaults: dict, path: str, depth: int, budget: _Budget) -> tuple:
-    if isinstance(sc, str):
-        raise SpecError(f"{path}.shortcut", f"unknown shortcut {sc!r}; use identity or a list of layers")
-    return _parse_list(sc, f"{path}.shortcut", defaults, depth + 1, budget)
-
-
-def _parse_repeat(raw: Mapping, defaults: dict, path: str, depth: int, budget: _Budget) -> list:
-    times = raw.get("times")
-    if isinstance(times, bool) or not isinstance(times, int) or times < 1:
-        raise SpecError(f"{path}.times", f"must be an int >= 1 (how many times the body repeats), got {times!r}")
-    if "body" not in raw:
-        raise SpecError(f"{path}.body", "missing; repeat needs a body (a list of layers)")
-    first = budget.layers
-    body = _parse_list(raw["body"], f"{path}.body", defaults, depth + 1, budget)
-    if not body:
-        raise SpecError(f"{path}.body", "empty; a repeat body needs at least one layer")
-    budget.count(path, (budget.layers - first) * (times - 1))
-    return [_relabel(n, f"{path}.body", f"{path}({r}).body") for r in range(1, times + 1) for n in body]
-
-
-def _relabel(node, old: str, new: str):
-    """A repetition's copy of a node, its YAML path marked with the repetition: ``...(2).body[0]``."""
-    from dataclasses import replace
-
-    if isinstance(node, BlockSpec):
-        paths = tuple(tuple(_relabel(n, old, new) for n in p) for p in node.paths)
-        return replace(node, where=node.where.replace(old, new, 1), paths=paths)
-    return replace(node, where=node.where.replace(old, new, 1))
 
 
 _INTERP = re.compile(r"\$\{\s*model\.([A-Za-z_][\w]*)")
@@ -348,23 +90,23 @@ def parse_spec(cfg: Mapping, *, raw: Mapping | None = None, name: str | None = N
     reported as unknown fields.
     """
     if not isinstance(cfg, Mapping):
-        raise SpecError("model", f"must be a mapping, got {_type_name(cfg)}")
+        raise SpecError("model", f"must be a mapping, got {type_name(cfg)}")
     for key in ("in_channels", "input_size", "num_classes"):
         if key not in cfg:
             raise SpecError(f"model.{key}", "missing")
-        _check(f"model.{key}", "pos_int", cfg[key])
+        checked(f"model.{key}", "pos_int", cfg[key])
     order = tuple(cfg.get("order") or DEFAULT_ORDER)
     if sorted(order) != sorted(ORDER_ITEMS):
         raise SpecError("model.order", f"must list each of {', '.join(ORDER_ITEMS)} once, got {list(order)}")
     ld = cfg.get("layer_defaults") or {}
     if not isinstance(ld, Mapping):
-        raise SpecError("model.layer_defaults", f"must be a mapping, got {_type_name(ld)}")
+        raise SpecError("model.layer_defaults", f"must be a mapping, got {type_name(ld)}")
     for key in ld:
         if key not in EXTRAS:
             raise SpecError(f"model.layer_defaults.{key}", f"unknown field; valid fields: {', '.join(EXTRAS)}")
-    defaults = _parse_extras("model.layer_defaults", ld, {"bn": False, "act": "none", "dropout": 0.0})
+    defaults = parse_extras("model.layer_defaults", ld, {"bn": False, "act": "none", "dropout": 0.0})
 
-    layers = _parse_layers(cfg, defaults)
+    layers = parse_layers(cfg, defaults)
     # knobs: any other key must be a scalar that some field references
     used: set[str] = set()
     if raw is not None:
@@ -381,39 +123,6 @@ def parse_spec(cfg: Mapping, *, raw: Mapping | None = None, name: str | None = N
 
     nm = cfg.get("name") or name or "model"
     return ModelSpec(str(nm), cfg["in_channels"], cfg["input_size"], cfg["num_classes"], order, layers)
-
-
-def _parse_layers(cfg: Mapping, defaults: dict) -> tuple:
-    """``layers`` (a list), or ``stages`` (named lists, concatenated in order)."""
-    budget = _Budget()
-    if "stages" in cfg and cfg["stages"] is not None:
-        if cfg.get("layers") is not None:
-            raise SpecError("model.stages", "a model has layers or stages, not both")
-        stages = cfg["stages"]
-        if not isinstance(stages, Mapping) or not stages:
-            raise SpecError("model.stages", f"must be a mapping of named layer lists, got {_type_name(stages)}")
-        out: list = []
-        for name, items in stages.items():
-            out.extend(_parse_list(items, f"model.stages.{name}", defaults, 0, budget))
-        if not out:
-            raise SpecError("model.stages", "empty model: add at least one layer")
-        return tuple(_reindex(out))
-    layers_raw = cfg.get("layers")
-    if layers_raw is None:
-        raise SpecError("model.layers", "missing; a model is a list of layers")
-    if isinstance(layers_raw, (str, Mapping)) or not hasattr(layers_raw, "__iter__"):
-        raise SpecError("model.layers", f"must be a list of layers, got {_type_name(layers_raw)}")
-    layers = _parse_list(layers_raw, "model.layers", defaults, 0, budget)
-    if not layers:
-        raise SpecError("model.layers", "empty model: add at least one layer")
-    return tuple(_reindex(layers))  # repeats at the top level: number the expanded list
-
-
-def _reindex(nodes) -> list:
-    """Top-level position numbers of an expanded list (each node keeps its YAML path)."""
-    from dataclasses import replace
-
-    return [replace(n, index=k) if n.index != k else n for k, n in enumerate(nodes)]
 
 
 def _plain(x: Any) -> Any:
