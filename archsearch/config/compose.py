@@ -13,6 +13,7 @@ from typing import Any
 
 from archsearch.config.paths import CONF_DIR, available, groups, search_dirs
 from archsearch.errors import ConfigError, SpecError
+from archsearch.grammar.budget import Budget, parse_budget
 from archsearch.grammar.spec import ModelSpec, parse_spec
 
 __all__ = ["check_choices", "compose", "compose_with_hydra", "load_budget", "load_spec", "spec_from_cfg"]
@@ -42,6 +43,7 @@ def check_choices(overrides: Sequence[str], config_name: str | None = "config") 
     a file the composition reads that is not well-formed YAML -> ConfigError naming the file,
     line and column. ``config_name=None``: only the files these overrides choose (a sweep
     candidate's, whose primary config was checked when the sweep started)."""
+    # (PyYAML loads with the first check, not on `import archsearch`: see compose)
     from archsearch.config.yamlcheck import check_config_files
 
     dirs = search_dirs(overrides)
@@ -60,6 +62,8 @@ def compose_with_hydra(config_name: str, overrides: Sequence[str] = ()) -> Any:
 
 def compose(config_name: str, overrides: Sequence[str] = (), return_hydra_config: bool = False) -> Any:
     """Compose ``conf/<config_name>.yaml`` with Hydra overrides; errors become ConfigError."""
+    # Hydra, OmegaConf and PyYAML load when a config is composed, not on `import archsearch` (which
+    # imports this module): parsing and analysing a spec, and every other module's import, stay light
     from hydra import compose as _compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -101,6 +105,7 @@ def _one_line(e: BaseException) -> str:
 
 def spec_from_cfg(model_cfg: Any) -> ModelSpec:
     """A ModelSpec from a composed ``cfg.model`` (DictConfig) or a plain dict."""
+    # (OmegaConf: not on `import archsearch`, see compose)
     from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -122,10 +127,9 @@ def load_spec(name: str, overrides: Sequence[str] = ()) -> ModelSpec:
     return spec_from_cfg(cfg.model)
 
 
-def load_budget(overrides: Sequence[str] = ()):
+def load_budget(overrides: Sequence[str] = ()) -> Budget:
+    # (OmegaConf: not on `import archsearch`, see compose)
     from omegaconf import OmegaConf
-
-    from archsearch.grammar.budget import parse_budget
 
     cfg = compose("validate", list(overrides))
     return parse_budget(OmegaConf.to_container(cfg.budget, resolve=True))

@@ -6,6 +6,8 @@ it), so neither imports the other.
 
 from __future__ import annotations
 
+from omegaconf import OmegaConf
+
 from archsearch.config.compose import spec_from_cfg
 from archsearch.grammar.analysis import Analysis, analyze
 from archsearch.grammar.budget import Violation, check, parse_budget
@@ -25,8 +27,6 @@ class BudgetRejected(Exception):
 def verdict(cfg) -> tuple[ModelSpec, Analysis, list[Violation]]:
     """Parse, analyse and budget-check ``cfg.model`` -> (spec, analysis, the budget's violations,
     empty when it passes); raise SpecError when the spec itself is invalid."""
-    from omegaconf import OmegaConf
-
     spec = spec_from_cfg(cfg.model)
     budget = parse_budget(OmegaConf.to_container(cfg.budget, resolve=True))
     analysis = analyze(spec)

@@ -61,7 +61,7 @@ def groups(dirs: Sequence[Path] | None = None) -> list[str]:
     return sorted({p.name for base in dirs or [CONF_DIR] if base.is_dir() for p in base.iterdir() if p.is_dir()})
 
 
-# ------------------------------------------------------------------ finding the study
+# ------------------------------------------------------------------ the base folder
 def base_dir() -> Path:
     """Where ``mlruns/`` (MLflow, the default journal storage) and ``outputs/`` live:
     ``$ARCHSEARCH_BASE`` or the working directory, as for the sweeper and the training job."""

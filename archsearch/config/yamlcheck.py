@@ -19,23 +19,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
+from archsearch.config.paths import config_file
+from archsearch.errors import ConfigError
+
 __all__ = ["MAX_NODES", "check_config_files", "check_file"]
 
 MAX_NODES = 100_000  # nodes after expanding aliases; real configs have hundreds
 _DATA_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")}
 
 
-def _err(path: Path, mark, message: str):
-    from archsearch.errors import ConfigError
-
+def _err(path: Path, mark, message: str) -> ConfigError:
     where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
     return ConfigError(f"{where}: {' '.join(message.split())}")
 
 
-def _walk(path: Path, node, memo: dict[int, int], depth: int = 0) -> int:
-    """Nodes under ``node`` with aliases expanded (memoised: linear in the file's size)."""
-    import yaml
-
+def _count_nodes(path: Path, node, memo: dict[int, int], depth: int = 0) -> int:
+    """Nodes under ``node`` with aliases expanded (memoised: linear in the file's size), each checked
+    (plain data tags, no duplicate keys, not too deep)."""
     if id(node) in memo:
         return memo[id(node)]
     if depth > 200:
@@ -52,9 +54,9 @@ def _walk(path: Path, node, memo: dict[int, int], depth: int = 0) -> int:
                 raise _err(path, k.start_mark, f"duplicate key {key!r} (first at line {seen[key] + 1})")
             if key is not None:
                 seen[key] = k.start_mark.line
-            n += _walk(path, k, memo, depth + 1) + _walk(path, v, memo, depth + 1)
+            n += _count_nodes(path, k, memo, depth + 1) + _count_nodes(path, v, memo, depth + 1)
     elif isinstance(node, yaml.SequenceNode):
-        n += sum(_walk(path, v, memo, depth + 1) for v in node.value)
+        n += sum(_count_nodes(path, v, memo, depth + 1) for v in node.value)
     memo[id(node)] = n
     if n > MAX_NODES:
         raise _err(path, node.start_mark, f"aliases here expand to more than {MAX_NODES:,} nodes (a 'billion "
@@ -65,8 +67,6 @@ def _walk(path: Path, node, memo: dict[int, int], depth: int = 0) -> int:
 def check_file(path: Path) -> dict:
     """Raise ConfigError (one line: ``file:line:col: problem``) if ``path`` is not a well-formed
     mapping of plain YAML data; -> its contents (``{}`` for an empty file)."""
-    import yaml
-
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -87,8 +87,8 @@ def check_file(path: Path) -> dict:
     if not isinstance(node, yaml.MappingNode):
         kind = "a list" if isinstance(node, yaml.SequenceNode) else f"the value {node.value!r}"
         raise _err(path, node.start_mark, f"the file's root must be a mapping of fields, got {kind}")
-    _walk(Path(path), node, {})
-    return loader.construct_document(node)  # safe: only plain data tags got past _walk
+    _count_nodes(Path(path), node, {})
+    return loader.construct_document(node)  # safe: only plain data tags got past _count_nodes
 
 
 def _defaults(data: dict) -> list[tuple[str, str]]:
@@ -109,8 +109,6 @@ def check_config_files(choices: Sequence[tuple[str, str]], dirs: Sequence[Path],
     """Check every file that composing ``config_name`` with the ``(group, option)`` choices
     reads from ``dirs``: the primary config, the chosen options, the defaults they choose.
     ``config_name=None`` checks only the chosen options (and their defaults)."""
-    from archsearch.config.paths import config_file
-
     chosen = {g for g, _ in choices}
     todo: list[tuple[str, str]] = sorted(set(choices))
     primary = next((d / f"{config_name}.yaml" for d in dirs if (d / f"{config_name}.yaml").is_file()), None) \
