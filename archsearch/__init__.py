@@ -23,15 +23,15 @@ __all__ = [
 
 
 def build_model(spec: ModelSpec):
-    """Build the ``torch.nn.Module`` for a spec (imports torch lazily)."""
-    from archsearch.grammar.build import build_model as _build
+    """Build the ``torch.nn.Module`` for a spec."""
+    from archsearch.grammar.build import build_model as _build  # torch only when a model is built
 
     return _build(spec)
 
 
 def fit(cfg=None, overrides=(), out_dir=None, **kw):
     """Train as ``python -m archsearch.train`` does (same MLflow run) -> TrainResult;
-    see :func:`archsearch.job.fit`."""
-    from archsearch.training.job import fit as _fit
+    see :func:`archsearch.training.job.fit`."""
+    from archsearch.training.job import fit as _fit  # the training stack only when a run trains
 
     return _fit(cfg, overrides, out_dir, **kw)

@@ -10,9 +10,12 @@ import json
 import sys
 from collections.abc import Sequence
 
+from omegaconf import OmegaConf
+
+from archsearch import cli
 from archsearch.config.compose import compose, spec_from_cfg
 from archsearch.config.paths import available
-from archsearch.errors import BudgetError, ConfigError, SpecError
+from archsearch.errors import ConfigError
 from archsearch.grammar.analysis import analyze
 from archsearch.grammar.budget import check, parse_budget
 from archsearch.grammar.table import format_table
@@ -24,8 +27,6 @@ FORMATS = ("table", "json")
 
 def run(overrides: Sequence[str]) -> tuple[int, str]:
     """Returns (exit code, text to print)."""
-    from omegaconf import OmegaConf
-
     cfg = compose("validate", overrides)
     fmt = cfg.get("format", "table")
     if fmt not in FORMATS:
@@ -45,25 +46,18 @@ def run(overrides: Sequence[str]) -> tuple[int, str]:
     return (1 if violations else 0), text
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__.strip())
-        print(f"models: {', '.join(available('model'))}")
-        return 0
-    try:
-        code, text = run(argv)
-    except (SpecError, ConfigError, BudgetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def _validate(argv: list[str]) -> int:
+    code, text = run(argv)
     try:
         print(text)
-    except BrokenPipeError:  # `... | head`
+    except BrokenPipeError:  # `... | head`: the verdict's exit code still stands
         sys.stdout = None
     return code
 
 
-if __name__ == "__main__":
-    from archsearch import cli
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.start(__doc__, _validate, argv, help_extra=lambda: f"models: {', '.join(available('model'))}")
 
+
+if __name__ == "__main__":
     cli.run(main)

@@ -114,3 +114,14 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
     p = subprocess.run(f"'{sys.executable}' '{script}' | head -1; exit ${{PIPESTATUS[0]}}", shell=True,
                        executable="/bin/bash", capture_output=True, text=True, timeout=60)
     assert p.stdout == "line 0\n" and "Traceback" not in p.stderr and p.returncode == 0, p.stderr[-1000:]
+
+
+def test_validate_loads_no_torch_optuna_or_mlflow():
+    """``python -m archsearch.validate`` analyses a spec without the training and sweep stacks
+    (the imports they need stay lazy, e.g. ``archsearch.build_model``'s torch)."""
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "archsearch.validate", "model=dilated_sep"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "OK dilated_sep" in p.stdout, p.stderr[-2000:]
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
+    assert "omegaconf" in loaded  # (the check sees the imports)
+    assert not loaded & {"torch", "optuna", "mlflow"}, sorted(loaded & {"torch", "optuna", "mlflow"})
