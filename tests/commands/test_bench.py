@@ -3,7 +3,9 @@ No timing is asserted."""
 
 import re
 
-from archsearch.bench import main
+import archsearch.bench
+from archsearch.bench import OPTIONS, main
+from archsearch.benchmark.parts import PARTS
 
 SMALL = ["model=compact", "images=96", "reps=1", "batch=32", "trials=2", "mem_images=256", "mem_workers=1",
          "conc_trials=1", "conc_images=64", "conc_epochs=1", "run_images=1000"]
@@ -48,3 +50,17 @@ def test_bench_rejects_bad_options(capsys, monkeypatch):
     assert main(["data=folder"]) == 2
     assert main(["model=nope"]) == 2
     assert "model: unknown model 'nope'; choose one of" in capsys.readouterr().err
+
+
+def test_bench_refuses_an_unknown_option_before_measuring(capsys):
+    assert main(["parts=validator", "nosuchkey=1"]) == 2
+    out = capsys.readouterr()
+    assert out.err == f"error: unknown option 'nosuchkey'; valid options: {', '.join(OPTIONS)}\n"
+    assert "bench:" not in out.err and not out.out  # no part ran, nothing written
+
+
+def test_the_help_lists_every_part_and_option():
+    doc = archsearch.bench.__doc__
+    assert f"comma list of: {', '.join(PARTS)} (default: all)" in doc
+    for option in OPTIONS:
+        assert re.search(rf"(?<![\w.]){re.escape(option)}\b", doc), option

@@ -1,0 +1,75 @@
+"""The reference the training rows compare to: the ERA-S9 reference network's training loop, as
+the assignment's notebook runs it (per-sample albumentations on the host, Normalize + ToTensorV2
+in a Dataset, fp32, NCHW, log_softmax + NLL, ``.item()`` every step), with the same transforms
+and probabilities as archsearch's default augmentation."""
+
+from __future__ import annotations
+
+import time
+
+from archsearch.config.compose import compose
+
+__all__ = ["ReferenceDataset", "era_s9_pipeline", "reference_epoch", "reference_transform"]
+
+# torch, albumentations, omegaconf and the data and augmentation modules (numpy) are imported in the
+# functions that use them: `python -m archsearch.bench --help` and a mistyped option answer without them
+
+
+class ReferenceDataset:
+    """How the assignment's notebook feeds data: per-sample albumentations on a numpy image,
+    Normalize + ToTensorV2 on the host, in a Dataset."""
+
+    def __init__(self, x, y, tf):
+        self.x, self.y, self.tf = x, y, tf
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.tf(image=self.x[i])["image"], int(self.y[i])
+
+
+def era_s9_pipeline(mean_px):
+    """The shipped default augmentation (conf/aug/era_s9.yaml), as training builds it."""
+    from omegaconf import OmegaConf
+
+    from archsearch.training.augment import build_pipeline
+
+    return build_pipeline(OmegaConf.to_container(compose("config", []).aug, resolve=True)["train"], mean_px)
+
+
+def reference_transform(mean, std):
+    """The same transforms and probabilities as ours, then Normalize + ToTensorV2 per sample."""
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    ours = era_s9_pipeline([m * 255 for m in mean])
+    return A.Compose([*ours.transforms, A.Normalize(mean=mean, std=std), ToTensorV2()])
+
+
+def reference_epoch(model, x, y, batch: int, workers: int, device) -> float:
+    """One epoch the reference's way (fp32, NCHW, log_softmax + NLL, .item() every step).
+    Returns images/s."""
+    import torch
+    import torch.nn.functional as F
+
+    from archsearch.training.data import channel_stats
+
+    mean, std = channel_stats(x)
+    loader = torch.utils.data.DataLoader(ReferenceDataset(x, y, reference_transform(mean, std)), batch_size=batch,
+                                         shuffle=True, num_workers=workers, pin_memory=device.type == "cuda")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+    seen, t0 = 0, time.perf_counter()
+    for data, target in loader:
+        data, target = data.to(device), target.to(device)
+        opt.zero_grad()
+        out = F.log_softmax(model(data), dim=-1)
+        loss = F.nll_loss(out, target)
+        loss.backward()
+        opt.step()
+        _ = loss.item()  # the reference prints the loss every step (tqdm description)
+        seen += len(target)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - t0)

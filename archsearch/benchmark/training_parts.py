@@ -1,0 +1,155 @@
+"""The parts that measure training: archsearch's real training path end to end against the
+reference loop (rows 1 and 1b), the model step alone per precision/layout and the augmentation
+rate (2a, 2b), and what torch.compile costs and gains (2c)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+
+from archsearch import build_model, load_spec
+from archsearch.benchmark.figures import spread
+from archsearch.benchmark.inputs import auto_model, bench_images, model_name
+from archsearch.benchmark.reference import era_s9_pipeline, reference_epoch
+from archsearch.config.compose import compose
+from archsearch.grammar.spec import spec_hash
+from archsearch.training.batches import worker_count
+from archsearch.training.compilation import choose_compile, probe_compile
+from archsearch.training.job import train
+from archsearch.training.precision import candidates, pick_device, probe
+
+__all__ = ["part_breakdown", "part_compile", "part_train"]
+
+# torch and the data module (numpy) are imported in the functions that use them:
+# `python -m archsearch.bench --help` and a mistyped option answer without them
+
+
+def part_train(opts: dict, rows: list, notes: list) -> None:
+    """archsearch's real training path (archsearch.training.job.train) vs the reference loop."""
+    from archsearch.training.data import Splits, channel_stats
+
+    x, y = bench_images(opts)
+    reps, batch = int(opts.get("reps", 3)), int(opts.get("batch", 128))
+    device = pick_device("auto")
+    workers = worker_count(opts.get("workers", "auto"), device)
+    mean, std = channel_stats(x)
+    splits = Splits(x, y, x[:256], y[:256], x[:256], y[:256], tuple(f"c{i}" for i in range(10)), mean, std)
+    # ours: the real loop; the reference runs one epoch after each of ours (from the epoch hook, outside
+    # our timed loop), so each pair compared is measured back to back and drift hits both alike; the
+    # first epoch of each is the warm-up
+    cfg = compose("config", [f"model={model_name(opts)}", "tracking=none", f"trainer.epochs={reps + 1}",
+                             f"trainer.batch_size={batch}", "trainer.progress=false", "trainer.checkpoint=false",
+                             f"trainer.workers={opts.get('workers', 'auto')}",
+                             # every measured epoch does the full era_s9 work, as the reference does
+                             "aug.cooldown_fraction=0", "trainer.tta=none"])
+    model = build_model(load_spec(model_name(opts))).to(device)
+    run_images = int(opts.get("run_images", 900_000))
+    compiled, why, compile_s = _compile_for_run(str(opts.get("compile", "auto")), device, batch, model_name(opts),
+                                                run_images)
+    cfg.trainer.compile = compiled  # the warm-up epoch compiles (if at all): not in the measured epochs
+    ref: list[float] = []
+
+    def reference(epoch: int, val_acc: float) -> None:
+        ref.append(reference_epoch(model, x, y, batch, workers, device))
+
+    with tempfile.TemporaryDirectory() as td:
+        res = train(cfg, td, epoch_hook=reference, data=splits)
+    ours, ref = [h["images_per_s"] for h in res.history[1:]], ref[1:]
+    ratio = [o / r for o, r in zip(ours, ref)]
+    rows.append(("1. training, end to end (images/s)", f"reference loop: {spread(ref)}", f"archsearch: {spread(ours)}",
+                 f"**{statistics.median(ratio):.2f}x** ({min(ratio):.2f}-{max(ratio):.2f})"))
+    # the run at the paired ratio of row 1 (robust to the machine's drift), plus the compile it pays once
+    ref_min = run_images / statistics.median(ref) / 60
+    ours_min = ref_min / statistics.median(ratio) + compile_s / 60
+    rows.append((f"1b. a run of {run_images:,} images, projected from row 1 (minutes)", f"reference loop: {ref_min:,.1f}",
+                 f"archsearch: {ours_min:,.1f}" + (f" ({compile_s:.0f} s of it compiling)" if compile_s else ""),
+                 f"{ref_min / ours_min:.2f}x"))
+    notes.append(f"part 1: {len(x):,} images/epoch, batch {batch}, {workers} DataLoader worker(s) for both, "
+                 f"{reps} measured epochs after 1 warm-up, alternating (one of ours, one of the reference); "
+                 "archsearch with its defaults (trainer.amp=auto, "
+                 f"trainer.channels_last=auto chose {res.precision}; trainer.compile={compiled}: {why}), "
+                 "uint8 batches normalised on the device; reference: the same era_s9 transforms then "
+                 "Normalize+ToTensorV2 per sample, fp32, NCHW, "
+                 "log_softmax+NLL, .item() every step.")
+
+
+def _compile_for_run(setting: str, device, batch: int, name: str, images: int) -> tuple[str, str, float]:
+    """Part 1's ``trainer.compile``: auto -> what ``auto`` picks for a run of ``images`` images
+    (its probe, or its cache) -> (true/false, why, the compile seconds a run pays)."""
+    if setting != "auto":
+        return setting, "set", 0.0
+    spec, precision, model = auto_model(device, batch, name)
+    choice, _ = choose_compile("auto", model, precision, spec_hash(spec), batch, spec.input_shape, spec.num_classes,
+                               images)
+    why = f"auto for a run of {images:,} images chose {choice.describe()}"
+    return str(choice.compiled).lower(), why, (choice.compile_s or 0.0) if choice.compiled else 0.0
+
+
+def part_breakdown(opts: dict, rows: list, notes: list) -> None:
+    """Model step alone (tensors already on the device) for every precision/layout candidate
+    the probe times; augmentation rate."""
+    device = pick_device("auto")
+    reps, batch = int(opts.get("reps", 3)), int(opts.get("batch", 128))
+    steps = 8 if device.type == "cpu" else 50
+    spec = load_spec(model_name(opts))
+    cands = candidates(device, "auto", None)
+    runs = [probe(build_model(spec), device, cands, batch, spec.input_shape, spec.num_classes, steps=steps)
+            for _ in range(reps)]
+    base = [r["fp32 NCHW"] for r in runs]
+    chosen = auto_model(device, batch, model_name(opts))[1]
+    for label in runs[0]:
+        if label == "fp32 NCHW":
+            continue
+        rates = [r[label] for r in runs]
+        mark = " (auto's choice)" if chosen.label == label else ""
+        rows.append((f"2a. model step alone, {label}{mark} (images/s)", f"fp32 NCHW: {spread(base)}", spread(rates),
+                     f"{statistics.median(rates) / statistics.median(base):.2f}x"))
+    x, _ = bench_images({**opts, "images": min(int(opts.get("images", 4096)), 4096)})
+    pipe = era_s9_pipeline([125.0, 123.0, 114.0])
+    rates = []
+    for r in range(reps + 1):
+        pipe.set_random_seed(r)
+        t0 = time.perf_counter()
+        for im in x:
+            pipe(image=im)
+        if r:
+            rates.append(len(x) / (time.perf_counter() - t0))
+    rows.append(("2b. era_s9 augmentation, one worker (images/s)", "", spread(rates), ""))
+    notes.append("part 2: the full-pipeline figure is part 1's archsearch column; the difference to 2a "
+                 "is the data pipeline's share (loading, augmentation, host-to-device copy).")
+
+
+def part_compile(opts: dict, rows: list, notes: list) -> None:
+    """torch.compile: what it costs up front and what it gains per step (the probe of
+    ``trainer.compile=auto``, on a cold compile), so you know from how many images it pays off."""
+    import torch
+    import torch._inductor.config as inductor_config
+
+    device = pick_device("auto")
+    batch = int(opts.get("batch", 128))
+    spec, chosen, model = auto_model(device, batch, model_name(opts))
+    torch._dynamo.reset()
+    cold = inductor_config.force_disable_caches
+    inductor_config.force_disable_caches = True  # a cold compile, as on a machine that never compiled this model
+    try:
+        _, rates, compile_s = probe_compile(model, chosen, batch, spec.input_shape, spec.num_classes,
+                                            steps=10 if device.type == "cpu" else 50)
+    except Exception as e:  # no C++ compiler, an op inductor cannot lower: the other parts still report
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        rows.append((f"2c. torch.compile, {chosen.label}", "not measured", f"compiling failed: {type(e).__name__}",
+                     first))
+        return
+    finally:
+        inductor_config.force_disable_caches = cold
+    eager, compiled = rates["eager"], rates["compiled"]
+    gain = 1 / eager - 1 / compiled if eager and compiled else 0.0  # seconds saved per image
+    breakeven = compile_s / gain if gain > 0 else float("inf")
+    rows.append((f"2c. torch.compile, {chosen.label} (model step, images/s)", f"eager: {eager:,.0f}",
+                 f"compiled: {compiled:,.0f} after {compile_s:.0f}s compiling",
+                 f"{compiled / eager:.2f}x; pays off after "
+                 + (f"{breakeven:,.0f} images" if math.isfinite(breakeven) else "never")))
+    notes.append("part 2c: the compile probe of trainer.compile=auto (cold compile; then 10 steps each, eager "
+                 "and compiled interleaved, medians); break-even = compile time / per-image time saved. auto "
+                 "compiles a run when it is faster by 5% and the run's images save more than the compile costs.")
