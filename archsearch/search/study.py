@@ -1,5 +1,6 @@
-"""Optuna pieces shared by the sweeper (``hydra_plugins/archsearch_sweeper``), the training
-job (pruning reports, through :mod:`archsearch.trial`) and the report: storages, samplers, pruners, trial states.
+"""Optuna pieces shared by the sweeper (:mod:`archsearch.search.sweeper`), the training job
+(pruning reports, through :mod:`archsearch.search.trial`) and the report: storages, samplers,
+pruners, trial states and their counts, the sweep's command-line dimensions.
 
 Trial states as archsearch records them (user attribute ``state``):
 COMPLETE / PRUNED / FAIL (trained trials, they count towards ``n_trials``),
@@ -7,6 +8,10 @@ REJECTED (refused by the budget before launch: told to Optuna as PRUNED with no 
 epoch and a positive ``budget`` constraint, so TPE ranks it infeasible and learns the feasible
 region, while Optuna's best trial, importance and plots, which read COMPLETE trials, never
 take it for a trained result; not counted as trained), INTERRUPTED (its process died; retried).
+
+optuna, sqlalchemy and Hydra's override parser are imported inside the functions that use them:
+the report, retrain and export commands import this module at start-up (for ``TRAINED`` and
+``override_value``) and load them only when they open a study.
 """
 
 from __future__ import annotations
@@ -14,14 +19,15 @@ from __future__ import annotations
 import os
 import re
 import socket
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from archsearch.errors import StudyError
 
-__all__ = ["TRAINED", "draw_index", "make_pruner", "make_sampler", "open_storage", "override_value", "split_sweep_args",
-           "storage_url"]
+__all__ = ["TRAINED", "count_states", "draw_index", "forget_storage", "make_pruner", "make_sampler", "open_storage",
+           "override_value", "pid_alive", "retrying", "split_sweep_args", "storage_url", "worker_id"]
 
 TRAINED = ("COMPLETE", "PRUNED", "FAIL")
 PRUNERS = ("hyperband", "median", "none")
@@ -88,8 +94,6 @@ def _open_storage(url: str, heartbeat):
 def retrying(call, *args, attempts: int = 8, **kw):
     """``call(*args, **kw)``, retried with backoff (about 30 s in all) while the database is unreachable
     (a PostgreSQL restart): a report or a tell outlives a short outage instead of failing the trial."""
-    import time
-
     from sqlalchemy.exc import DBAPIError
 
     for i in range(attempts):
@@ -105,16 +109,42 @@ def retrying(call, *args, attempts: int = 8, **kw):
 
 def split_sweep_args(arguments) -> tuple[list[str], dict[str, str]]:
     """Command-line overrides -> (the plain ones, {key: a search dimension in the override grammar}),
-    as the sweeper reads them: ``k=choice(...)``, ``range(...)``, ``interval(...)``, ``tag(...)``
-    or a comma list ``k=a,b`` (a choice) add a dimension."""
+    as the sweeper reads them. Hydra's override parser tells a sweep from a plain value: ``k=choice(...)``,
+    ``range(...)``, ``interval(...)``, ``tag(...)`` or a comma list ``k=a,b`` (kept as ``choice(a,b)``)
+    add a dimension, keyed without a leading ``+``. An override the parser refuses stays plain: Hydra
+    reports it where it composes the config (the sweeper's arguments were parsed by Hydra already)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
+
+    parser = OverridesParser.create()
     plain, space = [], {}
-    for a in arguments:
-        k, _, v = str(a).partition("=")
-        if v.startswith(("choice(", "range(", "interval(", "tag(")) or ("," in v and "[" not in v and "{" not in v):
-            space[k.lstrip("+")] = v if not ("," in v and "(" not in v) else f"choice({v})"
-        else:
-            plain.append(str(a))
+    for a in map(str, arguments):
+        try:
+            ov = parser.parse_override(a)
+        except Exception:  # Hydra's OverrideParseException
+            ov = None
+        if ov is None or not ov.is_sweep_override():
+            plain.append(a)
+            continue
+        k, _, v = a.partition("=")
+        space[k.lstrip("+")] = f"choice({v})" if ov.value_type == ValueType.SIMPLE_CHOICE_SWEEP else v
     return plain, space
+
+
+def count_states(study) -> dict[str, int]:
+    """The study's trials by archsearch state (COMPLETE, PRUNED, FAIL, REJECTED, INTERRUPTED) and RUNNING,
+    with ``trained`` = COMPLETE + PRUNED + FAIL (what ``n_trials`` counts); WAITING ones (re-queued) are not."""
+    from optuna.trial import TrialState
+
+    c = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "REJECTED": 0, "INTERRUPTED": 0, "RUNNING": 0}
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.RUNNING:
+            c["RUNNING"] += 1
+        elif t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+            st = t.user_attrs.get("state") or t.state.name
+            c[st] = c.get(st, 0) + 1
+    c["trained"] = sum(c[s] for s in TRAINED)
+    return c
 
 
 def draw_index(study, number: int) -> int:
