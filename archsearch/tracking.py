@@ -17,6 +17,7 @@ learning" switch; ``#/experiments/<id>/runs?workflowType=machine_learning`` sets
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -26,10 +27,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from archsearch.errors import ConfigError, Pruned
+
+# mlflow stays out of this module's imports (seconds to import): only a Tracker loads it, so a run with
+# tracking=none and the commands that import this module without tracking never pay for it
+
 __all__ = ["EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "NullTracker", "Tracker", "default_uri", "flatten",
            "make_tracker", "run_lifecycle"]
 
-STATUSES = ("FINISHED", "FAILED", "KILLED")
 # MLflow 3's experiment-level setting for the kind of experiment. MLflow 3.17's UI does not read it (its
 # per-browser GenAI / Model training switch decides, see ui_link); other MLflow versions and clients may
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -77,6 +82,12 @@ class NullTracker:
                     profile: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> None: ...
     def log_model(self, *a, **k) -> str | None: ...
     def end(self, status: str = "FINISHED") -> None: ...
+    def close_run(self, run_id: str, error: str, state: str | None = "INTERRUPTED") -> None: ...
+    def set_run_tag(self, run_id: str, key: str, value: str) -> None: ...
+    def delete_run(self, run_id: str) -> None: ...
+
+    def reopen(self, run_id: str) -> bool:
+        return False
 
     @contextlib.contextmanager
     def system_metrics(self, interval: float, resume: bool = False):
@@ -207,6 +218,36 @@ class Tracker:
         if self.run_id:
             self.client.set_terminated(self.run_id, status=status)
 
+    # ------------------------------------------ other runs of the store, by id (the sweeper's bookkeeping)
+    def close_run(self, run_id: str, error: str, state: str | None = "INTERRUPTED") -> None:
+        """Run ``run_id``, if still RUNNING, closed as KILLED with the tag ``error`` (and the tag
+        ``state``, unless None): a trial or a sweep that was stopped, or whose process died."""
+        if self.client.get_run(run_id).info.status == "RUNNING":
+            if state:
+                self.client.set_tag(run_id, "state", state)
+            self.client.set_tag(run_id, "error", error[:4000])
+            self.client.set_terminated(run_id, "KILLED")
+
+    def reopen(self, run_id: str) -> bool:
+        """Run ``run_id`` RUNNING again if it was stopped (or finished), its ``error`` tag dropped (why
+        it was stopped: no longer so) -> True; False when the store cannot give the run."""
+        try:
+            run = self.client.get_run(run_id)
+        except Exception:
+            return False
+        if run.info.status != "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+            if "error" in run.data.tags:
+                self.client.delete_tag(run_id, "error")
+        return True
+
+    def set_run_tag(self, run_id: str, key: str, value: str) -> None:
+        """One tag on run ``run_id`` (not necessarily this handle's run)."""
+        self.client.set_tag(run_id, key, value)
+
+    def delete_run(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
+
 
 def _save_pytorch(model, example, path: Path, lm, run_id: str, metadata: Mapping[str, Any] | None) -> None:
     """MLflow's PyTorch flavour in ``path``: the pickled module (loading needs archsearch installed;
@@ -238,8 +279,6 @@ def run_lifecycle(tracker, name: str, tags: Mapping[str, Any], parent_run_id: st
     """Open (or, with ``run_id``, reopen) a run and always close it with what happened:
     FINISHED + state COMPLETE when the block ends normally; KILLED + state PRUNED when the
     pruner stops it; KILLED on Ctrl-C / SIGTERM; FAILED + the error as a tag otherwise."""
-    from archsearch.errors import Pruned
-
     tracker.start(name=name, tags=tags, parent_run_id=parent_run_id, run_id=run_id)
     status = "FAILED"
     try:
@@ -294,8 +333,6 @@ def _db_lock(uri: str):
     if not uri.startswith("sqlite:///"):
         yield
         return
-    import fcntl
-
     db = Path(uri[len("sqlite:///"):])
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.parent / ".mlflow-db.lock", "w") as fh:
@@ -348,8 +385,6 @@ def make_tracker(cfg: Mapping[str, Any] | None, base_dir: str | Path | None = No
     """``cfg`` is the ``tracking`` config group."""
     if not cfg or not cfg.get("enabled", True):
         return NullTracker()
-    from archsearch.errors import ConfigError
-
     for key in ("log_model", "log_checkpoint"):
         if not isinstance(cfg.get(key, True), bool):
             raise ConfigError(f"tracking.{key}: must be true or false; got {cfg.get(key)!r}")
