@@ -2,11 +2,12 @@
 pruning from inside the job, failure-tolerant and resumable studies, MLflow parent/child runs.
 
 Select it with ``hydra/sweeper=archsearch`` (the sweep files in ``sweeps/`` do). This module
-only declares the config and a thin class: Hydra imports every installed plugin at each
-start, so the implementation (optuna, mlflow) lives in ``_impl`` and is imported lazily.
+only declares the config and a thin class: Hydra imports every installed plugin at each start
+of any Hydra app, so the implementation (optuna, mlflow, the whole of archsearch) lives in
+:mod:`archsearch.search.sweeper` and is imported inside the class's methods, when a sweep runs.
 """
 
-
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,7 +64,7 @@ ConfigStore.instance().store(group="hydra/sweeper", name="archsearch", node=Arch
 
 class ArchsearchSweeper(Sweeper):
     def __init__(self, **conf: Any) -> None:
-        from archsearch.search.sweeper import SweeperImpl
+        from archsearch.search.sweeper import SweeperImpl  # lazy: see the module's docstring
 
         self._impl = SweeperImpl(conf)
 
@@ -71,8 +72,7 @@ class ArchsearchSweeper(Sweeper):
         self._impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> Any:
-        import sys
-
+        # lazy, as SweeperImpl: see the module's docstring
         from archsearch.errors import ConfigError, StudyError, SweepConfigError
 
         try:

@@ -1,0 +1,184 @@
+"""The sweeper's study, opened and checked: :func:`open_sweep_study` creates or resumes the Optuna
+study a sweep's settings name, checks them against what the study already holds (directions,
+search space, objectives), labels it for the report, retrain and export, recovers the trials
+dead workers left RUNNING, and finds (or starts) the study's MLflow parent run. Everything the
+sweeper's loop needs of it is one :class:`SweepStudy`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+
+from archsearch.errors import SweepConfigError
+from archsearch.search.recovery import Recovery
+from archsearch.search.results import scored_by
+from archsearch.search.space import DIRECTIONS, MEASURED, parse_space
+from archsearch.search.study import (
+    count_states,
+    forget_storage,
+    make_pruner,
+    make_sampler,
+    open_storage,
+    split_sweep_args,
+    storage_url,
+)
+from archsearch.tracking import NullTracker, Tracker, make_tracker
+
+__all__ = ["SweepStudy", "open_sweep_study"]
+
+log = logging.getLogger("archsearch.sweep")
+
+
+@dataclass
+class SweepStudy:
+    """One sweeper's study and what goes with it."""
+
+    name: str
+    url: str  # the storage's URL (journal:PATH, postgresql://...)
+    storage: Any  # the storage object :func:`~archsearch.search.study.open_storage` gave (heartbeats included)
+    study: optuna.Study
+    objectives: list[str]  # what each trial's values are: val_acc, params, macs, rf
+    scored: str  # "" when the trials train; else the objectives that score them without training ("macs")
+    space: dict[str, Any]  # the search space: name -> Hydra sweep
+    base: list[str]  # the overrides every trial gets (the command line's plain ones, the fixed params)
+    sampler: dict[str, Any]  # hydra.sweeper.sampler, re-seeded for each trial
+    tracker: Tracker | NullTracker
+    parent: str | None  # the study's MLflow parent run
+    sweep_dir: Path
+    recovery: Recovery
+
+
+def open_sweep_study(conf: DictConfig, config: DictConfig, arguments: list[str]) -> SweepStudy:
+    """The sweep's study (created or resumed) with its search space, MLflow parent run and sweep folder.
+    ``conf`` is hydra.sweeper's config, ``config`` the app's (with its hydra node), ``arguments`` the
+    command line's overrides. A setting the study cannot honour raises :class:`SweepConfigError`."""
+    base_dir = Path(os.environ.get("ARCHSEARCH_BASE", os.getcwd()))
+    name = str(conf.study_name or config.hydra.runtime.choices.get("sweep") or "archsearch")
+    directions, objectives = read_objectives(conf)
+    # nothing to train for: each accepted candidate is scored by the analysis alone (a proxy that
+    # costs no training, e.g. the MACs, whose ranking `report proxies=` measures)
+    scored = "" if "val_acc" in objectives else ",".join(objectives)
+    space, base = _space(conf, arguments, scored)
+    url = storage_url(conf.storage, name, base_dir)
+    max_epochs = int(config.trainer.epochs)
+    pconf = OmegaConf.to_container(conf.pruner, resolve=True)
+    if len(directions) > 1 and pconf.get("name") != "none":
+        log.warning("multi-objective study: Optuna cannot prune it, so pruning is off")
+        pconf = {"name": "none"}
+    make_pruner(pconf, max_epochs)  # validate the pruner config now
+    sampler = OmegaConf.to_container(conf.sampler, resolve=True)
+    storage, study = _create(conf, name, url, directions, sampler)
+    _check(study, name, url, directions, scored)
+    _label(study, objectives, scored, pconf, max_epochs, base)
+    tracker = make_tracker(OmegaConf.to_container(config.tracking, resolve=True), base_dir)
+    recovery = Recovery(study=study, storage=storage, tracker=tracker)
+    recovery.recover()
+    parent = parent_run(tracker, study)
+    sweep_dir = Path(config.hydra.sweep.dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, sweep_dir / "multirun.yaml")
+    return SweepStudy(name=name, url=url, storage=storage, study=study, objectives=objectives, scored=scored,
+                      space=space, base=base, sampler=sampler, tracker=tracker, parent=parent,
+                      sweep_dir=sweep_dir, recovery=recovery)
+
+
+def read_objectives(conf: DictConfig) -> tuple[list[str], list[str]]:
+    """hydra.sweeper.direction and objectives -> (directions, objectives), checked; two directions
+    with the default objective mean val_acc and params."""
+    d = conf.direction
+    dirs = [str(x) for x in d] if isinstance(d, (list, tuple)) or OmegaConf.is_list(d) else [str(d)]
+    objs = [str(o) for o in conf.objectives]
+    for x in dirs:
+        if x not in DIRECTIONS:
+            raise SweepConfigError(f"hydra.sweeper.direction: unknown direction {x!r}; choose one of maximize, minimize")
+    if len(objs) != len(dirs):
+        if len(dirs) == 2 and objs == ["val_acc"]:
+            objs = ["val_acc", "params"]
+        else:
+            raise SweepConfigError(f"hydra.sweeper.objectives: {len(objs)} objectives {objs} for {len(dirs)} directions")
+    for o in objs:
+        if o not in ("val_acc", *MEASURED):
+            raise SweepConfigError(f"hydra.sweeper.objectives: unknown objective {o!r}; choose from val_acc, params, macs, rf")
+    return dirs, objs
+
+
+def _space(conf: DictConfig, arguments: list[str], scored: str) -> tuple[dict[str, Any], list[str]]:
+    """hydra.sweeper.params and the command line -> (the search space, the overrides every trial gets)."""
+    params_conf = {str(k): str(v) for k, v in (conf.params or {}).items()}
+    base, cli_space = split_sweep_args(arguments)
+    space, fixed = parse_space({**params_conf, **cli_space})
+    for name in space:
+        if scored and not name.startswith("model."):
+            log.warning("hydra.sweeper.params.%s: does not change %s, which scores the trials without training: "
+                        "its sampled values are noise to the sampler (fix it, e.g. %s=VALUE)", name, scored, name)
+    return space, base + fixed
+
+
+def _create(conf: DictConfig, name: str, url: str, directions: list[str], sampler: dict[str, Any]):
+    """-> (storage, study), the study created or loaded; workers starting together race to create the
+    storage's tables, so a failed attempt is retried on a fresh storage."""
+    for attempt in range(5):
+        try:
+            storage = open_storage(url, heartbeat=(conf.get("heartbeat_interval", 30), conf.get("grace_period", 120)))
+            study = optuna.create_study(study_name=name, storage=storage, directions=directions,
+                                        sampler=make_sampler(sampler), load_if_exists=True)
+            return storage, study
+        except Exception:
+            forget_storage(url)
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
+def _check(study: optuna.Study, name: str, url: str, directions: list[str], scored: str) -> None:
+    """A resumed study keeps its directions, and its values stay one kind of figure (trained or scored)."""
+    if list(d.name.lower() for d in study.directions) != directions:
+        raise SweepConfigError(f"hydra.sweeper.direction: study {name!r} in {url} already has "
+                               f"directions {[d.name.lower() for d in study.directions]}")
+    was = scored_by(study)
+    if was != scored and count_states(study)["COMPLETE"]:  # a study's values are one kind of figure
+        def what(s: str) -> str:
+            return f"scored by {s} without training" if s else "trained (val_acc)"
+        raise SweepConfigError(f"hydra.sweeper.objectives: study {name!r} in {url} holds trials "
+                               f"{what(was)}, these objectives are {what(scored)}; keep its objectives "
+                               "or start a new study with hydra.sweeper.study_name=NEW")
+
+
+def _label(study: optuna.Study, objectives: list[str], scored: str, pconf: dict, max_epochs: int,
+           base: list[str]) -> None:
+    with warnings.catch_warnings():  # dashboards show "val_acc", not "Objective 0" (experimental API)
+        warnings.simplefilter("ignore")
+        study.set_metric_names(list(objectives))
+    if scored:  # report, retrain and export: the trials' values are not accuracies
+        study.set_user_attr("archsearch.scored", scored)
+    study.set_user_attr("archsearch.pruner", pconf)
+    study.set_user_attr("archsearch.max_epochs", max_epochs)
+    study.set_user_attr("archsearch.base_overrides", base)  # retrain/export rebuild a trial's architecture
+
+
+def parent_run(tracker: Tracker | NullTracker, study: optuna.Study) -> str | None:
+    """The study's MLflow parent run: the one the study names (reopened if a stopped or finished sweep
+    is resumed), else a new one; of workers starting together, the first to name its run in the study
+    wins and the others delete theirs. None with tracking off."""
+    if not tracker.enabled:
+        return None
+    rid = study.user_attrs.get("mlflow_parent_run_id")
+    if rid and tracker.reopen(rid):
+        return rid
+    tracker.start(name=f"study {study.study_name}",
+                  tags={"archsearch.study": study.study_name, "archsearch.role": "parent"})
+    mine = tracker.run_id
+    study.set_user_attr("mlflow_parent_run_id", mine)
+    winner = study.user_attrs.get("mlflow_parent_run_id", mine)  # another worker may have won
+    if winner != mine:
+        tracker.delete_run(mine)
+    return winner
