@@ -10,6 +10,7 @@ no orphan training on.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -47,6 +48,8 @@ def _cores() -> list[int]:
 
 def visible_gpus() -> list[int]:
     try:
+        # torch only when asked which GPUs there are: the sweeper's process, whose trials train in
+        # processes of their own (or not at all, in a scored sweep), does not load it otherwise
         import torch
 
         return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
@@ -84,7 +87,7 @@ def plan_slots(n_jobs: int | None, devices: Any, per_device: int, cores: list[in
     return slots
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Running:
     number: int
     slot: Slot
@@ -97,8 +100,6 @@ class Running:
 def _child_setup(cores: tuple[int, ...]):
     def setup() -> None:  # runs in the child between fork and exec
         try:
-            import ctypes
-
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         except Exception:
             pass
@@ -132,7 +133,7 @@ class Pool:
             raise
         finally:
             log.close()
-        r = Running(number, slot, proc, job_dir, time.time(), extra)
+        r = Running(number=number, slot=slot, proc=proc, job_dir=job_dir, started=time.time(), extra=extra)
         self.running[number] = r
         return r
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+
 from archsearch.errors import SweepConfigError
 
 MEASURED = ("params", "macs", "rf")  # objectives taken from the analysis, not the job
@@ -17,8 +20,6 @@ DIRECTIONS = ("maximize", "minimize")
 # ------------------------------------------------------------------ search space
 def parse_space(params: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
     """Hydra override grammar -> ({name: sweep object}, [fixed overrides])."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parser = OverridesParser.create()
     space: dict[str, Any] = {}
     fixed: list[str] = []
@@ -36,8 +37,6 @@ def parse_space(params: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
 
 
 def sweep_values(sweep) -> list:
-    from hydra.core.override_parser.types import ChoiceSweep, RangeSweep
-
     if isinstance(sweep, ChoiceSweep):
         return list(sweep.list)
     if isinstance(sweep, RangeSweep):
@@ -50,8 +49,6 @@ def sweep_values(sweep) -> list:
 
 
 def suggest(trial, name: str, sweep) -> Any:
-    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
-
     if isinstance(sweep, ChoiceSweep):
         choices = [c if isinstance(c, (str, int, float, bool)) or c is None else str(c) for c in sweep.list]
         return trial.suggest_categorical(name, choices)

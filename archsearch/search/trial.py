@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from archsearch.errors import Pruned
+from archsearch.search.study import make_pruner, open_storage, retrying
 
 __all__ = ["TrialRef", "pruning_hook", "trial_job_kwargs"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrialRef:
     """Where a launched job finds its Optuna trial (and its MLflow parent run)."""
 
@@ -39,17 +40,15 @@ class TrialRef:
         """The job's side: ``cfg.trial`` -> TrialRef, or None outside a sweep."""
         if not node:
             return None
-        return cls(str(node["study_name"]), str(node["storage"]), int(node["number"]), int(node["trial_id"]),
-                   node.get("parent_run_id"))
+        return cls(study_name=str(node["study_name"]), storage=str(node["storage"]), number=int(node["number"]),
+                   trial_id=int(node["trial_id"]), parent_run_id=node.get("parent_run_id"))
 
 
 def pruning_hook(ref: TrialRef, max_epochs: int):
     """-> (epoch_hook, run_started) for the training job: report val accuracy to the study's
     storage every epoch, raise :class:`Pruned` when the study's pruner says so, and record
     the MLflow run id on the trial. Works from any process or machine that reaches the storage."""
-    import optuna
-
-    from archsearch.search.study import make_pruner, open_storage, retrying
+    import optuna  # here, not at the top: archsearch.train imports this module, a plain run needs no optuna
 
     storage = open_storage(ref.storage)
     study = optuna.load_study(study_name=ref.study_name, storage=storage)

@@ -20,6 +20,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from archsearch import cli
+from archsearch.errors import Pruned
+from archsearch.search.trial import TrialRef, trial_job_kwargs
+from archsearch.training.job import train
+
 __all__ = ["main", "run_trial"]
 
 RESULT = "result.json"
@@ -27,10 +34,6 @@ RESULT = "result.json"
 
 def run_trial(cfg, job_dir: Path) -> dict[str, Any]:
     """Train one trial's config in ``job_dir`` -> the result record (never raises for a trial's own failure)."""
-    from archsearch.errors import Pruned
-    from archsearch.search.trial import TrialRef, trial_job_kwargs
-    from archsearch.training.job import train
-
     ref = TrialRef.from_cfg(cfg.get("trial"))
     if ref is None:
         raise SystemExit(f"error: {job_dir / '.hydra' / 'config.yaml'}: no trial node; this module runs sweep trials")
@@ -50,8 +53,6 @@ def write_result(job_dir: Path, result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from omegaconf import OmegaConf
-
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m archsearch.search.trial_process JOB_DIR  (started by the archsearch sweeper)", file=sys.stderr)
@@ -65,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # the canonical module, not __main__, so exception classes (Pruned, ...) are one
-    from archsearch import cli
     from archsearch.search.trial_process import main as _main
 
     cli.run(_main)
