@@ -8,132 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from helpers import FIXED, TINY
-
-
-def sweep(cwd, *args, sweep_dir="multirun/s", check=True, background=False, probe=False):
-    cmd = [sys.executable, "-m", "archsearch.train", "-m", "sweep=smoke", *TINY, *([] if probe else FIXED),
-           f"hydra.sweep.dir={sweep_dir}", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if background:
-        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
-    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    if check:
-        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return p
-
-
-def study(cwd, name="smoke"):
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    path = Path(cwd) / "mlruns" / "optuna" / f"{name}.journal"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.create_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(path))),
-                               direction="maximize", load_if_exists=True)
-
-
-def states(st):
-    return {t.number: t.user_attrs.get("state", t.state.name) for t in st.get_trials()}
-
-
-def a_running_trial(cwd, proc, timeout, poll=0.5):
-    """The number of the first trial seen RUNNING with an epoch reported, while the sweep ``proc``
-    runs; None if none within ``timeout`` seconds."""
-    from optuna.trial import TrialState
-
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(poll)
-        try:
-            running = [t for t in study(cwd).trials if t.state == TrialState.RUNNING and t.intermediate_values]
-        except Exception:
-            continue
-        if running:
-            return running[0].number
-    return None
-
-
-def test_smoke_sweep_rejects_fails_prunes_and_logs_parent_child(tmp_path, monkeypatch):
-    import mlflow
-
-    monkeypatch.setenv("ARCHSEARCH_PROBE_BUSY", "1")  # cache the probe even beside other tests' processes
-    st = study(tmp_path)
-    space = {"model.wide": 32, "model.dropout": 0.0}
-    st.enqueue_trial({**space, "optim.lr": 0.05})                    # 0: trains, completes
-    st.enqueue_trial({**space, "model.wide": 72, "optim.lr": 0.05})  # 1: over budget -> rejected
-    st.enqueue_trial({**space, "optim.lr": 1e12})                    # 2: loss blows up -> FAIL
-    st.enqueue_trial({**space, "optim.lr": 1e-7})                    # 3: hopeless -> pruned
-    p = sweep(tmp_path, "model.wide=choice(32,48,72)", "optim.lr=choice(0.05,1e12,1e-7)",
-              "hydra.sweeper.n_trials=5", "trainer.epochs=3",
-              "hydra.sweeper.pruner={name:median,n_startup_trials:1,n_warmup_steps:0}", probe=True)
-    s = states(study(tmp_path))
-    assert s[0] == "COMPLETE" and s[1] == "REJECTED" and s[2] == "FAIL" and s[3] == "PRUNED"
-    trained = [n for n, v in s.items() if v in ("COMPLETE", "PRUNED", "FAIL")]
-    assert len(trained) == 5  # rejections do not count towards n_trials
-    # the rejected candidate launched no job: no job directory, no metrics, no reported epoch
-    jobs = {int(d.name) for d in (tmp_path / "multirun" / "s").iterdir() if d.is_dir()}
-    assert 1 not in jobs and {0, 2, 3} <= jobs
-    t1 = study(tmp_path).trials[1]
-    assert not t1.intermediate_values and t1.constraints["budget"] > 0
-    # Optuna's own views (best trial, importance, dashboards) never read a rejection as a result of 0
-    from optuna.trial import TrialState
-    st = study(tmp_path)
-    assert t1.state == TrialState.PRUNED and t1.value is None
-    assert st.best_trial.number == 0 and st.metric_names == ["val_acc"]
-    assert "params 165,624 exceed max_params 100,000" in t1.user_attrs["reasons"][0]
-    t3 = study(tmp_path).trials[3]
-    assert len(t3.intermediate_values) < 3  # stopped before its last epoch
-    n_rej = sum(v == "REJECTED" for v in s.values())
-    assert "study smoke: 5 trained" in p.stderr and f"{n_rej} rejected before launch" in p.stderr
-
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    runs = mlflow.search_runs(experiment_names=["archsearch"])
-    parents = runs[runs["tags.archsearch.role"] == "parent"]
-    assert len(parents) == 1 and parents["tags.archsearch.study"].iloc[0] == "smoke"
-    pid = parents.run_id.iloc[0]
-    children = runs[runs["tags.mlflow.parentRunId"] == pid]
-    assert len(children) == len(s)  # every trial, rejected ones included
-    by_trial = {int(r["tags.trial_number"]): r for _, r in children.iterrows()}
-    assert by_trial[0]["tags.state"] == "COMPLETE" and by_trial[0].status == "FINISHED"
-    assert by_trial[1]["tags.state"] == "REJECTED" and by_trial[1]["params.model.params"] == "165624"
-    assert "exceed max_params" in by_trial[1]["tags.reasons"]
-    assert by_trial[2]["tags.state"] == "FAIL" and by_trial[2].status == "FAILED"
-    assert by_trial[3]["tags.state"] == "PRUNED"
-    assert by_trial[0]["params.model.wide"] == "32"
-    assert parents["metrics.n_rejected"].iloc[0] == n_rej
-    assert parents["metrics.n_failed"].iloc[0] == sum(v == "FAIL" for v in s.values())
-    client = mlflow.tracking.MlflowClient()
-    assert {"leaderboard.csv", "pareto.png"} <= {a.path for a in client.list_artifacts(pid)}
-    # trainer.amp=auto: the first trial of an architecture probes, later ones read the cache
-    trained_runs = [by_trial[n] for n in sorted(by_trial) if by_trial[n]["tags.state"] != "REJECTED"]
-    sources = [r["tags.precision.source"] for r in trained_runs]
-    assert sources[0] == "probe" and "cache" in sources and all(r["tags.precision.why"] for r in trained_runs)
-
-    # the report reads the same study back
-    r = subprocess.run([sys.executable, "-m", "archsearch.report", "sweep=smoke"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert "REJECTED" in r.stdout and "PRUNED" in r.stdout and "epochs saved by pruning" in r.stdout
-    assert (tmp_path / "outputs" / "reports" / "smoke" / "pareto.png").exists()
-
-    # the same command again continues the study to n_trials: nothing left to run, finished trials kept
-    first = {t.number: t.datetime_complete for t in study(tmp_path).trials}
-    same_space = ["model.wide=choice(32,48,72)", "optim.lr=choice(0.05,1e12,1e-7)"]
-    p = sweep(tmp_path, *same_space, "hydra.sweeper.n_trials=5", "trainer.epochs=1", sweep_dir="multirun/s2")
-    assert "5/5 trained trials so far" in p.stdout + p.stderr
-    assert not (tmp_path / "multirun" / "s2").exists() or not any((tmp_path / "multirun" / "s2").glob("[0-9]*"))
-    sweep(tmp_path, *same_space, "hydra.sweeper.n_trials=6", "trainer.epochs=1", sweep_dir="multirun/s3")
-    after = {t.number: t.datetime_complete for t in study(tmp_path).trials}
-    assert sum(v in ("COMPLETE", "PRUNED", "FAIL") for v in states(study(tmp_path)).values()) == 6
-    assert all(after[n] == first[n] for n in first)  # completed trials never re-run
-    # the same study over another space: one line naming the parameter, exit 2, the study intact
-    p = sweep(tmp_path, "model.wide=choice(32,48,72)", "optim.lr=choice(0.5,0.6)", "hydra.sweeper.n_trials=9",
-              sweep_dir="multirun/s4", check=False)
-    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(
-        "error: hydra.sweeper.params.optim.lr: study 'smoke' in journal:") and "Traceback" not in p.stderr
-    assert sum(v in ("COMPLETE", "PRUNED", "FAIL") for v in states(study(tmp_path)).values()) == 6
+from sweeping import a_running_trial, states, study, sweep
 
 
 def test_a_bad_sweep_setting_is_one_line(tmp_path):
@@ -292,8 +169,6 @@ def test_multi_objective_gives_a_pareto_front_without_pruning(tmp_path):
 
 
 def test_plan_slots_divides_devices_and_cores():
-    import pytest
-
     from archsearch.search.pool import plan_slots
 
     cpu = plan_slots(2, "auto", 1, cores=[0, 1], gpus=[])
@@ -396,3 +271,21 @@ def test_a_retry_does_not_shift_the_draws_after_it():
         stopped.tell(t, 0.5)
         got.append(values)
     assert got == expected
+
+
+def test_split_sweep_args_reads_the_command_line_with_hydras_parser():
+    """The sweeper's command line: Hydra's override parser tells the search dimensions from the plain
+    overrides; a comma list is a choice, lists and dicts stay values."""
+    from archsearch.search.study import split_sweep_args
+
+    plain, space = split_sweep_args([
+        "model.wide=choice(32,48,72)", "model.narrow=8,16", "optim.lr=tag(log, interval(0.01, 0.1))",
+        "+model.extra=range(1,4)", "hydra.sweeper.direction=[maximize,minimize]", "trainer.epochs=3",
+        "hydra.sweeper.pruner={name:median,n_startup_trials:1,n_warmup_steps:0}", "hydra.sweep.dir=multirun/s",
+        "hydra.sweeper.storage='postgresql://u@127.0.0.1:5432/db'", "data.name='a,b'", "model.wide=choice(32,48"])
+    assert space == {"model.wide": "choice(32,48,72)", "model.narrow": "choice(8,16)",
+                     "optim.lr": "tag(log, interval(0.01, 0.1))", "model.extra": "range(1,4)"}
+    assert plain == ["hydra.sweeper.direction=[maximize,minimize]", "trainer.epochs=3",
+                     "hydra.sweeper.pruner={name:median,n_startup_trials:1,n_warmup_steps:0}",
+                     "hydra.sweep.dir=multirun/s", "hydra.sweeper.storage='postgresql://u@127.0.0.1:5432/db'",
+                     "data.name='a,b'", "model.wide=choice(32,48"]  # Hydra reports what it cannot parse
