@@ -1,8 +1,10 @@
 """Rank correlation between two lists of scores (e.g. a proxy's validation accuracy and the
 full recipe's): scipy's Kendall tau-b and Spearman rho (average ranks for ties), with the
 contract the report relies on: ``nan``, without scipy's warning, when there are fewer than two
-pairs or one list is constant (no ranking to compare), and a ``ValueError`` when the lists do
-not pair up.
+pairs or one list is constant (no ranking to compare); a ``ValueError`` when the lists do not
+pair up; values rounded to :data:`DIGITS` decimals, so that a ranking that agrees or disagrees
+completely reads +1 or -1 in the report and its JSON (scipy's arithmetic can leave
+-0.9999999999999999).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from collections.abc import Sequence
 
 from scipy import stats
 
-__all__ = ["kendall_tau_b", "spearman_rho"]
+__all__ = ["DIGITS", "kendall_tau_b", "spearman_rho"]
+
+DIGITS = 12
 
 
 def _comparable(x: Sequence[float], y: Sequence[float]) -> bool:
@@ -27,11 +31,11 @@ def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
     tied in x and not tied in y."""
     if not _comparable(x, y):
         return math.nan
-    return float(stats.kendalltau(x, y, variant="b").statistic)
+    return round(float(stats.kendalltau(x, y, variant="b").statistic), DIGITS)
 
 
 def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rho: Pearson's correlation of the average ranks."""
     if not _comparable(x, y):
         return math.nan
-    return float(stats.spearmanr(x, y).statistic)
+    return round(float(stats.spearmanr(x, y).statistic), DIGITS)

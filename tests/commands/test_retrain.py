@@ -311,6 +311,8 @@ def test_rank_correlation_perfect_reversed_and_ties():
     assert spearman_rho(x, [v * 2 for v in x]) == pytest.approx(1.0)
     assert kendall_tau_b(x, [-v for v in x]) == pytest.approx(-1.0)
     assert spearman_rho(x, [-v for v in x]) == pytest.approx(-1.0)
+    five = [0.6, 0.65, 0.7, 0.75, 0.9]  # complete (dis)agreement is exactly +1 / -1 (scipy alone: 0.9999999999999999)
+    assert (kendall_tau_b(five, sorted(five)), spearman_rho(five, five[::-1])) == (1.0, -1.0)
     # by hand: 7 concordant, 1 discordant, one pair tied in x, one in y, of 10:
     # tau-b = (7 - 1) / sqrt((10 - 1) * (10 - 1)); rho from ranks [1, 2.5, 2.5, 4, 5] and [2, 1, 3.5, 3.5, 5]
     a, b = [1, 2, 2, 3, 4], [2, 1, 3, 3, 5]
