@@ -9,6 +9,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+from optuna.trial import TrialState
+
 from archsearch.search.results import COLUMNS, score_column, score_order
 from archsearch.search.study import TRAINED
 
@@ -16,9 +19,6 @@ from archsearch.search.study import TRAINED
 def leaderboard(study, tracker=None, parent_run_id: str | None = None):
     """One row per finished trial, best validation accuracy first (a study scored without training:
     best objective first; its val_acc is empty)."""
-    import pandas as pd
-    from optuna.trial import TrialState
-
     test_acc: dict[str, float] = {}
     if tracker is not None and parent_run_id:
         runs = tracker.client.search_runs([tracker.experiment_id],
@@ -73,6 +73,8 @@ def write_outputs(df, out_dir: str | Path, study_name: str, budget_params: int |
                   y: str = "val_acc") -> list[Path]:
     """leaderboard.csv and pareto.png: ``y`` (the best validation accuracy; a scored study's
     objective, e.g. ``macs``) against parameters, the budget line, the rejected candidates."""
+    # matplotlib when a plot is drawn (pyplot takes half a second to load), with the file backend
+    # chosen before pyplot loads
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,8 +111,6 @@ def write_outputs(df, out_dir: str | Path, study_name: str, budget_params: int |
 
 
 def summary_line(study, df) -> str:
-    import pandas as pd
-
     max_epochs = study.user_attrs.get("archsearch.max_epochs")
     c = df.state.value_counts().to_dict() if len(df) else {}
     pruned = df[df.state == "PRUNED"]
@@ -137,7 +137,5 @@ def fmt_cell(v) -> str:
 
 
 def print_table(df, drop: Sequence[str] = ()) -> None:
-    import pandas as pd
-
     with pd.option_context("display.max_rows", 200, "display.width", 200, "display.max_colwidth", 60):
         print(df.drop(columns=list(drop)).to_string(index=False, float_format=lambda v: f"{v:.4f}", max_colwidth=70))

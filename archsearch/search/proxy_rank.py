@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+
+from archsearch.config.compose import compose
+from archsearch.errors import ConfigError
 from archsearch.search.leaderboard import fmt_cell
 from archsearch.search.results import (
     MIN_RANKED,
@@ -19,6 +24,7 @@ from archsearch.search.results import (
     score_order,
     scored_by,
 )
+from archsearch.search.selection import override_key
 from archsearch.search.study import TRAINED
 
 
@@ -38,8 +44,6 @@ def proxies_agreement(study, other) -> dict:
     """Kendall's tau-b and Spearman's rho between two studies' proxy accuracies over every
     candidate both trained (matched by sampled values): how repeatable a proxy is (another seed)
     or how two proxies agree, retrained or not."""
-    import pandas as pd
-
     mine = {t.number: t for t in study.get_trials(deepcopy=False)}
     theirs = {t.number: t for t in other.get_trials(deepcopy=False)}
     d = pd.DataFrame([{"a": proxy_val_acc(mine[m]), "b": proxy_val_acc(theirs[o])}
@@ -57,8 +61,6 @@ def proxy_vs_full(study, trials: Sequence[int] | None = None, full_study=None):
     candidates swept under another proxy or seed and retrained there), matched to this study's
     trials by their sampled values; the table adds that study's trial and proxy accuracy
     (``ref_trial``, ``ref_proxy_val_acc``)."""
-    import pandas as pd
-
     source = study if full_study is None else full_study
     runs = retrained(source)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -102,6 +104,7 @@ FREE = (("params", "params"), ("macs", "MACs"))  # proxies that need no training
 
 
 def _agreement(d, x_col: str, y_col: str) -> dict:
+    # scipy.stats takes a second to load: only a table with something to rank pays it
     from archsearch.search.rank import kendall_tau_b, spearman_rho
 
     d = d[d[x_col].notna() & d[y_col].notna()]
@@ -161,12 +164,6 @@ def proxy_cost(study) -> dict:
     set (recomposed from the study's recorded overrides; ``train_images`` None means all of them),
     and the wall time of its trained trials (median, min, max; wall time includes any time the
     machine was shared or the trial paused)."""
-    import statistics
-
-    from archsearch.config.compose import compose
-    from archsearch.errors import ConfigError
-    from archsearch.search.selection import override_key
-
     out: dict = {"train_images": None, "epochs": None}
     if scored := scored_by(study):
         return {**out, "train_images": 0, "epochs": 0, "scored": scored}
@@ -213,8 +210,6 @@ def proxy_choice(ref, studies: Sequence, min_tau: float = MIN_TAU):
     (training images x epochs, median wall time) and its Kendall tau-b / Spearman rho against the
     full recipe's validation accuracy; cheapest first. -> (table, the cheapest row's proxy with
     tau-b >= ``min_tau``, or None)."""
-    import pandas as pd
-
     rows = []
     seen = set()
     for st in [ref, *studies]:
@@ -248,8 +243,6 @@ def proxy_choice(ref, studies: Sequence, min_tau: float = MIN_TAU):
 
 
 def choice_lines(df, pick: str | None, min_tau: float) -> list[str]:
-    import pandas as pd
-
     n = int(df.n.max()) if len(df) else 0
     lines = ["\nwhich proxy: rank agreement with full-recipe val_acc over the retrained trials, cheapest first "
              "(images: training images x epochs a trial):"]
@@ -267,6 +260,7 @@ def choice_lines(df, pick: str | None, min_tau: float) -> list[str]:
 def full_plot(table, png: Path, study_name: str, budget_params: int | None) -> Path:
     """The retrained trials' full-recipe single-view test accuracy (mean over seeds) against their
     parameters, each labelled with its trial number, and the budget line."""
+    # (matplotlib when a plot is drawn, its file backend chosen before pyplot loads: see leaderboard)
     import matplotlib
 
     matplotlib.use("Agg")

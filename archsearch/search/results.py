@@ -9,7 +9,12 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import optuna
+
+from archsearch.config.compose import compose_with_hydra
 from archsearch.config.paths import base_dir
+from archsearch.errors import ConfigError
+from archsearch.search.study import open_storage, storage_url
 
 
 def scored_by(study) -> str:
@@ -35,9 +40,6 @@ def open_study(overrides: Sequence[str]):
     """``sweep=NAME`` (and any overrides, ``hydra.sweeper.study_name`` / ``storage`` included)
     -> (the composed config with its hydra node, the Optuna study, its storage URL).
     No sweep named, or no such study: ConfigError (one line)."""
-    from archsearch.config.compose import compose_with_hydra
-    from archsearch.errors import ConfigError
-
     cfg = compose_with_hydra("config", list(overrides))
     sw = cfg.hydra.sweeper
     name = sw.get("study_name") or cfg.hydra.runtime.choices.get("sweep")
@@ -50,11 +52,6 @@ def open_study(overrides: Sequence[str]):
 def load_named(cfg, name: str, field_name: str = "sweep"):
     """The study ``name`` in the storage the composed sweep config ``cfg`` points at -> (study,
     storage URL); none there: ConfigError naming ``field_name``."""
-    import optuna
-
-    from archsearch.errors import ConfigError
-    from archsearch.search.study import open_storage, storage_url
-
     url = storage_url(cfg.hydra.sweeper.get("storage"), name, base_dir())
     hint = {"sweep": f"run it first: python -m archsearch.train -m sweep={name}",
             "proxies": "name studies swept over the same candidates (the same sampler seed) under other proxies",

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from optuna.study import StudyDirection
+
 from archsearch.errors import ConfigError
+from archsearch.search.results import scored_by
 from archsearch.search.study import override_value
 
 ARCH_KEYS = ("model", "budget", "hydra.searchpath")  # sweep-command overrides that shape the trial's architecture
@@ -19,8 +22,6 @@ def _state(trial) -> str:
 
 def complete_trials(study) -> list:
     """The trained COMPLETE trials (not the budget's rejections), best objective value first."""
-    from optuna.study import StudyDirection
-
     done = [t for t in study.get_trials(deepcopy=False) if _state(t) == "COMPLETE" and t.values]
     best_high = study.directions[0] == StudyDirection.MAXIMIZE
     return sorted(done, key=lambda t: (-t.values[0] if best_high else t.values[0], t.number))
@@ -52,8 +53,6 @@ def pick_trials(study, top: int | None, numbers: Sequence[int] | None, field_nam
         raise ConfigError(f"sweep: study {name!r} has no COMPLETE trial yet; run the sweep first: "
                           f"python -m archsearch.train -m sweep={name}")
     if numbers is None:
-        from archsearch.search.results import scored_by
-
         return (distinct_architectures(done, bool(scored_by(study))) if distinct else done)[: top or DEFAULT_TOP]
     ok = {t.number: t for t in done}
     nums = sorted(ok)
@@ -74,7 +73,7 @@ def override_key(override: str) -> str:
     return override.lstrip("+~").partition("=")[0]
 
 
-def _is_arch(override: str) -> bool:
+def _is_arch_override(override: str) -> bool:
     key = override_key(override)
     return any(key == k or key.startswith(k + ".") for k in ARCH_KEYS)
 
@@ -83,8 +82,8 @@ def sweep_overrides(study) -> tuple[list[str], list[str]]:
     """The sweep command's overrides as the sweeper recorded them: (reapplied: those that shape
     the architecture and its budget; not reapplied: the training settings)."""
     base = [str(o) for o in study.user_attrs.get("archsearch.base_overrides") or []]
-    kept = [o for o in base if _is_arch(o)]
-    other = [o for o in base if not _is_arch(o) and not override_key(o).startswith("hydra.")
+    kept = [o for o in base if _is_arch_override(o)]
+    other = [o for o in base if not _is_arch_override(o) and not override_key(o).startswith("hydra.")
              and override_key(o) != "sweep"]
     return kept, other
 
