@@ -32,9 +32,16 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from archsearch.cli import boolean, split_args
-from archsearch.config.paths import CONF_DIR
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from archsearch import cli
+from archsearch.config.compose import compose_with_hydra, spec_from_cfg
+from archsearch.config.paths import CONF_DIR, base_dir, config_file, search_dirs
 from archsearch.errors import ConfigError
+from archsearch.grammar.analysis import analyze
+from archsearch.search.proxy_rank import proxy_vs_full
+from archsearch.search.results import open_study, proxy_val_acc, retrained
 from archsearch.search.selection import (
     complete_trials,
     override_key,
@@ -43,6 +50,7 @@ from archsearch.search.selection import (
     shape_note,
 )
 from archsearch.search.study import override_value
+from archsearch.validate import run as validate_run
 
 __all__ = ["best_trial", "main", "model_node"]
 
@@ -53,8 +61,6 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
 # ------------------------------------------------------------------ which trial
 def best_trial(study):
     """Best mean full-recipe validation accuracy among retrained trials, else the best proxy trial."""
-    from archsearch.search.proxy_rank import proxy_vs_full
-
     done = complete_trials(study)
     table = proxy_vs_full(study)
     table = table[table.full_val_acc.notna() & table.trial.isin([t.number for t in done])]
@@ -75,9 +81,6 @@ def _pick(study, value: str):
 # ------------------------------------------------------------------ the file
 def model_node(base_file: Path, overrides: Sequence[str]):
     """The model file as written (unresolved) with the ``model.*`` overrides applied at their paths."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
-
     node = OmegaConf.load(base_file)
     parser = OverridesParser.create()
     for text in overrides:
@@ -97,11 +100,6 @@ def model_node(base_file: Path, overrides: Sequence[str]):
 
 
 def _analyze(node):
-    from omegaconf import OmegaConf
-
-    from archsearch.config.compose import spec_from_cfg
-    from archsearch.grammar.analysis import analyze
-
     root = OmegaConf.create({"model": node})  # the ${model.*} references resolve as in a composed config
     return analyze(spec_from_cfg(root.model)), OmegaConf.to_container(root.model, resolve=True)
 
@@ -110,29 +108,23 @@ def _fmt_acc(v) -> str:
     return "n/a" if v is None or v != v else f"{v:.4f}"
 
 
-def _short(text: str) -> str:
+def _relative_to_base(text: str) -> str:
     """Paths inside the base folder (``archsearch.config.paths.base_dir``: where ``mlruns/`` lives) written
     relative to it: the header stays true on another machine."""
-    from archsearch.config.paths import base_dir
-
     return text.replace(str(base_dir()).rstrip("/") + "/", "")
 
 
 def _proxy_text(trial) -> str:
-    from archsearch.search.results import proxy_val_acc
-
     scored = trial.user_attrs.get("scored")
     return f"scored without training by {scored}" if scored else f"proxy val_acc {_fmt_acc(proxy_val_acc(trial))}"
 
 
 def _header(study, url: str, trial, base_file: Path, model_ovs: list[str], analysis) -> str:
-    from archsearch.search.results import proxy_val_acc, retrained
-
     def block(label: str, items: Sequence[str]) -> list[str]:
         return textwrap.wrap(f"{label} {' '.join(items)}", 100, initial_indent="# ", subsequent_indent="#   ")
 
     lines = [f"# Exported by python -m archsearch.export from trial {trial.number} of study {study.study_name!r}",
-             f"#   storage: {_short(url)}", f"#   based on: {_short(str(base_file))}"]
+             f"#   storage: {_relative_to_base(url)}", f"#   based on: {_relative_to_base(str(base_file))}"]
     lines += block("model settings applied:", model_ovs or ["(none)"])
     lines.append(f"# {analysis.params:,} params, RF {analysis.rf}, {analysis.macs:,} MACs (archsearch's analysis of this file)")
     lines.append(f"# proxy: {_proxy_text(trial)}" if trial.user_attrs.get("scored")
@@ -151,8 +143,6 @@ def _header(study, url: str, trial, base_file: Path, model_ovs: list[str], analy
 
 def _searchpath(out: Path, overrides: Sequence[str]) -> list[str]:
     """The ``hydra.searchpath`` override under which ``model=NEWNAME`` finds ``out``."""
-    from archsearch.config.paths import search_dirs
-
     dirs = [d.resolve() for d in search_dirs(overrides) if d.resolve() != CONF_DIR.resolve()]
     if out.parent.resolve() != CONF_DIR.resolve() and out.parent.resolve() not in dirs:
         dirs.insert(0, out.parent.resolve())
@@ -173,7 +163,7 @@ def _first_difference(a, b, path: str = "model") -> str | None:
 
 # ------------------------------------------------------------------ the command
 def _args(argv: Sequence[str]):
-    mine, rest = split_args(argv, OWN)
+    mine, rest = cli.split_args(argv, OWN)
     name = mine.get("name", "")
     if not _NAME.fullmatch(name):
         raise ConfigError(f"name: the new model's name, e.g. name=res_best (letters, digits, _ and -); got {name!r}")
@@ -181,14 +171,11 @@ def _args(argv: Sequence[str]):
     if out.name != "model":
         raise ConfigError(f"out: must be a model/ folder of a config search path (conf/model, or <your conf>/model "
                           f"with hydra.searchpath=[file://<your conf>]); got {out}")
-    return mine.get("trial", "best"), name, out, boolean("overwrite", mine.get("overwrite", "false")), rest
+    return mine.get("trial", "best"), name, out, cli.boolean("overwrite", mine.get("overwrite", "false")), rest
 
 
 def _compose_trial(study, trial, user: Sequence[str]):
     """The trial's overrides, its composed config and the model file it started from."""
-    from archsearch.config.compose import compose_with_hydra
-    from archsearch.config.paths import config_file, search_dirs
-
     ovs = run_overrides(study, trial, user, seed=None)
     cfg = compose_with_hydra("config", ovs)
     choice = str(cfg.hydra.runtime.choices.get("model"))
@@ -199,8 +186,6 @@ def _compose_trial(study, trial, user: Sequence[str]):
 
 
 def _check_target(path: Path, name: str, overwrite: bool, overrides: Sequence[str]) -> None:
-    from archsearch.config.paths import config_file, search_dirs
-
     if path.exists() and not overwrite:
         raise ConfigError(f"overwrite: {path} exists; choose another name= or pass overwrite=true to replace it")
     # another folder of the search path with the name (the target's own folder is the overwrite above)
@@ -212,11 +197,9 @@ def _check_target(path: Path, name: str, overwrite: bool, overrides: Sequence[st
 
 def _validate(path: Path, name: str, overrides: Sequence[str]) -> tuple[int, str]:
     """``python -m archsearch.validate model=NAME``, in process, with the sweep's budget overrides."""
-    from archsearch.validate import run
-
     budget = [o for o in overrides if override_key(o) == "budget" or override_key(o).startswith("budget.")]
     try:
-        code, text = run([f"model={name}", *_searchpath(path.parent, overrides), *budget])
+        code, text = validate_run([f"model={name}", *_searchpath(path.parent, overrides), *budget])
     except Exception:
         path.unlink()
         raise
@@ -226,10 +209,6 @@ def _validate(path: Path, name: str, overrides: Sequence[str]) -> tuple[int, str
 
 
 def _export(argv: Sequence[str]) -> tuple[int, str]:
-    from omegaconf import OmegaConf
-
-    from archsearch.search.results import open_study, retrained
-
     which, name, out, overwrite, rest = _args(argv)
     _, study, url = open_study(rest)
     trial = _pick(study, which)
@@ -261,23 +240,15 @@ def _export(argv: Sequence[str]) -> tuple[int, str]:
                f"{text.strip().splitlines()[-1]}; train it: python -m archsearch.train model={name} {sp}".rstrip() + note)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from archsearch.errors import BudgetError, SpecError, StudyError
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__.strip())
-        return 0
-    try:
-        code, text = _export(argv)
-    except (ConfigError, SpecError, BudgetError, StudyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def _export_and_say(argv: list[str]) -> int:
+    code, text = _export(argv)
     print(text, file=sys.stderr if code else sys.stdout)
     return code
 
 
-if __name__ == "__main__":
-    from archsearch import cli
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.start(__doc__, _export_and_say, argv)
 
+
+if __name__ == "__main__":
     cli.run(main)

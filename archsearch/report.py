@@ -33,11 +33,14 @@ The study is found as the sweeper finds it (``hydra.sweeper.study_name`` /
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from archsearch import cli
 from archsearch.config.paths import base_dir
+from archsearch.errors import ConfigError
 from archsearch.search.leaderboard import (
     fmt_cell,
     leaderboard,
@@ -58,6 +61,7 @@ from archsearch.search.proxy_rank import (
     rank_lines,
 )
 from archsearch.search.results import load_named, open_study, retrained, score_column
+from archsearch.tracking import make_tracker
 
 __all__ = ["main"]
 
@@ -94,8 +98,6 @@ def _report_retrained(study, out: Path, summary: dict, full_study=None,
 
 
 def _min_tau(value: str | None) -> float:
-    from archsearch.errors import ConfigError
-
     if value is None:
         return MIN_TAU
     try:
@@ -107,41 +109,37 @@ def _min_tau(value: str | None) -> float:
     return v
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from omegaconf import OmegaConf
+def _studies(argv: Sequence[str]):
+    """The arguments read and the studies opened -> (min_tau, config, study, storage URL, the
+    ``full_from`` study or None, the ``proxies`` studies or None)."""
+    mine, rest = cli.split_args(argv, ("full_from", "proxies", "min_tau"))
+    min_tau = _min_tau(mine.get("min_tau"))
+    if "min_tau" in mine and "proxies" not in mine:
+        raise ConfigError("min_tau: only with proxies= (the studies whose proxies to choose from)")
+    cfg, study, url = open_study(rest)
+    full_study = None
+    if "full_from" in mine:
+        if not mine["full_from"]:
+            raise ConfigError("full_from: name the study whose trials were retrained, e.g. full_from=proxy_rank")
+        full_study = load_named(cfg, mine["full_from"], "full_from")[0]
+    others = None
+    if "proxies" in mine:
+        names = [n.strip() for n in mine["proxies"].split(",") if n.strip()]
+        if not names:
+            raise ConfigError("proxies: name the studies swept under other proxies, e.g. proxies=proxy_rank_small")
+        others = [load_named(cfg, n, "proxies")[0] for n in names]
+        ref = full_study or study
+        if not retrained(ref):
+            raise ConfigError(f"proxies: study {ref.study_name!r} has no retrained trials to rank the proxies "
+                              "against; run python -m archsearch.retrain first (or name that study with full_from=)")
+    return min_tau, cfg, study, url, full_study, others
 
-    from archsearch.cli import split_args
-    from archsearch.errors import ConfigError
-    from archsearch.tracking import make_tracker
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__.strip())
-        return 0
-    mine, rest = split_args(argv, ("full_from", "proxies", "min_tau"))
+def _report(argv: list[str]) -> int:
     try:
-        min_tau = _min_tau(mine.get("min_tau"))
-        if "min_tau" in mine and "proxies" not in mine:
-            raise ConfigError("min_tau: only with proxies= (the studies whose proxies to choose from)")
-        cfg, study, url = open_study(rest)
-        full_study = None
-        if "full_from" in mine:
-            if not mine["full_from"]:
-                raise ConfigError("full_from: name the study whose trials were retrained, e.g. full_from=proxy_rank")
-            full_study = load_named(cfg, mine["full_from"], "full_from")[0]
-        others = None
-        if "proxies" in mine:
-            names = [n.strip() for n in mine["proxies"].split(",") if n.strip()]
-            if not names:
-                raise ConfigError("proxies: name the studies swept under other proxies, e.g. proxies=proxy_rank_small")
-            others = [load_named(cfg, n, "proxies")[0] for n in names]
-            ref = full_study or study
-            if not retrained(ref):
-                raise ConfigError(f"proxies: study {ref.study_name!r} has no retrained trials to rank the proxies "
-                                  "against; run python -m archsearch.retrain first (or name that study with full_from=)")
-    except (ConfigError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        min_tau, cfg, study, url, full_study, others = _studies(argv)
+    except ValueError as e:  # any ValueError here is a bad argument or study (OmegaConf's too): one line, status 2
+        raise ConfigError(str(e)) from None
     name, base = study.study_name, base_dir()
     tracker = make_tracker(OmegaConf.to_container(cfg.tracking, resolve=True), base)
     parent = study.user_attrs.get("mlflow_parent_run_id") if tracker.enabled else None
@@ -168,7 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from archsearch import cli
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.start(__doc__, _report, argv)
 
+
+if __name__ == "__main__":
     cli.run(main)

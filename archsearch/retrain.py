@@ -44,8 +44,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archsearch.cli import boolean, positive_int, split_args
-from archsearch.errors import ConfigError
+from omegaconf import OmegaConf
+
+from archsearch import cli
+from archsearch.config.compose import compose
+from archsearch.config.gate import BudgetRejected, gate
+from archsearch.config.paths import base_dir
+from archsearch.errors import ConfigError, NonFiniteLoss
+from archsearch.search.leaderboard import print_table
+from archsearch.search.proxy_rank import proxy_vs_full
+from archsearch.search.results import open_study
 from archsearch.search.selection import (
     DEFAULT_TOP,
     override_key,
@@ -54,6 +62,9 @@ from archsearch.search.selection import (
     shape_note,
     sweep_overrides,
 )
+from archsearch.tracking import make_tracker
+from archsearch.training.data import load_data_once
+from archsearch.training.job import train
 
 __all__ = ["main"]
 
@@ -73,18 +84,18 @@ class Args:
 
 
 def parse_args(argv: Sequence[str]) -> Args:
-    mine, rest = split_args(argv, OWN)
+    mine, rest = cli.split_args(argv, OWN)
     args = Args(overrides=rest)
     if "trials" in mine and "top" in mine:
         raise ConfigError("top: give either top=N (the best N trials) or trials=4,7 (those trials), not both")
     if "top" in mine:
-        args.top = positive_int("top", mine["top"])
+        args.top = cli.positive_int("top", mine["top"])
     if "seeds" in mine:
-        args.seeds = positive_int("seeds", mine["seeds"])
+        args.seeds = cli.positive_int("seeds", mine["seeds"])
     if "force" in mine:
-        args.force = boolean("force", mine["force"])
+        args.force = cli.boolean("force", mine["force"])
     if "distinct" in mine:
-        args.distinct = boolean("distinct", mine["distinct"])
+        args.distinct = cli.boolean("distinct", mine["distinct"])
     if "trials" in mine:
         items = [x.strip() for x in mine["trials"].strip("[]").split(",")]
         if not all(x.isdigit() for x in items):
@@ -125,11 +136,8 @@ class _Capture:
         self._inner.log_metrics(metrics, step)
 
 
-def _plan(study, trials: list, args: Args) -> tuple[list[_Plan], list[str]]:
+def _plan_runs(study, trials: list, args: Args) -> tuple[list[_Plan], list[str]]:
     """Compose and budget-check every run before any trains; (runs to train, lines to print first)."""
-    from archsearch.config.compose import compose
-    from archsearch.config.gate import gate
-
     plans, skipped = [], []
     for t in trials:
         for seed in range(args.seeds):
@@ -168,17 +176,11 @@ def _parent_run(tracker, study) -> str | None:
 
 def _data(cfg, base: Path):
     """Load a dataset once for all the runs that use it (the split depends on data.seed only)."""
-    from omegaconf import OmegaConf
-
-    from archsearch.training.data import load_data_once
-
     return load_data_once(OmegaConf.to_container(cfg.data, resolve=True), base)
 
 
 def retrain_one(study, plan: _Plan, tracker, parent: str | None, base: Path) -> dict:
     """Train one planned run and record it in the study as ``retrain.t<trial>.s<seed>``."""
-    from archsearch.training.job import train
-
     cap = _Capture(tracker.for_run() if tracker.enabled else tracker)
     tags = {"archsearch.study": study.study_name, "archsearch.trial": plan.trial.number,
             "archsearch.kind": "retrain"}
@@ -194,23 +196,15 @@ def retrain_one(study, plan: _Plan, tracker, parent: str | None, base: Path) -> 
 
 # ------------------------------------------------------------------ the command
 def _prepare(argv: Sequence[str]):
-    from archsearch.search.results import open_study
-
     args = parse_args(argv)
     cfg, study, url = open_study(args.overrides)
     trials = pick_trials(study, args.top, args.trials, distinct=args.distinct)
-    plans, skipped = _plan(study, trials, args)
+    plans, skipped = _plan_runs(study, trials, args)
     return args, cfg, study, trials, plans, skipped
 
 
 def _train_all(study, plans: list[_Plan], cfg) -> int:
     """Train the planned runs in order; -> how many failed (a non-finite loss; the others go on)."""
-    from omegaconf import OmegaConf
-
-    from archsearch.config.paths import base_dir
-    from archsearch.errors import NonFiniteLoss
-    from archsearch.tracking import make_tracker
-
     base = base_dir()
     tracker = make_tracker(OmegaConf.to_container(cfg.tracking, resolve=True), base)
     parent = _parent_run(tracker, study)
@@ -227,16 +221,7 @@ def _train_all(study, plans: list[_Plan], cfg) -> int:
     return failed
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from archsearch.config.gate import BudgetRejected
-    from archsearch.errors import AugError, BudgetError, DataError, SpecError, StudyError
-    from archsearch.search.leaderboard import print_table
-    from archsearch.search.proxy_rank import proxy_vs_full
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__.strip())
-        return 0
+def _retrain(argv: list[str]) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -248,12 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in skipped:
             print(line)
         failed = _train_all(study, plans, cfg)
-    except BudgetRejected as e:
+    except BudgetRejected as e:  # nothing trained: status 1, as for train (a user mistake is cli.start's 2)
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (ConfigError, SpecError, BudgetError, StudyError, DataError, AugError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     table = proxy_vs_full(study, trials=[t.number for t in trials])
     if len(table):
         print(f"\nstudy {study.study_name}: proxy vs full recipe (test accuracy single view)")
@@ -269,7 +251,9 @@ def _study_args(overrides: Sequence[str]) -> list[str]:
     return [o for o in overrides if override_key(o) in keys]
 
 
-if __name__ == "__main__":
-    from archsearch import cli
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.start(__doc__, _retrain, argv)
 
+
+if __name__ == "__main__":
     cli.run(main)

@@ -22,12 +22,24 @@ import math
 import random
 import re
 import statistics
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
+
+from archsearch import cli
+from archsearch.config.compose import compose, compose_with_hydra
+from archsearch.config.gate import verdict
+from archsearch.config.paths import base_dir
+from archsearch.errors import ConfigError, SpecError, SweepConfigError
+from archsearch.grammar.analysis import analyze
+from archsearch.grammar.budget import check, parse_budget
+from archsearch.grammar.spec import parse_spec
+from archsearch.search.space import parse_space, sweep_values
+from archsearch.search.study import override_value, split_sweep_args
 
 __all__ = ["Candidate", "SpaceReport", "check_space", "main"]
 
@@ -64,7 +76,7 @@ class SpaceReport:
     candidates: list[Candidate]
 
 
-def _is_arch(key: str) -> bool:
+def _is_arch_dimension(key: str) -> bool:
     """``model.*`` / ``budget.*`` values, or a choice of the model / budget config group."""
     return key.lstrip("+~").split(".")[0] in ARCH_ROOTS
 
@@ -79,7 +91,8 @@ def _draw(rng: random.Random, sweep) -> Any:
     return int(round(v)) if isinstance(lo, int) and isinstance(hi, int) else v
 
 
-def _plan(dims: dict[str, list], sweeps: dict[str, Any], samples: int, seed: int) -> tuple[list[dict], int | None, bool]:
+def _value_combinations(dims: dict[str, list], sweeps: dict[str, Any], samples: int,
+                        seed: int) -> tuple[list[dict], int | None, bool]:
     """-> (value combinations to check, the space's size, whether they are all of it)."""
     rng = random.Random(seed)
     names = list(dims)
@@ -159,11 +172,6 @@ def _fast_check(base: dict, combo: dict[str, Any], full: dict | None = None) -> 
     gate it: what composing each candidate gives for value overrides, without composing.
     Interpolations other than plain references within them are left to OmegaConf, on a copy of
     the whole composed config ``full`` (they may point anywhere in it)."""
-    from archsearch.errors import SpecError
-    from archsearch.grammar.analysis import analyze
-    from archsearch.grammar.budget import check, parse_budget
-    from archsearch.grammar.spec import parse_spec
-
     raw = copy.deepcopy(base)
     try:
         for key, value in combo.items():
@@ -173,8 +181,6 @@ def _fast_check(base: dict, combo: dict[str, Any], full: dict | None = None) -> 
     try:
         resolved = _resolve(raw, raw)
     except _NotSimple:
-        from omegaconf import OmegaConf
-
         whole = copy.deepcopy(full) if full is not None else {}
         whole.update(raw)
         return _gated(combo, OmegaConf.create(whole))
@@ -187,10 +193,6 @@ def _fast_check(base: dict, combo: dict[str, Any], full: dict | None = None) -> 
 
 def _slow_check(overrides: list[str], combo: dict[str, Any]) -> Candidate:
     """Compose the candidate as the sweeper does (a config-group dimension needs it)."""
-    from archsearch.config.compose import compose
-    from archsearch.errors import ConfigError
-    from archsearch.search.study import override_value
-
     try:
         cfg = compose("config", [*overrides, *(f"{k}={override_value(v)}" for k, v in combo.items())])
     except ConfigError as e:
@@ -200,9 +202,6 @@ def _slow_check(overrides: list[str], combo: dict[str, Any]) -> Candidate:
 
 def _gated(combo, cfg) -> Candidate:
     """The sweeper's budget gate on a composed config."""
-    from archsearch.config.gate import verdict
-    from archsearch.errors import SpecError
-
     try:
         _, analysis, violations = verdict(cfg)
     except SpecError as e:
@@ -212,13 +211,6 @@ def _gated(combo, cfg) -> Candidate:
 
 def check_space(overrides: Sequence[str], samples: int = 1000, seed: int = 0) -> SpaceReport:
     """Compose the sweep (``sweep=NAME`` among ``overrides``), and check its architectures."""
-    from omegaconf import OmegaConf
-
-    from archsearch.config.compose import compose_with_hydra
-    from archsearch.errors import ConfigError, SweepConfigError
-    from archsearch.search.space import parse_space, sweep_values
-    from archsearch.search.study import split_sweep_args
-
     plain, cli_space = split_sweep_args(overrides)
     cfg = compose_with_hydra("config", plain)
     name = cfg.hydra.runtime.choices.get("sweep")
@@ -231,7 +223,7 @@ def check_space(overrides: Sequence[str], samples: int = 1000, seed: int = 0) ->
         raise ConfigError(str(e)) from None
     if fixed:
         cfg = compose_with_hydra("config", [*plain, *fixed])
-    arch = {k: v for k, v in space.items() if _is_arch(k)}
+    arch = {k: v for k, v in space.items() if _is_arch_dimension(k)}
     training = [k for k in space if k not in arch]
     if not arch:
         raise ConfigError(f"hydra.sweeper.params: sweep {name!r} has no dimension over model.* or budget.* "
@@ -242,7 +234,7 @@ def check_space(overrides: Sequence[str], samples: int = 1000, seed: int = 0) ->
         if not vals and type(sw).__name__ != "IntervalSweep":
             raise ConfigError(f"hydra.sweeper.params.{k}: no values to draw")
         dims[k] = vals or None
-    combos, size, enumerated = _plan(dims, arch, samples, seed)
+    combos, size, enumerated = _value_combinations(dims, arch, samples, seed)
     if any("." not in k.lstrip("+~") or k.startswith("~") for k in arch):  # group choices, deletions: compose each
         base_ovs = [*plain, *fixed]
         cands = [_slow_check(base_ovs, c) for c in combos]
@@ -269,7 +261,7 @@ def _spread(xs: list[int], fmt=lambda v: f"{v:,}") -> str:
     return f"{fmt(min(xs))}-{fmt(max(xs))} (median {fmt(int(statistics.median(xs)))})"
 
 
-def _short(v: Any) -> str:
+def _fmt_value(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
@@ -298,7 +290,7 @@ def summary_lines(rep: SpaceReport) -> list[str]:
         parts = []
         for v in vals:
             have = [c for c in rep.candidates if c.values[k] == v]
-            parts.append(f"{_short(v)} {_pct(sum(c.ok for c in have), len(have))}")
+            parts.append(f"{_fmt_value(v)} {_pct(sum(c.ok for c in have), len(have))}")
         lines.append(f"  {k}: " + ", ".join(parts))
     return lines
 
@@ -315,26 +307,17 @@ def write_csv(rep: SpaceReport, path: Path) -> Path:
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from archsearch.cli import positive_int, split_args
-    from archsearch.config.paths import base_dir
-    from archsearch.errors import ConfigError
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__.strip())
-        return 0
-    mine, rest = split_args(argv, ("samples", "seed"))
+def _check_and_write(argv: list[str]) -> int:
+    mine, rest = cli.split_args(argv, ("samples", "seed"))
+    samples = cli.positive_int("samples", mine.get("samples", "1000"))
     try:
-        samples = positive_int("samples", mine.get("samples", "1000"))
-        try:
-            seed = int(mine.get("seed", "0"))
-        except ValueError:
-            raise ConfigError(f"seed: expected an integer, got {mine['seed']!r}") from None
+        seed = int(mine.get("seed", "0"))
+    except ValueError:
+        raise ConfigError(f"seed: expected an integer, got {mine['seed']!r}") from None
+    try:
         rep = check_space(rest, samples, seed)
-    except (ConfigError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # any ValueError here is a bad argument or sweep (OmegaConf's too): one line, status 2
+        raise ConfigError(str(e)) from None
     for line in summary_lines(rep):
         print(line)
     out = write_csv(rep, base_dir() / "outputs" / "space" / f"{rep.sweep}.csv")
@@ -342,7 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from archsearch import cli
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.start(__doc__, _check_and_write, argv)
 
+
+if __name__ == "__main__":
     cli.run(main)

@@ -1,6 +1,6 @@
 """``python -m archsearch.train model=dilated_sep [overrides]``: the Hydra entry.
 
-It wires the config to :func:`archsearch.job.train` and keeps the multirun bookkeeping:
+It wires the config to :func:`archsearch.training.job.train` and keeps the multirun bookkeeping:
 a sweep process loads its dataset once, a plain multirun gets one MLflow parent run (its
 refused jobs recorded as REJECTED runs), and a job launched by the archsearch sweeper
 reports to its Optuna trial. User mistakes end in one line on stderr: exit 1 for the
@@ -15,14 +15,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from archsearch import cli
 from archsearch.config.compose import check_choices
 from archsearch.config.gate import BudgetRejected, gate
-from archsearch.errors import BudgetError, ConfigError, NonFiniteLoss, Pruned, SpecError
+from archsearch.config.paths import CONF_DIR
+from archsearch.errors import ConfigError, NonFiniteLoss, Pruned
 from archsearch.grammar.analysis import analyze
-from archsearch.search.trial import TrialRef
-from archsearch.training.job import TrainResult, fit, train
+from archsearch.search.trial import TrialRef, trial_job_kwargs
+from archsearch.tracking import make_tracker, record_rejected
+from archsearch.training.data import load_data_once
+from archsearch.training.job import train
 
-__all__ = ["BudgetRejected", "NonFiniteLoss", "Pruned", "TrainResult", "fit", "gate", "main", "train"]
+__all__ = ["main"]
 
 log = logging.getLogger("archsearch")
 
@@ -30,19 +39,11 @@ log = logging.getLogger("archsearch")
 # ------------------------------------------------------------------ Hydra entry
 def _cached_data(cfg, base_dir: Path):
     """A sweep process loads its dataset once and reuses it across trials."""
-    from omegaconf import OmegaConf
-
-    from archsearch.training.data import load_data_once
-
     return load_data_once(OmegaConf.to_container(cfg.data, resolve=True), base_dir)
 
 
 def _multirun_parent(cfg, sweep_dir: str) -> str | None:
     """Plain Hydra multirun (basic sweeper): one MLflow parent run per multirun directory."""
-    from omegaconf import OmegaConf
-
-    from archsearch.tracking import make_tracker
-
     tr = make_tracker(OmegaConf.to_container(cfg.tracking, resolve=True))
     if not tr.enabled:
         return None
@@ -58,11 +59,6 @@ def _multirun_parent(cfg, sweep_dir: str) -> str | None:
 
 def _record_rejection(cfg, e: BudgetRejected) -> None:
     """Plain multirun: the refused job still shows up under the multirun's parent run."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
-
-    from archsearch.tracking import make_tracker, record_rejected
-
     hc = HydraConfig.get()
     tr = make_tracker(OmegaConf.to_container(cfg.tracking, resolve=True))
     rep = analyze(e.spec)
@@ -74,17 +70,12 @@ def _record_rejection(cfg, e: BudgetRejected) -> None:
 
 
 def _task(cfg) -> float | None:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     hc = HydraConfig.get()
     out_dir = hc.runtime.output_dir
     base_dir = Path(os.environ.get("ARCHSEARCH_BASE", os.getcwd()))
     ref = TrialRef.from_cfg(cfg.get("trial"))
     kw: dict[str, Any] = {}
     if ref is not None:  # launched by the archsearch sweeper
-        from archsearch.search.trial import trial_job_kwargs
-
         kw = trial_job_kwargs(ref, int(cfg.trainer.epochs))
     elif hc.mode == RunMode.MULTIRUN:
         gate(cfg)  # refuse before _cached_data below loads the dataset
@@ -94,24 +85,18 @@ def _task(cfg) -> float | None:
 
 
 def main() -> None:
-    """Console entry: user mistakes -> one line on stderr; exit 1 for budget, 2 for bad input."""
-    import hydra
-
-    from archsearch.config.paths import CONF_DIR
-    from archsearch.errors import AugError, DataError
-
+    """Console entry: user mistakes (:data:`archsearch.cli.USER_ERRORS`) -> one line on stderr; exit 1
+    for budget, 2 for bad input. ``--help`` is Hydra's (the config groups and the composed config),
+    so this command starts without :func:`archsearch.cli.start`."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         check_choices([a for a in sys.argv[1:] if not a.startswith("-")])
-    except ConfigError as e:
+    except ConfigError as e:  # before Hydra's own, longer message for an unknown option
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
     @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
     def _entry(cfg) -> float | None:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
         multirun = HydraConfig.get().mode == RunMode.MULTIRUN
         try:
             return _task(cfg)
@@ -125,7 +110,7 @@ def main() -> None:
             sys.exit(1)
         except Pruned:
             raise
-        except (SpecError, ConfigError, BudgetError, DataError, AugError, NonFiniteLoss) as e:
+        except (*cli.USER_ERRORS, NonFiniteLoss) as e:
             if multirun:
                 raise  # the sweeper records the failure and goes on
             print(f"error: {e}", file=sys.stderr)
@@ -141,8 +126,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # run the canonical module, not __main__, so exception classes (Pruned, ...) are one
-    from archsearch import cli
+    # the canonical module archsearch.train, not a second copy of it named __main__
     from archsearch.train import main as _main
 
     cli.run(_main)
