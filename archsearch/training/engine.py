@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from tqdm import tqdm
+
 from archsearch.errors import NonFiniteLoss
 from archsearch.training.batches import BatchAug, EpochBatches, make_loader, to_device, worker_count
 from archsearch.training.compilation import CompileChoice
@@ -23,6 +25,10 @@ from archsearch.training.precision import Precision
 __all__ = ["Engine", "TrainState"]
 
 log = logging.getLogger("archsearch")
+
+# torch is imported in the methods that use it: archsearch.train imports the training modules at its
+# top and refuses a mistyped knob before torch is loaded, and `from archsearch import fit` loads torch
+# only when called
 
 
 @dataclass
@@ -46,9 +52,13 @@ class TrainState:
 class Engine:
     """Everything that changes during training, built once per run from the config."""
 
-    def __init__(self, cfg, model, data, precision: Precision, pipelines: tuple[Any, Any], epochs: int,
+    def __init__(self, *, cfg, model, data, precision: Precision, pipelines: tuple[Any, Any], epochs: int,
                  cooldown_epochs: int, ema_decay: float | None, alternate_flip: tuple[bool, bool] = (False, False),
                  compiled: tuple[CompileChoice, Any] | None = None):
+        """``pipelines``: the training and cool-down augmentation (None: none); the last
+        ``cooldown_epochs`` epochs use the second. ``alternate_flip``: whether each of them flips
+        alternate epochs instead of at random. ``compiled``: (choice, the module a full batch runs
+        through); None: eager."""
         import torch
 
         tcfg, dev = cfg.trainer, precision.device
@@ -67,7 +77,7 @@ class Engine:
         self.sched, self.sched_kind = make_scheduler(cfg.sched, self.opt, float(cfg.optim.lr), epochs,
                                                      len(self.sampler))
         self.scaler = torch.amp.GradScaler(dev.type, enabled=precision.amp == torch.float16)
-        # (choice, module): the compiled wrapper takes the full batches (archsearch/compilation.py)
+        # (choice, module): the compiled wrapper takes the full batches (archsearch/training/compilation.py)
         self.compiled, self.step_fn = compiled or (CompileChoice(False), model)
         self.ema = WeightEMA(model, ema_decay) if ema_decay else None
         self.eval_model = self.ema.model if self.ema else model  # what val/test accuracy and best.pt describe
@@ -102,7 +112,6 @@ class Engine:
         """One pass over the training split (``epoch`` is 0-based) -> its loss, accuracy and speed.
         Metrics accumulate on the device; the host syncs every ``trainer.log_every`` steps."""
         import torch
-        from tqdm import tqdm
 
         self.sampler.epoch = epoch
         self.model.train()

@@ -90,7 +90,7 @@ def test_the_dataset_digest_names_the_exact_splits(change, same):
     from omegaconf import OmegaConf
 
     from archsearch.training.data import load_data
-    from archsearch.training.job import _dataset_input
+    from archsearch.training.run_log import dataset_input as _dataset_input
 
     def digest(extra):
         d = OmegaConf.to_container(compose("config", [*FAST, *extra]).data, resolve=True)
