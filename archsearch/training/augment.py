@@ -10,7 +10,7 @@ The special value ``mean`` for a ``fill`` argument is the training split's mean 
 
 Normalize + ToTensorV2 are not listed: the pipeline yields uint8 images and the
 training loop normalises on the device with the training split's mean/std (same
-arithmetic, less host work; see ``archsearch.train``).
+arithmetic, less host work; see ``archsearch.training.batches.to_device``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from archsearch.errors import AugError
 
@@ -69,7 +70,7 @@ FLIPS = ("random", "alternate")
 def split_flip(spec: Any, flip: str, where: str) -> tuple[Any, bool]:
     """``aug.flip``: with ``random`` the list is used as written; with ``alternate`` its
     ``HorizontalFlip`` (p 0.5) is taken out and done by the batch loader on alternate epochs
-    instead (see :class:`archsearch.batches.BatchAug`). -> (the list to build, alternate?)."""
+    instead (see :class:`archsearch.training.batches.BatchAug`). -> (the list to build, alternate?)."""
     if flip not in FLIPS:
         raise AugError(f"aug.flip: unknown value {flip!r}; choose one of {', '.join(FLIPS)}")
     entries = _entries(spec, where)
@@ -89,7 +90,7 @@ def split_flip(spec: Any, flip: str, where: str) -> tuple[Any, bool]:
 
 def build_pipeline(spec: Any, mean_px: Sequence[float] | None = None, where: str = "aug.train"):
     """An ``albumentations.Compose`` (or None for an empty list) from the YAML list."""
-    import albumentations as A
+    import albumentations as A  # seconds to import: not for a config check (split_flip) or a refused run
 
     transforms = []
     for i, (name, args) in enumerate(_entries(spec, where)):
@@ -117,8 +118,6 @@ def save_grid(images: np.ndarray, path: str, labels: Sequence[str] | None = None
     """Save uint8 HWC images as one PNG grid (optional caption under each) and return the path.
 
     Composed with numpy + PIL (milliseconds), not a matplotlib figure per image (seconds)."""
-    from PIL import Image, ImageDraw
-
     images = np.asarray(images)
     n, h, w = images.shape[:3]
     if images.ndim == 3:

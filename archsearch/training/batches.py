@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 __all__ = ["BatchAug", "EpochBatches", "make_loader", "to_device", "worker_count"]
+
+# torch is imported in the functions that use it: archsearch.train imports the training modules at
+# its top and refuses a mistyped knob before torch is loaded, and `from archsearch import fit` loads
+# torch only when called
+
 
 
 class BatchAug:
@@ -24,8 +31,6 @@ class BatchAug:
     image. Every image is seen both ways in any two consecutive epochs (``aug.flip=alternate``)."""
 
     def __init__(self, x, y, pipeline, cooldown=None, alternate: tuple[bool, bool] = (False, False), seed: int = 0):
-        import numpy as np
-
         self.x, self.y, self.pipelines = x, y, (pipeline, cooldown)
         self.alternate = tuple(alternate)
         self.bits = np.random.default_rng([seed, 7]).integers(0, 2, len(x)).astype(np.int64) if any(alternate) \
@@ -35,7 +40,6 @@ class BatchAug:
         return len(self.x)
 
     def __getitem__(self, item):
-        import numpy as np
         import torch
 
         seed, idx, phase, epoch = item
@@ -62,8 +66,6 @@ class EpochBatches:
         return (self.n + self.bs - 1) // self.bs
 
     def __iter__(self):
-        import numpy as np
-
         rng = np.random.default_rng([self.seed, self.epoch])
         perm = rng.permutation(self.n)
         phase = int(self.cooldown_from is not None and self.epoch >= self.cooldown_from)
@@ -96,7 +98,7 @@ def _worker_init(_: int) -> None:
 
 
 def _single_threaded_opencv() -> None:
-    try:
+    try:  # OpenCV comes with albumentations; without it there is no pool to tame
         import cv2
 
         cv2.setNumThreads(1)

@@ -1,7 +1,7 @@
 """Checkpoints: ``last.pt`` after every epoch, ``best.pt`` at the best validation accuracy.
 
 One schema, written and read here only: the engine's states (model, optimizer, scheduler,
-scaler, ema), the run's :class:`~archsearch.engine.TrainState` (epoch, best_val, history,
+scaler, ema), the run's :class:`~archsearch.training.engine.TrainState` (epoch, best_val, history,
 run_id), what it was trained on (spec, spec_hash) and the RNG states, so that
 ``trainer.resume=PATH/last.pt`` continues exactly where the run stopped. Loading refuses a
 file with missing or unknown keys, or of another architecture, in one line.
@@ -13,17 +13,22 @@ import os
 import random
 from pathlib import Path
 
+import numpy as np
+
 from archsearch.errors import ConfigError
 from archsearch.training.engine import Engine, TrainState
 
 __all__ = ["KEYS", "load", "save"]
+
+# torch is imported in the functions that use it: archsearch.train imports the training modules at
+# its top and refuses a mistyped knob before torch is loaded, and `from archsearch import fit` loads
+# torch only when called
 
 KEYS = frozenset({"model", "optimizer", "scheduler", "scaler", "ema", "epoch", "best_val", "history",
                   "spec_hash", "spec", "run_id", "rng"})
 
 
 def _rng_state() -> dict:
-    import numpy as np
     import torch
 
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
@@ -42,7 +47,6 @@ def save(path: Path, engine: Engine, state: TrainState, spec, spec_hash: str) ->
 
 def load(path_str: str, engine: Engine, spec_hash: str) -> TrainState:
     """Restore ``engine`` and the RNGs from a checkpoint -> the run's TrainState."""
-    import numpy as np
     import torch
 
     path = Path(path_str).expanduser()

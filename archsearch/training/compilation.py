@@ -57,6 +57,10 @@ __all__ = ["COMPILE_MODES", "CompileChoice", "choose_compile", "compile_setting"
 COMPILE_MODES = ("auto", "true", "false")
 log = logging.getLogger("archsearch")
 
+# torch is imported in the functions that use it: archsearch.train imports the training modules at
+# its top and refuses a mistyped knob before torch is loaded, and `from archsearch import fit` loads
+# torch only when called
+
 MARGIN = 1.05  # compiled must be 5% faster: it rounds differently and pays its compile in every run
 MIN_IMAGES = 100_000  # fewer training images: auto does not consider compiling
 MIN_SECONDS = 600.0  # eager training shorter than this (estimated): auto does not consider compiling

@@ -8,8 +8,10 @@ reported); normalisation statistics come from the training split.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,9 +92,7 @@ def _listing(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]]:
 
 
 def _decode(root: Path, files: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
-    from concurrent.futures import ThreadPoolExecutor
-
-    import cv2
+    import cv2  # for image folders only (OpenCV takes a while to import)
 
     def one(rel: str) -> np.ndarray:
         im = cv2.imread(str(root / rel), cv2.IMREAD_COLOR)
@@ -148,7 +148,7 @@ def read_folder(root: str | Path, split: str, cache: bool = True):
 
 # ---------------------------------------------------------------- cifar10
 def _cifar10(root: Path, download: bool):
-    from torchvision.datasets import CIFAR10
+    from torchvision.datasets import CIFAR10  # imports torch: only for data=cifar10
 
     try:
         tr = CIFAR10(str(root), train=True, download=download)
@@ -232,8 +232,6 @@ _LOADED: dict[str, Splits] = {}
 def load_data_once(cfg: Mapping[str, Any], base_dir: str | Path = ".") -> Splits:
     """:func:`load_data`, kept for the next call with the same ``data`` config: a sweep or a
     retrain process loads its dataset once for all its runs (only the last one is kept)."""
-    import json
-
     key = json.dumps(dict(cfg), sort_keys=True, default=str)
     if key not in _LOADED:
         _LOADED.clear()

@@ -13,6 +13,10 @@ from archsearch.training.batches import to_device
 
 __all__ = ["TTA_VIEWS", "evaluate", "parse_tta", "view"]
 
+# torch is imported in the functions that use it: archsearch.train imports the training modules at
+# its top and refuses a mistyped knob before torch is loaded, and `from archsearch import fit` loads
+# torch only when called
+
 # views as (dx, dy, mirrored); shifted views pad by reflection
 TTA_VIEWS = {
     "none": ((0, 0, False),),

@@ -3,11 +3,17 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 from archsearch.errors import ConfigError
 
 __all__ = ["WeightEMA", "make_optimizer", "make_scheduler", "parse_ema"]
+
+# torch is imported in the functions that use it: archsearch.train imports the training modules at
+# its top and refuses a mistyped knob before torch is loaded, and `from archsearch import fit` loads
+# torch only when called
+
 
 log = logging.getLogger("archsearch")
 
@@ -108,8 +114,6 @@ class WeightEMA:
     initialisation."""
 
     def __init__(self, model, decay: float):
-        import copy
-
         self.decay, self.updates = float(decay), 0
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():

@@ -3,7 +3,13 @@ the misclassified test images."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from archsearch.training.augment import save_grid
 
 __all__ = ["write_plots"]
 
@@ -11,10 +17,6 @@ __all__ = ["write_plots"]
 def write_plots(out: Path, history, classes, y_true, y_pred, x_test, max_wrong: int = 32) -> list[Path]:
     """curves.png, confusion_matrix.png and misclassified.png in ``out``; -> their paths.
     Drawn with PIL: a few milliseconds, which a sweep pays once per trial."""
-    import numpy as np
-
-    from archsearch.training.augment import save_grid
-
     files = []
     if history:
         files.append(_curves_png(history, out / "curves.png"))
@@ -35,8 +37,6 @@ _SERIES = (("train", (31, 119, 180)), ("val", (255, 127, 14)))
 
 def _curves_png(history, path: Path, w: int = 420, h: int = 300) -> Path:
     """Loss and accuracy per epoch, train and val, side by side."""
-    from PIL import Image, ImageDraw
-
     img = Image.new("RGB", (2 * w, h), "white")
     d = ImageDraw.Draw(img)
     epochs = [r["epoch"] for r in history]
@@ -49,8 +49,6 @@ def _curves_png(history, path: Path, w: int = 420, h: int = 300) -> Path:
 
 def _panel(d, x0: int, w: int, h: int, title: str, epochs: list[int], series: dict[str, list[float]],
            legend_low: bool = False) -> None:
-    import math
-
     left, right, top, bottom = x0 + 52, x0 + w - 12, 24, h - 30
     vals = [v for vs in series.values() for v in vs if math.isfinite(v)] or [0.0, 1.0]
     lo, hi = min(vals), max(vals)
@@ -80,8 +78,6 @@ def _panel(d, x0: int, w: int, h: int, title: str, epochs: list[int], series: di
 
 def _confusion_png(cm, classes, path: Path, cell: int = 34) -> Path:
     """Confusion matrix (rows true, columns predicted) as a PNG, drawn with PIL (milliseconds)."""
-    from PIL import Image, ImageDraw
-
     k = len(classes)
     left, top = 78, 78
     img = Image.new("RGB", (left + k * cell + 8, top + k * cell + 8), "white")

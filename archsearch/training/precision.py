@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fcntl
 import json
 import logging
 import os
@@ -37,6 +38,10 @@ log = logging.getLogger("archsearch")
 
 __all__ = ["BUSY", "OtherLoad", "Precision", "busy_note", "cache_key", "cache_path", "choose_precision", "machine_id",
            "pick_amp", "pick_device", "probe", "read_entry", "write_entry"]
+
+# torch is imported in the functions that use it: archsearch.train imports the training modules at
+# its top and refuses a mistyped knob before torch is loaded, and `from archsearch import fit` loads
+# torch only when called
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 LAYOUTS = ("auto", "true", "false")
@@ -292,8 +297,6 @@ def machine_id(device) -> str:
 
 @contextlib.contextmanager
 def _locked(path: Path):
-    import fcntl
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from archsearch.errors import ConfigError
 
 __all__ = ["STEM_INITS", "apply_recipe", "whiten_stem"]
 
 log = logging.getLogger("archsearch")
+
+# torch is imported in the functions that use it: archsearch.train imports the training modules at
+# its top and refuses a mistyped knob before torch is loaded, and `from archsearch import fit` loads
+# torch only when called
+
 
 STEM_INITS = ("default", "whiten", "whiten_frozen")
 
@@ -78,7 +85,6 @@ def whiten_stem(model, x_train, mean_px, std_px, seed: int, freeze: bool = False
     covariance scaled by 1/sqrt(eigenvalue + eps), the strongest first, each with its
     negation so a ReLU after it keeps both signs. Channels beyond twice the patch size
     keep their random initialisation; a bias is zeroed. -> the number of patches used."""
-    import numpy as np
     import torch
     import torch.nn.functional as F
 

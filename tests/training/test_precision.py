@@ -1,23 +1,32 @@
 """trainer.amp / trainer.channels_last = auto: decided by a timed probe, cached, logged."""
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
+from archsearch import build_model, load_spec
+from archsearch.config.compose import compose
 from archsearch.errors import ConfigError
+from archsearch.training.compilation import choose_compile, probe_compile
+from archsearch.training.job import train
+from archsearch.training.precision import OtherLoad, Precision, choose_precision, probe
+
+# torch is imported in the tests that use it: pytest imports every test module to collect it, and
+# collecting stays quick
 
 
 def _tiny_model():
-    from archsearch import build_model, load_spec
-
     return build_model(load_spec("dilated_sep", ["model.wide=8", "model.narrow=8"]))
 
 
 def _choose(tcfg, rates=None, calls=None, spec_key="k"):
     import torch
-
-    from archsearch.training.precision import choose_precision
 
     def fake_probe(model, device, cands, *a, **k):
         calls.append(cands)
@@ -29,8 +38,6 @@ def _choose(tcfg, rates=None, calls=None, spec_key="k"):
 
 def test_auto_times_every_candidate_and_takes_the_fastest_finite_one(tmp_path, monkeypatch):
     import torch
-
-    from archsearch.training.precision import probe
 
     monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path))
     model = _tiny_model()
@@ -95,9 +102,6 @@ def test_a_probe_timed_on_a_busy_machine_is_used_but_not_cached(tmp_path, monkey
     them and says so, the next run probes again; $ARCHSEARCH_PROBE_BUSY=1 caches whatever the load."""
     import torch
 
-    from archsearch.training.compilation import choose_compile
-    from archsearch.training.precision import Precision, choose_precision
-
     monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path))
     calls = []
     rates = {"fp32 NCHW": 100.0, "fp32 channels_last": 90.0, "bf16 NCHW": 300.0, "bf16 channels_last": 200.0}
@@ -139,15 +143,8 @@ def test_a_probe_timed_on_a_busy_machine_is_used_but_not_cached(tmp_path, monkey
     assert len(calls) == 5  # refused before either probe ran: a bad value costs no probe
 
 
-@pytest.mark.skipif(not __import__("pathlib").Path("/proc/stat").exists(), reason="reads /proc/stat (Linux)")
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads /proc/stat (Linux)")
 def test_other_load_sees_processes_that_take_the_cores():
-    import os
-    import subprocess
-    import sys
-    import time
-
-    from archsearch.training.precision import OtherLoad
-
     n = os.cpu_count() or 1
     spin = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
     try:
@@ -174,9 +171,6 @@ def test_bad_precision_settings_are_one_line(key, value, message):
 # ------------------------------------------------------------------ trainer.compile
 def _compile(setting, images, rates=None, calls=None, eager_rate=100.0, spec_key="k", compile_s=50.0):
     import torch
-
-    from archsearch.training.compilation import choose_compile
-    from archsearch.training.precision import Precision
 
     def fake_probe(model, precision, *a, **k):
         calls.append(precision.label)
@@ -224,9 +218,6 @@ def test_compile_auto_probes_long_runs_keeps_the_faster_and_caches(tmp_path, mon
 def test_compile_auto_trains_eager_and_says_why_when_compiling_fails(tmp_path, monkeypatch, caplog):
     import torch
 
-    from archsearch.training.compilation import choose_compile
-    from archsearch.training.precision import Precision
-
     monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path))
     calls = []
 
@@ -267,11 +258,6 @@ def test_the_compile_probe_leaves_the_model_as_it_was_and_training_compiles_once
     are untouched; a compiled run with a partial last batch compiles one graph, not two."""
     import torch
     import torch._dynamo.utils as dynamo_utils
-
-    from archsearch.config.compose import compose
-    from archsearch.training.compilation import probe_compile
-    from archsearch.training.job import train
-    from archsearch.training.precision import Precision
 
     monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path))
     model = _tiny_model()

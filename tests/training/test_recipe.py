@@ -8,11 +8,18 @@ import numpy as np
 import pytest
 from helpers import TINY_MODEL, cfg_for, runs
 
-from archsearch.config.compose import compose
+from archsearch.config.compose import compose, spec_from_cfg
+from archsearch.training.augment import split_flip
+from archsearch.training.batches import BatchAug, EpochBatches
+from archsearch.training.job import train
+from archsearch.training.optim import make_optimizer, make_scheduler
+from archsearch.training.recipe import apply_recipe
+
+# torch (and archsearch.grammar.build, which imports it) is imported in the tests that use it: pytest
+# imports every test module to collect it, and collecting stays quick
 
 
 def _model(*overrides):
-    from archsearch.config.compose import spec_from_cfg
     from archsearch.grammar.build import build_model
 
     cfg = compose("config", list(overrides))
@@ -20,8 +27,6 @@ def _model(*overrides):
 
 
 def test_norm_lr_scale_raises_the_lr_of_batchnorm_and_biases_through_the_schedule():
-    from archsearch.training.optim import make_optimizer, make_scheduler
-
     cfg, model = _model("optim.norm_lr_scale=8")
     opt = make_optimizer(cfg.optim, model)
     sched, _ = make_scheduler(cfg.sched, opt, float(cfg.optim.lr), epochs=2, steps=10)
@@ -36,8 +41,6 @@ def test_norm_lr_scale_raises_the_lr_of_batchnorm_and_biases_through_the_schedul
 
 def test_bn_momentum_and_whitened_frozen_stem_apply_to_the_built_model():
     import torch
-
-    from archsearch.training.recipe import apply_recipe
 
     cfg, model = _model("trainer.bn_momentum=0.4", "trainer.stem_init=whiten_frozen")
     rng = np.random.default_rng(0)
@@ -59,9 +62,6 @@ def test_bn_momentum_and_whitened_frozen_stem_apply_to_the_built_model():
 
 
 def test_alternating_flip_shows_every_image_both_ways_in_two_epochs():
-    from archsearch.training.augment import split_flip
-    from archsearch.training.batches import BatchAug, EpochBatches
-
     spec, alternate = split_flip([{"HorizontalFlip": {"p": 0.5}}], "alternate", "aug.train")
     assert spec == [] and alternate
     x = np.zeros((16, 32, 32, 3), np.uint8)
@@ -81,8 +81,6 @@ def test_alternating_flip_shows_every_image_both_ways_in_two_epochs():
 
 
 def test_recipe_knobs_train_end_to_end(tmp_path):
-    from archsearch.training.job import train
-
     res = train(cfg_for(tmp_path, *TINY_MODEL, "trainer.epochs=2", "optim.norm_lr_scale=4", "trainer.bn_momentum=0.3",
                         "trainer.stem_init=whiten", "aug.flip=alternate"), tmp_path / "out")
     assert res.test_acc > 0.3
