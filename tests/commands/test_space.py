@@ -6,10 +6,10 @@ import csv
 
 import pytest
 
+from archsearch.space import _fast_check, _slow_check, check_space, main
+
 
 def run(capsys, *args):
-    from archsearch.space import main
-
     code = main(list(args))
     out = capsys.readouterr()
     return code, out.out, out.err
@@ -36,8 +36,6 @@ def test_smoke_space_enumerated_with_its_rejections(tmp_path, monkeypatch, capsy
 def test_drawn_candidates_match_what_the_sweeper_composes(tmp_path, monkeypatch):
     """The fast path (values set in the composed model) gives what composing each candidate
     as the sweeper does gives: params, MACs, RF, and the same rejections."""
-    from archsearch.space import _slow_check, check_space
-
     monkeypatch.chdir(tmp_path)
     rep = check_space(["sweep=arch_residual"], samples=40, seed=3)
     assert rep.size == 82_944 and not rep.enumerated and len(rep.candidates) == 40
@@ -79,8 +77,6 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch, capsys, args, message):
 def test_an_interpolation_into_the_rest_of_the_config_is_resolved(tmp_path, monkeypatch):
     """A model whose width follows a training setting (``${trainer.batch_size}``, not a plain model
     reference) is resolved against the whole config, as composing it would."""
-    from archsearch.space import _fast_check
-
     base = {"model": {"name": "m", "in_channels": 3, "input_size": 32, "num_classes": 10,
                       "layers": [{"op": "conv", "out": "${trainer.batch_size}", "d": 2}, {"op": "sepconv", "out": 16},
                                  {"op": "conv", "out": 10, "k": 1}, {"op": "gap"}]},

@@ -1,0 +1,108 @@
+"""``python -m archsearch.export``: a sweep trial written as a model file of its own, on the real
+smoke sweep and on studies built directly with Optuna; which trial ``trial=best`` picks; its user
+mistakes."""
+
+import pytest
+from omegaconf import OmegaConf
+from studies import FAST, add_trial, journal_study, run_main
+
+from archsearch import fit
+from archsearch.config.compose import load_spec
+from archsearch.export import best_trial
+from archsearch.grammar.analysis import analyze
+
+
+def test_export_writes_a_model_that_validates_and_trains(swept, tmp_path, monkeypatch, capsys, run_validate):
+    monkeypatch.chdir(swept)
+    st = journal_study(swept)
+    t = next(t for t in st.trials if t.params.get("model.wide") == 48 and t.user_attrs["state"] == "COMPLETE")
+    out = tmp_path / "myconf" / "model"
+    code, stdout, err = run_main("export", capsys, "sweep=smoke", f"trial={t.number}", "name=mynet", f"out={out}")
+    assert code == 0, err
+    path = out / "mynet.yaml"
+    text = path.read_text()
+    assert stdout.startswith(f"wrote {path}\nmynet: trial {t.number} of study 'smoke', ")
+    assert f"# Exported by python -m archsearch.export from trial {t.number} of study 'smoke'" in text
+    assert "#   storage: journal:" in text and "dilated_sep.yaml" in text
+    assert f"model settings applied: model.narrow=8 model.wide=48 model.dropout={t.params['model.dropout']}" in text
+    assert f"# trained with: optim.lr={t.params['optim.lr']!r}" in text
+    assert f"{t.user_attrs['model.params']:,} params, RF 61" in text
+    node = OmegaConf.load(path)
+    assert node.name == "mynet" and node.wide == 48 and node.narrow == 8
+    assert OmegaConf.to_container(node)["layers"][1]["out"] == "${model.wide}"  # the knob reference is kept
+    sp = f"hydra.searchpath=[file://{tmp_path / 'myconf'}]"
+    assert run_validate("model=mynet", sp)[0] == 0
+    res = fit(overrides=[sp, "model=mynet", "data=synthetic", "data.n_train=200", "data.val_size=50",
+                         "data.n_test=50", "trainer.batch_size=50", "tracking=none", *FAST], out_dir=tmp_path / "run")
+    assert res.epochs == 1 and res.params == t.user_attrs["model.params"]
+    # an existing file is kept unless overwrite=true
+    code, _, err = run_main("export", capsys, "sweep=smoke", f"trial={t.number}", "name=mynet", f"out={out}")
+    assert code == 2 and err == f"error: overwrite: {path} exists; choose another name= or pass overwrite=true " \
+                                "to replace it\n"
+    code, _, err = run_main("export", capsys, "sweep=smoke", "trial=best", "name=mynet", f"out={out}",
+                            "overwrite=true")
+    assert code == 0, err
+
+
+def test_export_keeps_knobs_and_replaces_nested_paths(tmp_path, monkeypatch, capsys, run_validate):
+    """An arch_residual trial (built directly, no training): nested stage paths and knobs."""
+    monkeypatch.chdir(tmp_path)
+    st = journal_study(tmp_path, "arch_residual")
+    params = {"model.w1": 24, "model.w2": 48, "model.w3": 64, "model.depth": 2,
+              "model.stages.c1.1.body.0.body.0.op": "conv",
+              "model.stages.c1.1.body.0.body.0.k": 5, "model.stages.c2.1.body.0.body.1.d": 3, "optim.lr": 0.1}
+    add_trial(st, params, value=0.61)
+    out = tmp_path / "conf" / "model"
+    code, stdout, err = run_main("export", capsys, "sweep=arch_residual", "name=res_best", f"out={out}")
+    assert code == 0, err
+    text = (out / "res_best.yaml").read_text()
+    model = OmegaConf.to_container(OmegaConf.load(out / "res_best.yaml"))
+    assert model["w1"] == 24 and model["depth"] == 2 and model["name"] == "res_best"
+    first = model["stages"]["c1"][1]["body"][0]["body"][0]
+    assert first == {"op": "conv", "out": "${model.w1}", "k": 5}  # replaced at its path, the knob kept
+    assert model["stages"]["c2"][1]["body"][0]["body"][1]["d"] == 3
+    assert model["stages"]["c1"][1]["times"] == "${model.depth}"
+    expected = analyze(load_spec("res_dilated", [f"{k}={v}" for k, v in params.items() if k.startswith("model.")]))
+    assert f"# {expected.params:,} params, RF {expected.rf}," in text and "# trained with: optim.lr=0.1" in text
+    assert "# proxy (the sweep's training): val_acc 0.6100" in text
+    assert run_validate("model=res_best", f"hydra.searchpath=[file://{tmp_path / 'conf'}]")[0] == 0
+
+
+def test_best_trial_prefers_the_full_recipe_when_retrained(tmp_path):
+    st = journal_study(tmp_path)
+    for i, v in enumerate((0.9, 0.8, 0.7)):
+        add_trial(st, {"model.wide": 32, "optim.lr": 0.01 * (i + 1)}, value=v)
+    assert best_trial(st).number == 0  # nothing retrained: the best proxy trial
+    for n, seeds in ((0, (0.60, 0.62)), (2, (0.70, 0.64))):
+        for s, v in enumerate(seeds):
+            st.set_user_attr(f"retrain.t{n}.s{s}", {"val_acc": v, "test_acc_single_view": v})
+    assert best_trial(st).number == 2  # mean full-recipe val 0.67 beats 0.61
+
+
+# ------------------------------------------------------------------ user mistakes: one line, exit 2
+EXPORT_MISTAKES = [
+    (["sweep=smoke"], "error: name: the new model's name, e.g. name=res_best"),
+    (["sweep=smoke", "name=../x"], "error: name: the new model's name"),
+    (["sweep=smoke", "name=x", "out=somewhere"], "error: out: must be a model/ folder of a config search path"),
+    (["sweep=smoke", "name=x", "trial=first"], "error: trial: expected a trial number or best; got 'first'"),
+    (["sweep=smoke", "name=x", "trial=1"], "error: trial: trial 1 of study 'smoke' is PRUNED, not COMPLETE"),
+    (["sweep=smoke", "name=dilated_sep", "out=conf/model"], "error: name: a model 'dilated_sep' already exists"),
+    (["sweep=smoke", "name=x", "overwrite=yes"], "error: overwrite: must be true or false; got 'yes'"),
+]
+
+
+@pytest.mark.parametrize("args,message", EXPORT_MISTAKES, ids=[" ".join(a) for a, _ in EXPORT_MISTAKES])
+def test_export_mistakes_are_one_line(small_study, capsys, args, message):
+    code, out, err = run_main("export", capsys, *args)
+    assert code == 2 and err.startswith(message) and err.count("\n") == 1 and not out, err
+    assert not list(small_study.rglob("x.yaml"))
+
+
+def test_export_warns_when_the_rebuilt_model_is_not_the_swept_one(small_study, capsys):
+    """A study whose sweep command's model.* overrides were not recorded: the params disagree."""
+    st = journal_study(small_study, "old")
+    add_trial(st, {"model.wide": 32, "optim.lr": 0.05}, **{"model.params": 12345})
+    code, out, err = run_main("export", capsys, "sweep=smoke", "hydra.sweeper.study_name=old", "name=x",
+                              f"out={small_study / 'conf' / 'model'}")
+    assert code == 0, err
+    assert out.rstrip().splitlines()[-1].startswith("note: trial 0 had 12,345 params in the sweep, this config has ")
