@@ -2,6 +2,7 @@
 names the file (and line/column), exit 2, within seconds, from validate, train and the sweeper."""
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from archsearch import fit
 from archsearch.config.paths import CONF_DIR
 
 
@@ -47,8 +49,6 @@ def user_conf(tmp_path):
 
 @pytest.mark.parametrize("name", list(BROKEN))
 def test_validate_names_the_file_line_and_column(run_validate, user_conf, name):
-    import re
-
     t0 = time.time()
     code, out, err = run_validate(f"model={name}", user_conf)
     assert time.time() - t0 < 2.0
@@ -67,8 +67,6 @@ def test_train_refuses_a_broken_file_in_one_line_within_seconds(tmp_path, user_c
 
 
 def test_a_users_own_model_validates_trains_and_sweeps(tmp_path, user_conf, run_validate, monkeypatch):
-    from archsearch import fit
-
     assert run_validate("model=mynet", user_conf)[0] == 0
     monkeypatch.chdir(tmp_path)
     res = fit(overrides=[user_conf, "model=mynet", "data=synthetic", "data.n_train=300", "data.val_size=100",

@@ -1,5 +1,8 @@
 """Hand-computed analysis cases: shapes, params, MACs, receptive field, jump."""
 
+import subprocess
+import sys
+
 import pytest
 
 from archsearch import analyze, parse_spec
@@ -77,9 +80,6 @@ def test_groups_must_divide_channels():
 
 
 def test_analysis_does_not_import_torch():
-    import subprocess
-    import sys
-
     code = ("import sys, archsearch; from archsearch import analyze, parse_spec;"
             "analyze(parse_spec({'in_channels':3,'input_size':8,'num_classes':4,'layers':[{'op':'conv','out':4},{'op':'gap'}]}));"
             "print('torch' in sys.modules)")
