@@ -195,7 +195,7 @@ def _check_target(path: Path, name: str, overwrite: bool, overrides: Sequence[st
         raise ConfigError(f"name: a model {name!r} already exists ({other}); choose another name")
 
 
-def _validate(path: Path, name: str, overrides: Sequence[str]) -> tuple[int, str]:
+def _validate_or_remove(path: Path, name: str, overrides: Sequence[str]) -> tuple[int, str]:
     """``python -m archsearch.validate model=NAME``, in process, with the sweep's budget overrides."""
     budget = [o for o in overrides if override_key(o) == "budget" or override_key(o).startswith("budget.")]
     try:
@@ -227,7 +227,7 @@ def _export(argv: Sequence[str]) -> tuple[int, str]:
     node.name = name
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(_header(study, url, trial, base_file, model_ovs, analysis) + OmegaConf.to_yaml(node))
-    code, text = _validate(path, name, ovs)
+    code, text = _validate_or_remove(path, name, ovs)
     if code:
         return code, f"error: the validator refused the exported model; nothing written:\n{text}"
     full = [r.get("val_acc") for r in retrained(study).get(trial.number, {}).values() if r.get("val_acc") is not None]
@@ -240,14 +240,14 @@ def _export(argv: Sequence[str]) -> tuple[int, str]:
                f"{text.strip().splitlines()[-1]}; train it: python -m archsearch.train model={name} {sp}".rstrip() + note)
 
 
-def _export_and_say(argv: list[str]) -> int:
+def _export_and_print(argv: list[str]) -> int:
     code, text = _export(argv)
     print(text, file=sys.stderr if code else sys.stdout)
     return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli.start(__doc__, _export_and_say, argv)
+    return cli.start(__doc__, _export_and_print, argv)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def run(overrides: Sequence[str]) -> tuple[int, str]:
     return (1 if violations else 0), text
 
 
-def _validate(argv: list[str]) -> int:
+def _run_and_print(argv: list[str]) -> int:
     code, text = run(argv)
     try:
         print(text)
@@ -56,7 +56,7 @@ def _validate(argv: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli.start(__doc__, _validate, argv, help_extra=lambda: f"models: {', '.join(available('model'))}")
+    return cli.start(__doc__, _run_and_print, argv, help_extra=lambda: f"models: {', '.join(available('model'))}")
 
 
 if __name__ == "__main__":
