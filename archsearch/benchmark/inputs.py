@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from archsearch import build_model, load_spec
 from archsearch.grammar.spec import spec_hash
+from archsearch.training.data import load_data, synthetic
 from archsearch.training.precision import choose_precision
 
 __all__ = ["auto_model", "bench_images", "model_name"]
 
-# numpy, torch and omegaconf are imported in the functions that use them: `python -m archsearch.bench
-# --help` and a mistyped option answer without loading them
+# torch is imported where it is used: `python -m archsearch.bench --help` and a mistyped option
+# answer without it
 
 
 def model_name(opts: dict) -> str:
@@ -23,8 +26,6 @@ def model_name(opts: dict) -> str:
 def bench_images(opts: dict) -> tuple[Any, Any]:
     """The first ``images`` training images (uint8 N x H x W x C) and labels: synthetic, or from
     the image folder ``data.root`` with ``data=folder``."""
-    from archsearch.training.data import load_data, synthetic
-
     n = int(opts.get("images", 4096))
     if opts.get("data", "synthetic") == "folder":
         s = load_data({"source": "folder", "root": opts["data.root"], "val_size": 0})
@@ -36,7 +37,6 @@ def auto_model(device, batch: int, name: str):
     """Model ``name`` as a run with trainer.amp=auto / channels_last=auto has it here -> (spec,
     precision (the cached probe), the model on the device in the chosen memory layout)."""
     import torch
-    from omegaconf import OmegaConf
 
     spec = load_spec(name)
     model = build_model(spec)

@@ -17,12 +17,10 @@ import tempfile
 import threading
 
 from archsearch.config.compose import compose
+from archsearch.training.data import Splits, channel_stats, synthetic
 from archsearch.training.job import train
 
 __all__ = ["PeakMemoryWatcher", "measure_training_peak", "part_memory", "process_tree_memory"]
-
-# the data module (numpy) is imported where it is used: `python -m archsearch.bench --help` and a
-# mistyped option answer without it
 
 _FIELDS = ("Rss", "Pss", "Private_Clean", "Private_Dirty")
 
@@ -86,8 +84,6 @@ class PeakMemoryWatcher:
 def measure_training_peak(images: int, workers: int, batch: int) -> dict[str, float]:
     """One epoch on ``images`` synthetic images with ``workers`` DataLoader workers, watched ->
     the peak (see :class:`PeakMemoryWatcher`) and ``dataset_mb``, the training images' size."""
-    from archsearch.training.data import Splits, channel_stats, synthetic
-
     x, y = synthetic(images, seed=0)
     mean, std = channel_stats(x)
     s = Splits(x, y, x[:1000], y[:1000], x[:1000], y[:1000], tuple(f"c{i}" for i in range(10)), mean, std)

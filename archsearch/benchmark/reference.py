@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import time
 
+from omegaconf import OmegaConf
+
 from archsearch.config.compose import compose
+from archsearch.training.augment import build_pipeline
+from archsearch.training.data import channel_stats
 
 __all__ = ["ReferenceDataset", "era_s9_pipeline", "reference_epoch", "reference_transform"]
 
-# torch, albumentations, omegaconf and the data and augmentation modules (numpy) are imported in the
-# functions that use them: `python -m archsearch.bench --help` and a mistyped option answer without them
+# torch and albumentations (seconds each) are imported where they are used: `python -m archsearch.bench
+# --help` and a mistyped option answer without them
 
 
 class ReferenceDataset:
@@ -31,10 +35,6 @@ class ReferenceDataset:
 
 def era_s9_pipeline(mean_px):
     """The shipped default augmentation (conf/aug/era_s9.yaml), as training builds it."""
-    from omegaconf import OmegaConf
-
-    from archsearch.training.augment import build_pipeline
-
     return build_pipeline(OmegaConf.to_container(compose("config", []).aug, resolve=True)["train"], mean_px)
 
 
@@ -52,8 +52,6 @@ def reference_epoch(model, x, y, batch: int, workers: int, device) -> float:
     Returns images/s."""
     import torch
     import torch.nn.functional as F
-
-    from archsearch.training.data import channel_stats
 
     mean, std = channel_stats(x)
     loader = torch.utils.data.DataLoader(ReferenceDataset(x, y, reference_transform(mean, std)), batch_size=batch,

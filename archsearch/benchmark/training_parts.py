@@ -17,19 +17,18 @@ from archsearch.config.compose import compose
 from archsearch.grammar.spec import spec_hash
 from archsearch.training.batches import worker_count
 from archsearch.training.compilation import choose_compile, probe_compile
+from archsearch.training.data import Splits, channel_stats
 from archsearch.training.job import train
 from archsearch.training.precision import candidates, pick_device, probe
 
 __all__ = ["part_breakdown", "part_compile", "part_train"]
 
-# torch and the data module (numpy) are imported in the functions that use them:
-# `python -m archsearch.bench --help` and a mistyped option answer without them
+# torch is imported where it is used: `python -m archsearch.bench --help` and a mistyped option
+# answer without it
 
 
 def part_train(opts: dict, rows: list, notes: list) -> None:
     """archsearch's real training path (archsearch.training.job.train) vs the reference loop."""
-    from archsearch.training.data import Splits, channel_stats
-
     x, y = bench_images(opts)
     reps, batch = int(opts.get("reps", 3)), int(opts.get("batch", 128))
     device = pick_device("auto")
