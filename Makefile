@@ -31,7 +31,8 @@ test-all: $(STAMP)
 validate: $(STAMP)
 	$(PY) -m archsearch.validate $(ARGS)
 
-## ruff, and the import contracts in pyproject.toml (the layers: imports run one way)
+## ruff, the import contracts in pyproject.toml (the layers: imports run one way), module and function sizes
 lint: $(STAMP)
 	$(PY) -m ruff check archsearch hydra_plugins tests
 	cd $(CURDIR) && $(VENV)/bin/lint-imports
+	$(PY) .ci/size_check.py

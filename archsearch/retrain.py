@@ -166,12 +166,10 @@ def _parent_run(tracker, study) -> str | None:
     rid = study.user_attrs.get("mlflow_parent_run_id")
     if not (tracker.enabled and rid):
         return None
-    try:
-        tracker.client.get_run(rid)
+    if tracker.has_run(rid):
         return rid
-    except Exception:
-        log.warning("the study's MLflow parent run %s is not in %s: retrain runs are top-level", rid, tracker.uri)
-        return None
+    log.warning("the study's MLflow parent run %s is not in %s: retrain runs are top-level", rid, tracker.uri)
+    return None
 
 
 def _data(cfg, base: Path):

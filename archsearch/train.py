@@ -10,7 +10,6 @@ budget, 2 for bad input, 3 for a loss that became non-finite.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from omegaconf import OmegaConf
 from archsearch import cli
 from archsearch.config.compose import check_choices
 from archsearch.config.gate import BudgetRejected, gate
-from archsearch.config.paths import CONF_DIR
+from archsearch.config.paths import CONF_DIR, base_dir
 from archsearch.errors import ConfigError, NonFiniteLoss, Pruned
 from archsearch.grammar.analysis import analyze
 from archsearch.search.trial import TrialRef, trial_job_kwargs
@@ -48,10 +47,9 @@ def _multirun_parent(cfg, sweep_dir: str) -> str | None:
     if not tr.enabled:
         return None
     key = str(Path(sweep_dir).resolve())
-    found = tr.client.search_runs([tr.experiment_id], filter_string=f"tags.`archsearch.multirun` = '{key}'",
-                                  max_results=1)
+    found = tr.find_run("archsearch.multirun", key)
     if found:
-        return found[0].info.run_id
+        return found
     tr.start(name=f"multirun {Path(sweep_dir).name}", tags={"archsearch.multirun": key, "archsearch.role": "parent"})
     tr.end("FINISHED")
     return tr.run_id
@@ -72,7 +70,7 @@ def _record_rejection(cfg, e: BudgetRejected) -> None:
 def _task(cfg) -> float | None:
     hc = HydraConfig.get()
     out_dir = hc.runtime.output_dir
-    base_dir = Path(os.environ.get("ARCHSEARCH_BASE", os.getcwd()))
+    base = base_dir()
     ref = TrialRef.from_cfg(cfg.get("trial"))
     kw: dict[str, Any] = {}
     if ref is not None:  # launched by the archsearch sweeper
@@ -80,7 +78,7 @@ def _task(cfg) -> float | None:
     elif hc.mode == RunMode.MULTIRUN:
         gate(cfg)  # refuse before _cached_data below loads the dataset
         kw = {"parent_run_id": _multirun_parent(cfg, hc.sweep.dir), "run_tags": {"multirun_job": hc.job.num}}
-    res = train(cfg, out_dir, data=_cached_data(cfg, base_dir) if hc.mode == RunMode.MULTIRUN else None, **kw)
+    res = train(cfg, out_dir, data=_cached_data(cfg, base) if hc.mode == RunMode.MULTIRUN else None, **kw)
     return res.val_acc
 
 

@@ -15,6 +15,7 @@ from archsearch.benchmark.figures import spread
 from archsearch.config.paths import available
 from archsearch.grammar.spec import parse_spec
 from archsearch.search.study import open_storage
+from archsearch.tracking import make_tracker
 
 __all__ = ["part_concurrency", "part_sweep", "part_validator"]
 
@@ -64,7 +65,6 @@ def part_sweep(opts: dict, rows: list, notes: list) -> None:
     """A real sweep (the archsearch sweeper, MLflow on SQLite, journal storage) whose trials
     train 1 epoch on 64 synthetic images; overhead = trial wall time minus its training loop."""
     import optuna
-    from mlflow.tracking import MlflowClient
 
     trials = int(opts.get("trials", 200))
     with tempfile.TemporaryDirectory() as td:
@@ -80,7 +80,7 @@ def part_sweep(opts: dict, rows: list, notes: list) -> None:
         if p.returncode:
             raise RuntimeError(p.stderr[-2000:])
         st = optuna.load_study(study_name="smoke", storage=open_storage(f"journal:{td}/mlruns/optuna/smoke.journal"))
-        client = MlflowClient(f"sqlite:///{td}/mlruns/mlflow.db")
+        tracker = make_tracker({"uri": f"sqlite:///{td}/mlruns/mlflow.db"})
         ts = sorted(st.trials, key=lambda t: t.number)
         over = []
         prev_end = None
@@ -91,7 +91,7 @@ def part_sweep(opts: dict, rows: list, notes: list) -> None:
             rid = t.user_attrs.get("mlflow_run_id")
             train_s = 0.0
             if rid and t.user_attrs.get("state") == "COMPLETE":
-                train_s = sum(m.value for m in client.get_metric_history(rid, "epoch_seconds"))
+                train_s = tracker.metric_total(rid, "epoch_seconds")
             over.append(total - train_s)
             prev_end = end
     k = max(1, min(10, len(over) // 4))

@@ -21,10 +21,7 @@ def leaderboard(study, tracker=None, parent_run_id: str | None = None):
     best objective first; its val_acc is empty)."""
     test_acc: dict[str, float] = {}
     if tracker is not None and parent_run_id:
-        runs = tracker.client.search_runs([tracker.experiment_id],
-                                          filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                                          max_results=5000)
-        test_acc = {r.info.run_id: r.data.metrics.get("test_acc", float("nan")) for r in runs}
+        test_acc = {rid: m.get("test_acc", float("nan")) for rid, m in tracker.child_metrics(parent_run_id).items()}
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.RUNNING or t.state == TrialState.WAITING:

@@ -8,7 +8,6 @@ sweeper's loop needs of it is one :class:`SweepStudy`.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
+from archsearch.config.paths import base_dir
 from archsearch.errors import SweepConfigError
 from archsearch.search.recovery import Recovery
 from archsearch.search.results import scored_by
@@ -61,14 +61,14 @@ def open_sweep_study(conf: DictConfig, config: DictConfig, arguments: list[str])
     """The sweep's study (created or resumed) with its search space, MLflow parent run and sweep folder.
     ``conf`` is hydra.sweeper's config, ``config`` the app's (with its hydra node), ``arguments`` the
     command line's overrides. A setting the study cannot honour raises :class:`SweepConfigError`."""
-    base_dir = Path(os.environ.get("ARCHSEARCH_BASE", os.getcwd()))
+    root = base_dir()
     name = str(conf.study_name or config.hydra.runtime.choices.get("sweep") or "archsearch")
     directions, objectives = read_objectives(conf)
     # nothing to train for: each accepted candidate is scored by the analysis alone (a proxy that
     # costs no training, e.g. the MACs, whose ranking `report proxies=` measures)
     scored = "" if "val_acc" in objectives else ",".join(objectives)
     space, base = _space(conf, arguments, scored)
-    url = storage_url(conf.storage, name, base_dir)
+    url = storage_url(conf.storage, name, root)
     max_epochs = int(config.trainer.epochs)
     pconf = OmegaConf.to_container(conf.pruner, resolve=True)
     if len(directions) > 1 and pconf.get("name") != "none":
@@ -79,7 +79,7 @@ def open_sweep_study(conf: DictConfig, config: DictConfig, arguments: list[str])
     storage, study = _create(conf, name, url, directions, sampler)
     _check(study, name, url, directions, scored)
     _label(study, objectives, scored, pconf, max_epochs, base)
-    tracker = make_tracker(OmegaConf.to_container(config.tracking, resolve=True), base_dir)
+    tracker = make_tracker(OmegaConf.to_container(config.tracking, resolve=True), root)
     recovery = Recovery(study=study, storage=storage, tracker=tracker)
     recovery.recover()
     parent = parent_run(tracker, study)

@@ -72,7 +72,7 @@ def pruning_hook(ref: TrialRef, max_epochs: int):
 
 
 def trial_job_kwargs(ref: TrialRef, max_epochs: int) -> dict[str, Any]:
-    """What :func:`archsearch.job.train` takes to run as a sweep trial, in the sweeper's process or
+    """What :func:`archsearch.training.job.train` takes to run as a sweep trial, in the sweeper's process or
     a trial process of its own: the pruning hook, the MLflow parent run and the trial's tags."""
     hook, started = pruning_hook(ref, max_epochs)
     return {"epoch_hook": hook, "run_started": started, "parent_run_id": ref.parent_run_id,

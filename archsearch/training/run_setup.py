@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
+from archsearch.config.paths import base_dir
 from archsearch.errors import ConfigError
 from archsearch.grammar.analysis import Analysis
 from archsearch.grammar.spec import ModelSpec, spec_hash
@@ -118,7 +118,7 @@ def setup_run(cfg, spec: ModelSpec, analysis: Analysis, k: Knobs, out_dir, data,
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tcfg, base_dir = cfg.trainer, Path(os.environ.get("ARCHSEARCH_BASE", os.getcwd()))
+    tcfg, base = cfg.trainer, base_dir()
     _seed_all(int(cfg.seed))
     if tcfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -128,7 +128,7 @@ def setup_run(cfg, spec: ModelSpec, analysis: Analysis, k: Knobs, out_dir, data,
     if device.type == "cuda" and not tcfg.deterministic:
         torch.backends.cudnn.benchmark = True
     if data is None:
-        data = datasets.load_data(OmegaConf.to_container(cfg.data, resolve=True), base_dir)
+        data = datasets.load_data(OmegaConf.to_container(cfg.data, resolve=True), base)
     _check_data(data, spec, sweep_trial)
     mean_px = [m * 255 for m in data.mean]
     pipeline = build_pipeline(k.train_spec, mean_px)
@@ -146,4 +146,4 @@ def setup_run(cfg, spec: ModelSpec, analysis: Analysis, k: Knobs, out_dir, data,
     engine = Engine(cfg=cfg, model=model, data=data, precision=precision, pipelines=(pipeline, cool_pipeline),
                     epochs=epochs, cooldown_epochs=k.cool, ema_decay=k.ema_decay,
                     alternate_flip=(k.alt_train, k.alt_cool and bool(k.cool)), compiled=compiled)
-    return RunSetup(spec, analysis, data, engine, epochs, k.tta, out, base_dir, pipeline, sh)
+    return RunSetup(spec, analysis, data, engine, epochs, k.tta, out, base, pipeline, sh)

@@ -1,18 +1,5 @@
-"""MLflow, and only here. Uses ``MlflowClient`` (no global active run), so a run can be
-opened, nested under a parent and closed from any process of a sweep.
-
-Default store: ``sqlite:///<cwd>/mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts``
-(MLflow >= 3.13 refuses the plain ``./mlruns`` file store). Compare runs with::
-
-    mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db
-
-What a run records beyond params/metrics/artifacts, so that MLflow's own UI is filled: the
-experiment is marked as a training ("Machine learning") experiment, the dataset is a dataset
-input, the best weights a logged PyTorch model linked to the run and its metrics
-(``tracking.log_model``), and CPU / memory / GPU use as system metrics on request
-(``trainer.system_metrics``). MLflow 3.17's UI also keeps a per-browser "GenAI / Machine
-learning" switch; ``#/experiments/<id>/runs?workflowType=machine_learning`` sets it.
-"""
+"""A handle on one MLflow run (:class:`Tracker`) or on none (:class:`NullTracker`, tracking off), and
+the experiment it lives in, created once per store."""
 
 from __future__ import annotations
 
@@ -20,30 +7,21 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from archsearch.errors import ConfigError, Pruned
-
 # mlflow stays out of this module's imports (seconds to import): only a Tracker loads it, so a run with
 # tracking=none and the commands that import this module without tracking never pay for it
 
-__all__ = ["EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "NullTracker", "Tracker", "default_uri", "flatten",
-           "make_tracker", "run_lifecycle"]
+__all__ = ["EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "NullTracker", "Tracker", "ensure_experiment", "flatten"]
 
 # MLflow 3's experiment-level setting for the kind of experiment. MLflow 3.17's UI does not read it (its
 # per-browser GenAI / Model training switch decides, see ui_link); other MLflow versions and clients may
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # shown as "Machine learning"
-
-
-def default_uri(base: str | Path | None = None) -> str:
-    base = Path(base or os.getcwd()).resolve()
-    return f"sqlite:///{base / 'mlruns' / 'mlflow.db'}"
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, str]:
@@ -88,6 +66,18 @@ class NullTracker:
 
     def reopen(self, run_id: str) -> bool:
         return False
+
+    def has_run(self, run_id: str) -> bool:
+        return False
+
+    def find_run(self, tag: str, value: str) -> str | None:
+        return None
+
+    def child_metrics(self, parent_run_id: str) -> dict[str, dict[str, float]]:
+        return {}
+
+    def metric_total(self, run_id: str, key: str) -> float:
+        return 0.0
 
     @contextlib.contextmanager
     def system_metrics(self, interval: float, resume: bool = False):
@@ -248,6 +238,32 @@ class Tracker:
     def delete_run(self, run_id: str) -> None:
         self.client.delete_run(run_id)
 
+    # ------------------------------------------ finding runs
+    def has_run(self, run_id: str) -> bool:
+        """Whether this store holds run ``run_id``."""
+        try:
+            self.client.get_run(run_id)
+        except Exception:  # MLflow raises its own error for an unknown id
+            return False
+        return True
+
+    def find_run(self, tag: str, value: str) -> str | None:
+        """The id of a run of this experiment whose tag ``tag`` is ``value``, or None."""
+        found = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{tag}` = '{value}'",
+                                        max_results=1)
+        return found[0].info.run_id if found else None
+
+    def child_metrics(self, parent_run_id: str) -> dict[str, dict[str, float]]:
+        """{run id: its latest metrics} of the runs nested under ``parent_run_id``."""
+        runs = self.client.search_runs([self.experiment_id],
+                                       filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                       max_results=5000)
+        return {r.info.run_id: dict(r.data.metrics) for r in runs}
+
+    def metric_total(self, run_id: str, key: str) -> float:
+        """The sum of every value run ``run_id`` logged for metric ``key`` (e.g. epoch_seconds)."""
+        return sum(m.value for m in self.client.get_metric_history(run_id, key))
+
 
 def _save_pytorch(model, example, path: Path, lm, run_id: str, metadata: Mapping[str, Any] | None) -> None:
     """MLflow's PyTorch flavour in ``path``: the pickled module (loading needs archsearch installed;
@@ -271,61 +287,6 @@ def _save_pytorch(model, example, path: Path, lm, run_id: str, metadata: Mapping
                                   serialization_format="pickle")
     finally:
         quiet.setLevel(level)
-
-
-@contextlib.contextmanager
-def run_lifecycle(tracker, name: str, tags: Mapping[str, Any], parent_run_id: str | None = None,
-                  run_id: str | None = None):
-    """Open (or, with ``run_id``, reopen) a run and always close it with what happened:
-    FINISHED + state COMPLETE when the block ends normally; KILLED + state PRUNED when the
-    pruner stops it; KILLED on Ctrl-C / SIGTERM; FAILED + the error as a tag otherwise."""
-    tracker.start(name=name, tags=tags, parent_run_id=parent_run_id, run_id=run_id)
-    status = "FAILED"
-    try:
-        yield tracker
-        status = "FINISHED"
-        tracker.set_tags({"state": "COMPLETE"})
-    except Pruned:
-        status = "KILLED"
-        tracker.set_tags({"state": "PRUNED"})
-        raise
-    except BaseException as e:
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            status = "KILLED"  # not a failure of the spec, but not complete either
-        if tracker.enabled and tracker.run_id:
-            tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:4000] or "interrupted", "state": "FAIL"})
-        raise
-    finally:
-        tracker.end(status)
-
-
-def _record_untrained(tracker: Tracker, parent_run_id: str | None, name: str, params: Mapping[str, Any],
-                      tags: Mapping[str, Any], status: str, metrics: Mapping[str, float] | None = None) -> str | None:
-    """An MLflow run for a candidate the sweep did not train (scored or rejected); None when tracking is off."""
-    if not tracker.enabled:
-        return None
-    t = tracker.for_run()
-    t.start(name=name, parent_run_id=parent_run_id, tags=tags)
-    t.log_params(params)
-    if metrics:
-        t.log_metrics(dict(metrics))
-    t.end(status)
-    return t.run_id
-
-
-def record_scored(tracker: Tracker, parent_run_id: str | None, name: str, params: Mapping[str, Any],
-                  metrics: Mapping[str, float], tags: Mapping[str, Any] | None = None) -> str | None:
-    """An MLflow run (status FINISHED, tag state=COMPLETE) for a candidate a sweep scored without
-    training it (objectives the analysis gives: params, MACs, RF)."""
-    return _record_untrained(tracker, parent_run_id, name, params, {"state": "COMPLETE", **(tags or {})},
-                             "FINISHED", metrics)
-
-
-def record_rejected(tracker: Tracker, parent_run_id: str | None, name: str, reasons: list[str],
-                    params: Mapping[str, Any], tags: Mapping[str, Any] | None = None) -> str | None:
-    """An MLflow run (status KILLED, tag state=REJECTED) for a candidate the budget refused."""
-    return _record_untrained(tracker, parent_run_id, name, params,
-                             {"state": "REJECTED", "reasons": "; ".join(reasons)[:4900], **(tags or {})}, "KILLED")
 
 
 @contextlib.contextmanager
@@ -367,26 +328,3 @@ def ensure_experiment(client, uri: str, name: str) -> str:
     return exp.experiment_id
 
 
-def ui_link(tracker, run_id: str | None = None) -> str | None:
-    """Where a user sees the experiment's runs (or one run) in the MLflow UI, opened on "Model training":
-    MLflow 3.17's UI decides GenAI vs model training from a per-browser switch (default GenAI, an empty
-    Overview) that the ``workflowType`` parameter sets; the experiment tag alone does not."""
-    if not getattr(tracker, "enabled", False):
-        return None
-    uri = str(tracker.uri)
-    served = uri.startswith(("http://", "https://"))  # a tracking server; else a store `mlflow ui` serves
-    base = uri.rstrip("/") if served else "http://127.0.0.1:5000"
-    page = f"runs/{run_id}" if run_id else "runs"
-    link = f"{base}/#/experiments/{tracker.experiment_id}/{page}?workflowType=machine_learning"
-    return link if served else f"{link} (after: mlflow ui --backend-store-uri {uri})"
-
-
-def make_tracker(cfg: Mapping[str, Any] | None, base_dir: str | Path | None = None):
-    """``cfg`` is the ``tracking`` config group."""
-    if not cfg or not cfg.get("enabled", True):
-        return NullTracker()
-    for key in ("log_model", "log_checkpoint"):
-        if not isinstance(cfg.get(key, True), bool):
-            raise ConfigError(f"tracking.{key}: must be true or false; got {cfg.get(key)!r}")
-    uri = cfg.get("uri") or default_uri(base_dir)
-    return Tracker(uri, cfg.get("experiment") or "archsearch")
