@@ -44,12 +44,12 @@ from archsearch.search.proxy_rank import proxy_vs_full
 from archsearch.search.results import open_study, proxy_val_acc, retrained
 from archsearch.search.selection import (
     complete_trials,
-    override_key,
     pick_trials,
     run_overrides,
+    sampled_overrides,
     shape_note,
 )
-from archsearch.search.study import override_value
+from archsearch.search.study import override_key
 from archsearch.validate import run as validate_run
 
 __all__ = ["best_trial", "main", "model_node"]
@@ -134,8 +134,7 @@ def _header(study, url: str, trial, base_file: Path, model_ovs: list[str], analy
         lines.append(f"# full recipe (archsearch.retrain), seed {seed}: val_acc {_fmt_acc(rec.get('val_acc'))}, test_acc single view "
                      f"{_fmt_acc(rec.get('test_acc_single_view'))} ({rec.get('epochs')} epochs, MLflow run "
                      f"{rec.get('run_id')})")
-    other = [f"{k}={override_value(v)}" for k, v in trial.params.items()
-             if k != "model" and not k.startswith("model.")]
+    other = [o for o in sampled_overrides(trial) if override_key(o) != "model" and not override_key(o).startswith("model.")]
     if other:
         lines += block("trained with:", other)
     return "\n".join(lines) + "\n"

@@ -56,12 +56,12 @@ from archsearch.search.proxy_rank import proxy_vs_full
 from archsearch.search.results import open_study
 from archsearch.search.selection import (
     DEFAULT_TOP,
-    override_key,
     pick_trials,
     run_overrides,
     shape_note,
     sweep_overrides,
 )
+from archsearch.search.study import override_key
 from archsearch.tracking import make_tracker
 from archsearch.training.data import load_data_once
 from archsearch.training.job import train

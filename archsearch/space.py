@@ -38,7 +38,7 @@ from archsearch.errors import ConfigError, SpecError, SweepConfigError
 from archsearch.grammar.analysis import analyze
 from archsearch.grammar.budget import check, parse_budget
 from archsearch.grammar.spec import parse_spec
-from archsearch.search.space import parse_space, sweep_values
+from archsearch.search.space import merge_space
 from archsearch.search.study import override_value, split_sweep_args
 
 __all__ = ["Candidate", "SpaceReport", "check_space", "main"]
@@ -211,32 +211,27 @@ def _gated(combo, cfg) -> Candidate:
 
 def check_space(overrides: Sequence[str], samples: int = 1000, seed: int = 0) -> SpaceReport:
     """Compose the sweep (``sweep=NAME`` among ``overrides``), and check its architectures."""
-    plain, cli_space = split_sweep_args(overrides)
+    plain, _ = split_sweep_args(overrides)
     cfg = compose_with_hydra("config", plain)
     name = cfg.hydra.runtime.choices.get("sweep")
     if not name:
         raise ConfigError("sweep: name a sweep whose space to check (sweep=arch_residual)")
     params = OmegaConf.to_container(cfg.hydra.sweeper.get("params") or {}, resolve=False)
-    try:
-        space, fixed = parse_space({**{str(k): str(v) for k, v in params.items()}, **cli_space})
+    try:  # the sweeper's own reading: the command line's values and dimensions over the sweep file's
+        space, base_ovs, _ = merge_space({str(k): str(v) for k, v in params.items()}, list(overrides))
     except SweepConfigError as e:
         raise ConfigError(str(e)) from None
-    if fixed:
-        cfg = compose_with_hydra("config", [*plain, *fixed])
-    arch = {k: v for k, v in space.items() if _is_arch_dimension(k)}
-    training = [k for k in space if k not in arch]
+    if base_ovs != plain:
+        cfg = compose_with_hydra("config", base_ovs)
+    # keyed as the override writes it (+model.x adds the key), valued by its dimension
+    arch = {d.prefix + k: d for k, d in space.items() if _is_arch_dimension(k)}
+    training = [k for k in space if not _is_arch_dimension(k)]
     if not arch:
         raise ConfigError(f"hydra.sweeper.params: sweep {name!r} has no dimension over model.* or budget.* "
                           f"(only {', '.join(training) or 'none'}): every trial has the same architecture")
-    dims = {}
-    for k, sw in arch.items():
-        vals = sweep_values(sw)
-        if not vals and type(sw).__name__ != "IntervalSweep":
-            raise ConfigError(f"hydra.sweeper.params.{k}: no values to draw")
-        dims[k] = vals or None
-    combos, size, enumerated = _value_combinations(dims, arch, samples, seed)
+    dims = {k: d.values() or None for k, d in arch.items()}  # None: an interval, drawn
+    combos, size, enumerated = _value_combinations(dims, {k: d.sweep for k, d in arch.items()}, samples, seed)
     if any("." not in k.lstrip("+~") or k.startswith("~") for k in arch):  # group choices, deletions: compose each
-        base_ovs = [*plain, *fixed]
         cands = [_slow_check(base_ovs, c) for c in combos]
     else:
         for k in arch:

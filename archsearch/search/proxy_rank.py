@@ -24,8 +24,7 @@ from archsearch.search.results import (
     score_order,
     scored_by,
 )
-from archsearch.search.selection import override_key
-from archsearch.search.study import TRAINED
+from archsearch.search.study import TRAINED, override_key
 
 
 def _same_candidates(study, full_study) -> dict[int, int]:

@@ -10,7 +10,7 @@ from optuna.study import StudyDirection
 
 from archsearch.errors import ConfigError
 from archsearch.search.results import scored_by
-from archsearch.search.study import override_value
+from archsearch.search.study import override_key, override_value
 
 ARCH_KEYS = ("model", "budget", "hydra.searchpath")  # sweep-command overrides that shape the trial's architecture
 
@@ -68,11 +68,6 @@ def pick_trials(study, top: int | None, numbers: Sequence[int] | None, field_nam
     return [ok[n] for n in numbers]
 
 
-def override_key(override: str) -> str:
-    """``+model.x=1`` -> ``model.x``."""
-    return override.lstrip("+~").partition("=")[0]
-
-
 def _is_arch_override(override: str) -> bool:
     key = override_key(override)
     return any(key == k or key.startswith(k + ".") for k in ARCH_KEYS)
@@ -92,7 +87,16 @@ def trial_overrides(study, trial) -> list[str]:
     """What made the trial's architecture and recipe: the reapplied sweep-command overrides,
     then its sampled values (Optuna's parameter names are the override keys)."""
     kept, _ = sweep_overrides(study)
-    return kept + [f"{k}={override_value(v)}" for k, v in trial.params.items()]
+    return kept + sampled_overrides(trial)
+
+
+def sampled_overrides(trial) -> list[str]:
+    """The trial's sampled values as the job received them (the sweeper records them: ``+`` prefixes
+    and list or dict choices included); for a trial recorded without them, rebuilt from its params."""
+    recorded = trial.user_attrs.get("overrides")
+    if recorded:
+        return [str(o) for o in recorded]
+    return [f"{k}={override_value(v)}" for k, v in trial.params.items()]
 
 
 def run_overrides(study, trial, user: Sequence[str], seed: int | None) -> list[str]:

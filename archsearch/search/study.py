@@ -26,12 +26,11 @@ from typing import Any
 
 from archsearch.errors import StudyError
 
-__all__ = ["TRAINED", "count_states", "draw_index", "forget_storage", "make_pruner", "make_sampler", "open_storage",
-           "override_value", "pid_alive", "retrying", "split_sweep_args", "storage_url", "worker_id"]
+__all__ = ["TRAINED", "count_states", "draw_index", "forget_storage", "make_pruner", "open_storage",
+           "override_key", "override_value", "pid_alive", "retrying", "split_sweep_args", "storage_url", "worker_id"]
 
 TRAINED = ("COMPLETE", "PRUNED", "FAIL")
 PRUNERS = ("hyperband", "median", "none")
-SAMPLERS = ("tpe", "random")
 
 
 def override_value(v: Any) -> str:
@@ -43,7 +42,16 @@ def override_value(v: Any) -> str:
         return "null"
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, (list, tuple)):  # Hydra's list and dict syntax: the job receives a list / a dict
+        return "[" + ",".join(override_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{k}:{override_value(x)}" for k, x in v.items()) + "}"
     return repr(v)
+
+
+def override_key(override: str) -> str:
+    """``+model.x=1`` -> ``model.x``."""
+    return override.lstrip("+~").partition("=")[0]
 
 
 def storage_url(storage: str | None, study_name: str, base_dir: str | Path) -> str:
@@ -111,7 +119,7 @@ def split_sweep_args(arguments) -> tuple[list[str], dict[str, str]]:
     """Command-line overrides -> (the plain ones, {key: a search dimension in the override grammar}),
     as the sweeper reads them. Hydra's override parser tells a sweep from a plain value: ``k=choice(...)``,
     ``range(...)``, ``interval(...)``, ``tag(...)`` or a comma list ``k=a,b`` (kept as ``choice(a,b)``)
-    add a dimension, keyed without a leading ``+``. An override the parser refuses stays plain: Hydra
+    add a dimension, keyed as written (``+key`` stays ``+key``). An override the parser refuses stays plain: Hydra
     reports it where it composes the config (the sweeper's arguments were parsed by Hydra already)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ValueType
@@ -126,8 +134,8 @@ def split_sweep_args(arguments) -> tuple[list[str], dict[str, str]]:
         if ov is None or not ov.is_sweep_override():
             plain.append(a)
             continue
-        k, _, v = a.partition("=")
-        space[k.lstrip("+")] = f"choice({v})" if ov.value_type == ValueType.SIMPLE_CHOICE_SWEEP else v
+        k, _, v = a.partition("=")  # the key as written: a leading + or ++ is kept (the job adds the key)
+        space[k] = f"choice({v})" if ov.value_type == ValueType.SIMPLE_CHOICE_SWEEP else v
     return plain, space
 
 
@@ -155,20 +163,6 @@ def draw_index(study, number: int) -> int:
     the same sampler seed (the same candidates under two proxies) stay aligned."""
     return number - sum(1 for t in study.get_trials(deepcopy=False)
                         if t.number < number and "fixed_params" in t.system_attrs)
-
-
-def make_sampler(conf: Mapping[str, Any], seed_offset: int = 0):
-    import optuna
-
-    name = conf.get("name", "tpe")
-    seed = conf.get("seed")
-    seed = None if seed is None else int(seed) + seed_offset
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=int(conf.get("n_startup_trials", 8)),
-                                          multivariate=bool(conf.get("multivariate", False)))
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise StudyError(f"hydra.sweeper.sampler.name: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
 def make_pruner(conf: Mapping[str, Any] | None, max_epochs: int):

@@ -21,14 +21,13 @@ from archsearch.config.paths import base_dir
 from archsearch.errors import SweepConfigError
 from archsearch.search.recovery import Recovery
 from archsearch.search.results import scored_by
-from archsearch.search.space import DIRECTIONS, MEASURED, parse_space
+from archsearch.search.samplers import make_sampler
+from archsearch.search.space import DIRECTIONS, MEASURED, Dimension, merge_space
 from archsearch.search.study import (
     count_states,
     forget_storage,
     make_pruner,
-    make_sampler,
     open_storage,
-    split_sweep_args,
     storage_url,
 )
 from archsearch.tracking import NullTracker, Tracker, make_tracker
@@ -48,8 +47,9 @@ class SweepStudy:
     study: optuna.Study
     objectives: list[str]  # what each trial's values are: val_acc, params, macs, rf
     scored: str  # "" when the trials train; else the objectives that score them without training ("macs")
-    space: dict[str, Any]  # the search space: name -> Hydra sweep
-    base: list[str]  # the overrides every trial gets (the command line's plain ones, the fixed params)
+    space: dict[str, Dimension]  # the search space: config key -> its dimension
+    base: list[str]  # the overrides every trial gets (the sweep file's fixed params, then the command line's)
+    pinned: list[str]  # searched keys the command line fixed (they left the space): their overrides
     sampler: dict[str, Any]  # hydra.sweeper.sampler, re-seeded for each trial
     tracker: Tracker | NullTracker
     parent: str | None  # the study's MLflow parent run
@@ -61,13 +61,14 @@ def open_sweep_study(conf: DictConfig, config: DictConfig, arguments: list[str])
     """The sweep's study (created or resumed) with its search space, MLflow parent run and sweep folder.
     ``conf`` is hydra.sweeper's config, ``config`` the app's (with its hydra node), ``arguments`` the
     command line's overrides. A setting the study cannot honour raises :class:`SweepConfigError`."""
+    _check_app(config)
     root = base_dir()
     name = str(conf.study_name or config.hydra.runtime.choices.get("sweep") or "archsearch")
     directions, objectives = read_objectives(conf)
     # nothing to train for: each accepted candidate is scored by the analysis alone (a proxy that
     # costs no training, e.g. the MACs, whose ranking `report proxies=` measures)
     scored = "" if "val_acc" in objectives else ",".join(objectives)
-    space, base = _space(conf, arguments, scored)
+    space, base, pinned = _space(conf, arguments, scored)
     url = storage_url(conf.storage, name, root)
     max_epochs = int(config.trainer.epochs)
     pconf = OmegaConf.to_container(conf.pruner, resolve=True)
@@ -76,7 +77,7 @@ def open_sweep_study(conf: DictConfig, config: DictConfig, arguments: list[str])
         pconf = {"name": "none"}
     make_pruner(pconf, max_epochs)  # validate the pruner config now
     sampler = OmegaConf.to_container(conf.sampler, resolve=True)
-    storage, study = _create(conf, name, url, directions, sampler)
+    storage, study = _create(conf, name, url, directions, make_sampler(sampler, space))
     _check(study, name, url, directions, scored)
     _label(study, objectives, scored, pconf, max_epochs, base)
     tracker = make_tracker(OmegaConf.to_container(config.tracking, resolve=True), root)
@@ -87,50 +88,61 @@ def open_sweep_study(conf: DictConfig, config: DictConfig, arguments: list[str])
     sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(config, sweep_dir / "multirun.yaml")
     return SweepStudy(name=name, url=url, storage=storage, study=study, objectives=objectives, scored=scored,
-                      space=space, base=base, sampler=sampler, tracker=tracker, parent=parent,
+                      space=space, base=base, pinned=pinned, sampler=sampler, tracker=tracker, parent=parent,
                       sweep_dir=sweep_dir, recovery=recovery)
 
 
+def _check_app(config: DictConfig) -> None:
+    """The sweeper trains archsearch's config: an app without it gets one line, not a traceback."""
+    missing = [k for k in ("model", "budget", "data", "trainer", "tracking") if k not in config]
+    if missing:
+        raise SweepConfigError(f"hydra/sweeper=archsearch: this app's config has no {', '.join(missing)}: the "
+                               "archsearch sweeper searches archsearch's training config (python -m "
+                               "archsearch.train -m sweep=NAME); use Hydra's own sweepers for other apps")
+
+
 def read_objectives(conf: DictConfig) -> tuple[list[str], list[str]]:
-    """hydra.sweeper.direction and objectives -> (directions, objectives), checked; two directions
-    with the default objective mean val_acc and params."""
+    """hydra.sweeper.direction and objectives -> (directions, objectives), checked: one objective per
+    direction; minimising the validation accuracy is allowed, with a warning."""
     d = conf.direction
     dirs = [str(x) for x in d] if isinstance(d, (list, tuple)) or OmegaConf.is_list(d) else [str(d)]
     objs = [str(o) for o in conf.objectives]
     for x in dirs:
         if x not in DIRECTIONS:
             raise SweepConfigError(f"hydra.sweeper.direction: unknown direction {x!r}; choose one of maximize, minimize")
-    if len(objs) != len(dirs):
-        if len(dirs) == 2 and objs == ["val_acc"]:
-            objs = ["val_acc", "params"]
-        else:
-            raise SweepConfigError(f"hydra.sweeper.objectives: {len(objs)} objectives {objs} for {len(dirs)} directions")
     for o in objs:
         if o not in ("val_acc", *MEASURED):
             raise SweepConfigError(f"hydra.sweeper.objectives: unknown objective {o!r}; choose from val_acc, params, macs, rf")
+    if len(objs) != len(dirs):
+        raise SweepConfigError(f"hydra.sweeper.objectives: {len(objs)} objective(s) {objs} for {len(dirs)} "
+                               f"direction(s) {dirs}; name one objective per direction, e.g. "
+                               "hydra.sweeper.objectives=[val_acc,params] hydra.sweeper.direction=[maximize,minimize]")
+    for o, x in zip(objs, dirs):
+        if o == "val_acc" and x == "minimize":
+            log.warning("warning: hydra.sweeper.direction minimizes val_acc: this sweep looks for the lowest "
+                        "validation accuracy (maximize looks for the highest)")
     return dirs, objs
 
 
-def _space(conf: DictConfig, arguments: list[str], scored: str) -> tuple[dict[str, Any], list[str]]:
-    """hydra.sweeper.params and the command line -> (the search space, the overrides every trial gets)."""
-    params_conf = {str(k): str(v) for k, v in (conf.params or {}).items()}
-    base, cli_space = split_sweep_args(arguments)
-    space, fixed = parse_space({**params_conf, **cli_space})
+def _space(conf: DictConfig, arguments: list[str],
+           scored: str) -> tuple[dict[str, Dimension], list[str], list[str]]:
+    """hydra.sweeper.params and the command line -> :func:`~archsearch.search.space.merge_space`."""
+    space, base, pinned = merge_space({str(k): str(v) for k, v in (conf.params or {}).items()}, arguments)
     for name in space:
         if scored and not name.startswith("model."):
             log.warning("hydra.sweeper.params.%s: does not change %s, which scores the trials without training: "
                         "its sampled values are noise to the sampler (fix it, e.g. %s=VALUE)", name, scored, name)
-    return space, base + fixed
+    return space, base, pinned
 
 
-def _create(conf: DictConfig, name: str, url: str, directions: list[str], sampler: dict[str, Any]):
+def _create(conf: DictConfig, name: str, url: str, directions: list[str], sampler: optuna.samplers.BaseSampler):
     """-> (storage, study), the study created or loaded; workers starting together race to create the
     storage's tables, so a failed attempt is retried on a fresh storage."""
     for attempt in range(5):
         try:
             storage = open_storage(url, heartbeat=(conf.get("heartbeat_interval", 30), conf.get("grace_period", 120)))
             study = optuna.create_study(study_name=name, storage=storage, directions=directions,
-                                        sampler=make_sampler(sampler), load_if_exists=True)
+                                        sampler=sampler, load_if_exists=True)
             return storage, study
         except Exception:
             forget_storage(url)

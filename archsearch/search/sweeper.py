@@ -38,15 +38,9 @@ from archsearch.search.launch import TrialJobs, as_result, write_job
 from archsearch.search.leaderboard import leaderboard, summary_line, write_outputs
 from archsearch.search.pool import Pool
 from archsearch.search.recovery import Heartbeat, heartbeat_interval
+from archsearch.search.samplers import GridSweepSampler, make_sampler
 from archsearch.search.space import MEASURED, suggest
-from archsearch.search.study import (
-    count_states,
-    draw_index,
-    make_sampler,
-    override_value,
-    retrying,
-    worker_id,
-)
+from archsearch.search.study import count_states, draw_index, override_value, retrying, worker_id
 from archsearch.search.sweep_study import SweepStudy, open_sweep_study
 from archsearch.search.trial import TrialRef
 from archsearch.tracking import record_rejected, record_scored
@@ -74,9 +68,10 @@ class SweeperImpl:
         self.sweep_study = s = open_sweep_study(self.conf, self.jobs.config, arguments)
         pool = self.jobs.pool(self.conf)
         c = count_states(s.study)
-        log.info("study %s (%s): %d/%d trained trials so far, %d rejected; storage %s%s", s.name,
+        log.info("study %s (%s): %d/%d trained trials so far, %d rejected; storage %s%s%s", s.name,
                  "/".join(d.name.lower() for d in s.study.directions), c["trained"], int(self.conf.n_trials),
-                 c["REJECTED"], s.url, f"; {len(pool.free)} trials at a time" if pool else "")
+                 c["REJECTED"], s.url, f"; {len(pool.free)} trials at a time" if pool else "",
+                 f"; fixed by the command line, not searched: {' '.join(s.pinned)}" if s.pinned else "")
         try:
             stop_reason = self._loop(pool)
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM: the study's run is not left RUNNING
@@ -102,6 +97,9 @@ class SweeperImpl:
                 c = count_states(s.study)
                 if stop_reason is None and c["FAIL"] >= max_fail:
                     stop_reason = f"stopped: {c['FAIL']} failed trials reached max_failures {max_fail}"
+                if stop_reason is None and isinstance(s.study.sampler, GridSweepSampler) \
+                        and s.study.sampler.is_exhausted(s.study):
+                    stop_reason = "stopped: every point of the grid was tried (hydra.sweeper.sampler.name=grid)"
                 room = pool.has_room() if pool else True
                 if stop_reason is None and room and c["trained"] + c["RUNNING"] < n_trials:
                     cand = self._candidate()
@@ -137,10 +135,12 @@ class SweeperImpl:
         s = self.sweep_study
         trial = s.study.ask()
         # distinct draws per trial, any worker; re-queued retries (fixed parameters) do not shift them
-        s.study.sampler = make_sampler(s.sampler, seed_offset=draw_index(s.study, trial.number))
+        s.study.sampler = make_sampler(s.sampler, s.space, draw=draw_index(s.study, trial.number))
         trial.set_user_attr("worker", worker_id())
         values = self._suggest(trial)
-        overrides = s.base + [f"{k}={override_value(v)}" for k, v in values.items()]
+        sampled = [s.space[k].override(v) for k, v in values.items()]
+        trial.set_user_attr("overrides", sampled)  # what the job receives: retrain and export rebuild it
+        overrides = s.base + sampled
         ref = TrialRef(study_name=s.name, storage=s.url, number=trial.number, trial_id=trial._trial_id,
                        parent_run_id=s.parent)
         overrides += ref.overrides(override_value)
@@ -166,17 +166,19 @@ class SweeperImpl:
         s = self.sweep_study
         values: dict[str, Any] = {}
         try:
-            for name, sw in s.space.items():
-                values[name] = suggest(trial, name, sw)
+            for name, dim in s.space.items():
+                values[name] = suggest(trial, dim)
         except ValueError as e:
             trial.set_user_attr("state", "INVALID")  # the sweep's settings, not a trained trial: not counted
             s.study.tell(trial, state=TrialState.FAIL)
             if isinstance(e, SweepConfigError):
                 raise
-            raise SweepConfigError(  # Optuna refuses a space other than the study's
-                f"hydra.sweeper.params.{name}: study {s.name!r} in {s.url} already searches "
-                f"{name} over a different space ({e}); keep the study's space or start a new study "
-                "with hydra.sweeper.study_name=NEW") from None
+            if any(name in t.params for t in s.study.get_trials(deepcopy=False)):
+                raise SweepConfigError(  # Optuna refuses a space other than the study's
+                    f"hydra.sweeper.params.{name}: study {s.name!r} in {s.url} already searches "
+                    f"{name} over a different space ({e}); keep the study's space or start a new study "
+                    "with hydra.sweeper.study_name=NEW") from None
+            raise SweepConfigError(f"hydra.sweeper.params.{name}: optuna refuses this distribution: {e}") from None
         return values
 
     def _reject(self, trial, values, analysis, reasons: list[str], amount: float) -> None:

@@ -17,10 +17,13 @@ from hydra.plugins.sweeper import Sweeper
 
 @dataclass
 class SamplerConf:
-    name: str = "tpe"  # tpe | random
-    seed: int | None = 0
-    n_startup_trials: int = 8  # random trials before TPE models the space
-    multivariate: bool = False
+    name: str = "tpe"  # tpe | random | grid | cmaes | gp | nsgaii | qmc (Optuna's samplers)
+    seed: int | None = 0  # each trial's sampler is seeded from (seed, its draw index)
+    n_startup_trials: int = 8  # random trials before the model-based samplers (tpe, cmaes, gp) start
+    multivariate: bool = False  # tpe only
+    # any other keyword argument of the sampler's constructor, checked against it (e.g. for nsgaii:
+    # {population_size: 20}; for cmaes: {sigma0: 0.5, restart_strategy: ipop})
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -242,8 +242,9 @@ def test_a_retry_does_not_shift_the_draws_after_it():
     proxy, stays aligned with the first)."""
     import optuna
 
+    from archsearch.search.samplers import make_sampler
     from archsearch.search.space import parse_space, suggest
-    from archsearch.search.study import draw_index, make_sampler
+    from archsearch.search.study import draw_index
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space, _ = parse_space({"model.wide": "choice(32,48,72)", "model.narrow": "choice(8,16,32)",
@@ -251,8 +252,8 @@ def test_a_retry_does_not_shift_the_draws_after_it():
 
     def draw(st):
         t = st.ask()
-        st.sampler = make_sampler({"name": "random", "seed": 0}, seed_offset=draw_index(st, t.number))
-        return t, {k: suggest(t, k, sw) for k, sw in space.items()}
+        st.sampler = make_sampler({"name": "random", "seed": 0}, space, draw=draw_index(st, t.number))
+        return t, {k: suggest(t, dim) for k, dim in space.items()}
 
     clean = optuna.create_study()
     expected = []
@@ -275,7 +276,7 @@ def test_a_retry_does_not_shift_the_draws_after_it():
 
 def test_split_sweep_args_reads_the_command_line_with_hydras_parser():
     """The sweeper's command line: Hydra's override parser tells the search dimensions from the plain
-    overrides; a comma list is a choice, lists and dicts stay values."""
+    overrides; a comma list is a choice, lists and dicts stay values, a + prefix stays."""
     from archsearch.search.study import split_sweep_args
 
     plain, space = split_sweep_args([
@@ -284,7 +285,7 @@ def test_split_sweep_args_reads_the_command_line_with_hydras_parser():
         "hydra.sweeper.pruner={name:median,n_startup_trials:1,n_warmup_steps:0}", "hydra.sweep.dir=multirun/s",
         "hydra.sweeper.storage='postgresql://u@127.0.0.1:5432/db'", "data.name='a,b'", "model.wide=choice(32,48"])
     assert space == {"model.wide": "choice(32,48,72)", "model.narrow": "choice(8,16)",
-                     "optim.lr": "tag(log, interval(0.01, 0.1))", "model.extra": "range(1,4)"}
+                     "optim.lr": "tag(log, interval(0.01, 0.1))", "+model.extra": "range(1,4)"}
     assert plain == ["hydra.sweeper.direction=[maximize,minimize]", "trainer.epochs=3",
                      "hydra.sweeper.pruner={name:median,n_startup_trials:1,n_warmup_steps:0}",
                      "hydra.sweep.dir=multirun/s", "hydra.sweeper.storage='postgresql://u@127.0.0.1:5432/db'",
