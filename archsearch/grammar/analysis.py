@@ -7,7 +7,8 @@ Receptive field (per axis), with effective kernel ``k_eff = d*(k-1)+1``::
     out      = floor((in + 2p - d*(k-1) - 1) / s) + 1
 
 The model's RF is the RF of the **last spatial feature map before global pooling**
-(counting GAP as covering the whole image would let every network pass).
+(counting GAP as covering the whole image would let every network pass). A maxpool or
+avgpool whose output is 1x1 is global pooling too.
 
 Blocks (residual, branches) run their paths from the same input; where the paths merge
 they must agree on H, W (``add``: and C) and on their jump; the merged map's RF is the
@@ -26,7 +27,7 @@ from typing import NamedTuple
 
 from archsearch.errors import OpError, SpecError
 from archsearch.grammar.layers import BlockSpec, LayerSpec, walk
-from archsearch.grammar.ops import OPS
+from archsearch.grammar.ops import OPS, PASS_THROUGH
 from archsearch.grammar.spec import ModelSpec
 
 __all__ = ["LayerAnalysis", "Analysis", "analyze", "receptive_field"]
@@ -48,21 +49,20 @@ class LayerAnalysis(NamedTuple):
     children: tuple = ()  # a block's rows, one tuple per path
     is_block: bool = False
 
-    @property
-    def desc(self) -> str:
-        """Kernel, dilation, stride, padding, extras, e.g. ``3x3 d2 p2 | relu,drop0.05,bn``."""
-        return self.layer.describe()
+    def describe(self, order: tuple[str, ...]) -> str:
+        """Kernel, dilation, stride, padding, extras in the model's ``order``, e.g. ``3x3 d2 p2 | relu,drop0.05,bn``."""
+        return self.layer.describe(order)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, order: tuple[str, ...]) -> dict:
         d = {
-            "index": self.index, "path": self.path, "op": self.op, "desc": self.desc,
+            "index": self.index, "path": self.path, "op": self.op, "desc": self.describe(order),
             "in_shape": list(self.in_shape), "out_shape": list(self.out_shape),
             "params": self.params, "macs": self.macs, "rf": self.rf, "jump": self.jump,
             "spatial": self.spatial,
         }
         if self.is_block:
             d["merge"] = self.layer.merge
-            d["paths"] = [[r.to_dict() for r in p] for p in self.children]
+            d["paths"] = [[r.to_dict(order) for r in p] for p in self.children]
         return d
 
 
@@ -79,21 +79,20 @@ class Analysis:
 
     @cached_property
     def _counts(self) -> tuple[int, int, int, int]:
-        """(maxpool, separable, dilated, gap) layers, counted in one pass (the budget check reads all four)."""
-        maxpool = separable = dilated = gap = 0
+        """(maxpool, separable, dilated, gap) layers, counted in one pass (the budget check reads all four).
+        Global average pooling is ``gap`` or an avgpool whose output is 1x1 (a global maxpool is not)."""
+        maxpool = dilated = gap = 0
         for r in self.leaves:
             op = r.op
             if op == "conv" or op == "sepconv":
-                a = r.layer.args
-                if a["d"] > 1:
+                if r.layer.args["d"] > 1:
                     dilated += 1
-                if op == "sepconv" or (a["groups"] > 1 and a["groups"] == r.in_shape[0]):
-                    separable += 1
             elif op == "maxpool":
                 maxpool += 1
-            elif op == "gap":
+            elif op == "gap" or (op == "avgpool" and r.out_shape[1:] == (1, 1)):
                 gap += 1
-        return maxpool, separable, dilated, gap
+        depthwise = {id(r.layer) for r in self.leaves if r.op == "conv" and 1 < r.layer.args["groups"] == r.in_shape[0]}
+        return maxpool, _separable(self.spec.layers, depthwise, False)[0], dilated, gap
 
     @property
     def n_maxpool(self) -> int:
@@ -101,7 +100,8 @@ class Analysis:
 
     @property
     def n_separable(self) -> int:
-        """sepconv layers, plus convs that are depthwise (groups == in channels > 1)."""
+        """sepconv layers, plus depthwise convs (groups == in channels > 1) whose output a 1x1 conv
+        takes (standalone bn / act / dropout layers between them allowed)."""
         return self._counts[1]
 
     @property
@@ -121,8 +121,33 @@ class Analysis:
             "macs": self.macs,
             "rf": self.rf,
             "out_shape": list(self.out_shape),
-            "layers": [l.to_dict() for l in (self.top or self.layers)],
+            "layers": [l.to_dict(self.spec.order) for l in (self.top or self.layers)],
         }
+
+
+def _separable(nodes, depthwise: set[str], pending: bool) -> tuple[int, bool]:
+    """(separable layers in ``nodes``, whether their output is still a depthwise conv's waiting for
+    its pointwise 1x1) when the input is one (``pending``). A depthwise conv is followed, in the
+    data's flow, by a 1x1 conv: standalone bn, act and dropout layers may sit between; a block's
+    output is pending if one of its paths' is (an identity path passes its input's on)."""
+    count = 0
+    for n in nodes:
+        if isinstance(n, BlockSpec):
+            ends = []
+            for p in n.paths:
+                c, end = _separable(p, depthwise, pending)
+                count += c
+                ends.append(end)
+            pending = any(ends)
+        elif n.op == "sepconv":
+            count, pending = count + 1, False
+        elif n.op == "conv":
+            if pending and n.args["k"] == 1:
+                count += 1
+            pending = id(n) in depthwise
+        elif n.op not in PASS_THROUGH:
+            pending = False
+    return count, pending
 
 
 # LayerAnalysis(...) runs a Python-level __new__; building the tuple directly (as namedtuple's own
@@ -138,19 +163,31 @@ class _State(NamedTuple):
     rf_before_pool: int | None
 
 
-def _merge(block: BlockSpec, ends: list[_State]) -> tuple[int, int, int]:
+def _shortcut_hint(block: BlockSpec, shape_in: tuple[int, int, int], body: tuple[int, int, int]) -> str:
+    """For a residual whose body and shortcut disagree: the 1x1 conv shortcut that maps the block's
+    input to the body's shape, as YAML (empty if no 1x1 conv does)."""
+    if block.op != "residual":
+        return ""
+    s = max(1, shape_in[1] // body[1])
+    if ((shape_in[1] - 1) // s + 1, (shape_in[2] - 1) // s + 1) != body[1:]:
+        return ""
+    return f"; use shortcut: [{{op: conv, out: {body[0]}, k: 1" + (f", s: {s}, p: 0}}]" if s > 1 else "}]")
+
+
+def _merge(block: BlockSpec, ends: list[_State], shape_in: tuple[int, int, int]) -> tuple[int, int, int]:
     """The merged map's shape; paths that cannot merge -> SpecError naming the block and both shapes."""
     names = block.path_names
     first = ends[0]
     for name, e in zip(names[1:], ends[1:]):
         if not (first.spatial and e.spatial):
-            raise SpecError(block.path, "gap/linear cannot sit inside a block: its paths must end in spatial maps")
+            raise SpecError(block.path, "gap, linear and global pooling cannot sit inside a block: its paths must "
+                                        "end in spatial maps")
         same = first.shape == e.shape if block.merge == "add" else first.shape[1:] == e.shape[1:]
         if not same:
             a, b = "x".join(map(str, first.shape)), "x".join(map(str, e.shape))
             need = "C, H and W" if block.merge == "add" else "H and W"
             raise SpecError(block.path, f"{block.merge} needs the same {need} on every path: {names[0]} gives {a}, "
-                                        f"{name} gives {b}")
+                                        f"{name} gives {b}" + _shortcut_hint(block, shape_in, first.shape))
         if e.jump != first.jump:
             raise SpecError(block.path, f"the paths stride differently ({names[0]} jump {first.jump}, {name} jump "
                                         f"{e.jump}); strides must agree where paths merge")
@@ -171,7 +208,7 @@ def _analyze_block(block: BlockSpec, st: _State, depth: int) -> tuple[list[Layer
         ends.append(end)
         params += p_params
         macs += p_macs
-    shape = _merge(block, ends)
+    shape = _merge(block, ends, st.shape)
     rf, jump = max(e.rf for e in ends), ends[0].jump
     row = LayerAnalysis(block.index, block.path, block.op, block, st.shape, shape, params, macs, rf, jump, True,
                       depth, tuple(kids), True)

@@ -2,8 +2,9 @@
 
 The defaults are the ERA-V1 S9 assignment's rules (``conf/budget/default.yaml``):
 at most 200,000 parameters, receptive field at least 44, no max-pooling, at least one
-depthwise-separable layer, at least one dilated layer, global average pooling before
-the classifier. Every rule can be switched off or changed from the config.
+depthwise-separable layer (a sepconv, or a conv with groups equal to its input channels
+whose output a 1x1 conv takes), at least one dilated layer, global average pooling before
+the classifier (gap, or an avgpool whose output is 1x1). Every rule can be switched off or changed from the config.
 """
 
 from __future__ import annotations
@@ -80,11 +81,13 @@ def check(analysis: Analysis, budget: Budget) -> list[Violation]:
                            f"{analysis.n_maxpool} maxpool layer(s); forbid_maxpool allows 0"))
     if budget.require_separable and not analysis.n_separable:
         v.append(Violation("require_separable", 0, 1,
-                           "0 depthwise-separable layers (sepconv); require_separable needs at least 1"))
+                           "0 depthwise-separable layers (sepconv, or conv groups=C then a 1x1 conv); "
+                           "require_separable needs at least 1"))
     if budget.require_dilated and not analysis.n_dilated:
         v.append(Violation("require_dilated", 0, 1,
                            "0 dilated layers (d > 1); require_dilated needs at least 1"))
     if budget.require_gap and not analysis.has_gap:
         v.append(Violation("require_gap", 0, 1,
-                           "no global average pooling (gap) before the classifier; require_gap needs one"))
+                           "no global average pooling (gap, or an avgpool whose output is 1x1; a global maxpool "
+                           "does not count) before the classifier; require_gap needs one"))
     return v

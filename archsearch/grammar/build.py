@@ -14,13 +14,15 @@ __all__ = ["Merge", "Net", "build_model"]
 
 class Merge(nn.Module):
     """Parallel paths from one input (an empty path is the identity), added or concatenated,
-    then an optional activation: a residual block or a branches block."""
+    then an optional activation and an optional Dropout: a residual block or a branches block."""
 
-    def __init__(self, paths: list[nn.Module], merge: str, act: nn.Module | None):
+    def __init__(self, paths: list[nn.Module], merge: str, act: nn.Module | None, dropout: float = 0.0):
         super().__init__()
         self.paths = nn.ModuleList(paths)
         self.merge = merge
         self.act = act if act is not None else nn.Identity()
+        # no module at 0: a block without dropout keeps the module tree (and state_dict) it always had
+        self.drop = nn.Dropout(dropout) if dropout > 0 else None
 
     def forward(self, x):
         outs = [p(x) for p in self.paths]
@@ -30,7 +32,8 @@ class Merge(nn.Module):
                 y = y + o
         else:
             y = torch.cat(outs, dim=1)
-        return self.act(y)
+        y = self.act(y)
+        return self.drop(y) if self.drop is not None else y
 
 
 def _act(name: str) -> nn.Module | None:
@@ -55,7 +58,7 @@ class Net(nn.Module):
     def _node(self, row: LayerAnalysis) -> nn.Module:
         if row.is_block:
             paths = [nn.Sequential(*[self._node(r) for r in rows]) for rows in row.children]
-            mod: nn.Module = Merge(paths, row.layer.merge, _act(row.layer.act))
+            mod: nn.Module = Merge(paths, row.layer.merge, _act(row.layer.act), row.layer.dropout)
         else:
             layer, cout = row.layer, row.out_shape[0]
             parts = {"op": OPS[layer.op].build(dict(layer.args), row.in_shape[0]),

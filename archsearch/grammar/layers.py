@@ -13,7 +13,8 @@ fields. Blocks (the layer list may hold them wherever it holds layers; they nest
 - ``{op: repeat, times: N, body: [...]}``: the body N times in a row (``times`` may be a
   knob, ``${model.depth}``); each repetition has its own weights.
 
-``residual`` and ``branches`` take an optional ``act`` applied after the merge. A block
+``residual`` and ``branches`` take an optional ``act`` applied after the merge and an optional
+``dropout`` (a probability; 0, the default, means none) after that. A block
 nests at most :data:`MAX_DEPTH` deep and a model expands to at most :data:`MAX_LAYERS`
 layers. Every error is a :class:`SpecError` whose text starts with the YAML path of the culprit.
 """
@@ -31,6 +32,7 @@ __all__ = ["BLOCKS", "MAX_DEPTH", "MAX_LAYERS", "BlockSpec", "LayerSpec", "check
            "parse_layers", "type_name", "walk"]
 
 BLOCKS = ("residual", "branches", "repeat")
+_CORE_OPS = ("conv", "sepconv", "maxpool", "gap", "linear")  # named first where the ops are listed, then the blocks
 MERGES = ("add", "concat")
 MAX_DEPTH = 8  # blocks inside blocks
 MAX_LAYERS = 2000  # layers after expanding repeats
@@ -52,7 +54,9 @@ class LayerSpec:
     def path(self) -> str:
         return self.where or f"model.layers[{self.index}]"
 
-    def describe(self) -> str:
+    def describe(self, order: tuple[str, ...] = ("op", "act", "dropout", "bn")) -> str:
+        """Kernel, dilation, stride, padding, then the extras in the model's ``order``,
+        e.g. ``3x3 d2 p2 | relu,drop0.05,bn``."""
         a = self.args
         if self.op in ("conv", "sepconv"):
             s = f"{a['k']}x{a['k']}"
@@ -62,17 +66,24 @@ class LayerSpec:
                 s += f" s{a['s']}"
             p = a["p"] if a["p"] is not None else a["d"] * (a["k"] - 1) // 2
             s += f" p{p}"
+            if a.get("padding_mode", "zeros") != "zeros":
+                s += f" {a['padding_mode']}"
             if self.op == "conv" and a["groups"] > 1:
                 s += f" g{a['groups']}"
             if a["bias"]:
                 s += " +bias"
-        elif self.op == "maxpool":
-            s = f"{a['k']}x{a['k']} s{a['s'] if a['s'] is not None else a['k']}"
+        elif self.op in ("maxpool", "avgpool"):
+            s = f"{a['k']}x{a['k']} s{a['s'] if a['s'] is not None else a['k']}" + (f" p{a['p']}" if a["p"] else "")
         elif self.op == "linear":
             s = "+bias" if a["bias"] else ""
+        elif self.op == "act":
+            s = a["act"]
+        elif self.op in ("dropout", "dropout2d"):
+            s = f"p{a['p']:g}"
         else:
             s = ""
-        return (s + (" | " + ",".join(self.extras()) if self.extras() else "")).strip()
+        extras = self.extras(order)
+        return (s + (" | " + ",".join(extras) if extras else "")).strip()
 
     def extras(self, order: tuple[str, ...] = ("op", "act", "dropout", "bn")) -> list[str]:
         names = {"bn": "bn" if self.bn else "", "act": "" if self.act == "none" else self.act,
@@ -92,26 +103,33 @@ class BlockSpec:
     act: str = "none"
     where: str = ""
     path_names: tuple[str, ...] = ()  # "body", "shortcut" or "paths[i]", for display
+    dropout: float = 0.0  # Dropout after the merge (and act); 0: none
 
     @property
     def path(self) -> str:
         return self.where or f"model.layers[{self.index}]"
 
-    def describe(self) -> str:
+    def describe(self, order: tuple[str, ...] = ()) -> str:
         parts = [f"{name}: {len(p)} layer(s)" if p else f"{name}: identity" for name, p in zip(self.path_names, self.paths)]
-        extra = f" | {self.act}" if self.act != "none" else ""
-        return f"{self.merge} of " + ", ".join(parts) + extra
+        after = [x for x in (self.act if self.act != "none" else "", f"drop{self.dropout:g}" if self.dropout else "") if x]
+        return f"{self.merge} of " + ", ".join(parts) + (" | " + ",".join(after) if after else "")
 
     def to_dict(self) -> dict:
-        return {"op": self.op, "merge": self.merge, "act": self.act,
-                "paths": [[node_dict(n) for n in p] for p in self.paths]}
+        d = {"op": self.op, "merge": self.merge, "act": self.act,
+             "paths": [[node_dict(n) for n in p] for p in self.paths]}
+        if self.dropout:  # (absent at 0, so the hash of a spec without it is what it was before the field existed)
+            d["dropout"] = self.dropout
+        return d
 
 
 def node_dict(n: LayerSpec | BlockSpec) -> dict:
     """A layer or block as plain data (what the spec's hash and JSON are made of)."""
     if isinstance(n, BlockSpec):
         return n.to_dict()
-    return {"op": n.op, **dict(n.args), "bn": n.bn, "act": n.act, "dropout": n.dropout}
+    fields = OPS[n.op].fields
+    args = {k: v for k, v in n.args.items() if not (k in fields and fields[k].implicit and v == fields[k].default)}
+    # the extras first: a standalone act layer's own field ``act`` is what it does
+    return {"op": n.op, "bn": n.bn, "act": n.act, "dropout": n.dropout, **args}
 
 
 def walk(nodes):
@@ -129,9 +147,10 @@ def type_name(v: Any) -> str:
     return "null" if v is None else type(v).__name__
 
 
-def checked(path: str, kind: str, v: Any) -> Any:
-    """``v`` as a field of ``kind`` (``pos_int``, ``nonneg_int``, ``bool``, ``act``, ``dropout``)
-    takes it, or SpecError naming ``path``."""
+def checked(path: str, kind: str, v: Any, choices: tuple = ()) -> Any:
+    """``v`` as a field of ``kind`` (``pos_int``, ``nonneg_int``, ``bool``, ``act``, ``layer_act``
+    (an activation but ``none``), ``dropout``, ``choice`` (one of ``choices``)) takes it, or
+    SpecError naming ``path``."""
     if kind == "pos_int":
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise SpecError(path, f"must be a positive int, got {v!r}")
@@ -146,6 +165,14 @@ def checked(path: str, kind: str, v: Any) -> Any:
             v = "none"
         if not isinstance(v, str) or v not in ACTIVATIONS:
             raise SpecError(path, f"unknown activation {v!r}; choose one of {', '.join(ACTIVATIONS)}")
+    elif kind == "layer_act":
+        real = [a for a in ACTIVATIONS if a != "none"]
+        if not isinstance(v, str) or v not in real:
+            why = "'none' would be an empty layer" if v in ("none", None, False) else f"unknown activation {v!r}"
+            raise SpecError(path, f"{why}; choose one of {', '.join(real)}")
+    elif kind == "choice":
+        if not isinstance(v, str) or v not in choices:
+            raise SpecError(path, f"unknown {path.rsplit('.', 1)[-1]} {v!r}; choose one of {', '.join(choices)}")
     elif kind == "dropout":
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
             raise SpecError(path, f"must be a number in [0, 1), got {v!r}")
@@ -172,13 +199,12 @@ def _parse_layer(i: int, raw: Mapping, defaults: dict, path: str) -> LayerSpec:
     allowed = set(od.fields) | ({*EXTRAS} if od.extras else set()) | {"op"}
     for key in raw:
         if key not in allowed:
-            raise SpecError(
-                f"{path}.{key}", f"unknown field for op {op!r}; valid fields: {', '.join(sorted(allowed - {'op'}))}"
-            )
+            valid = f"valid fields: {', '.join(sorted(allowed - {'op'}))}" if len(allowed) > 1 else f"{op} takes no fields"
+            raise SpecError(f"{path}.{key}", f"unknown field for op {op!r}; {valid}")
     args = {}
     for name, fd in od.fields.items():
         if name in raw and raw[name] is not None:
-            args[name] = checked(f"{path}.{name}", fd.kind, raw[name])
+            args[name] = checked(f"{path}.{name}", fd.kind, raw[name], fd.choices)
         elif fd.required:
             raise SpecError(f"{path}.{name}", f"missing (required by op {op!r})")
         else:
@@ -202,7 +228,8 @@ class _LayerCount:
                                   "their bodies); lower a repeat's times or nest fewer repeats")
 
 
-_BLOCK_FIELDS = {"residual": ("op", "body", "shortcut", "act"), "branches": ("op", "paths", "merge", "act"),
+_BLOCK_FIELDS = {"residual": ("op", "body", "shortcut", "act", "dropout"),
+                 "branches": ("op", "paths", "merge", "act", "dropout"),
                  "repeat": ("op", "times", "body")}
 
 
@@ -218,7 +245,7 @@ def _parse_list(raw: Any, path: str, defaults: dict, depth: int, count: _LayerCo
 
 def _parse_node(i: int, raw: Any, defaults: dict, path: str, depth: int, count: _LayerCount):
     """A layer, a block, or (for ``repeat``) a list of nodes."""
-    choices = ", ".join((*OPS, *BLOCKS))
+    choices = ", ".join((*_CORE_OPS, *BLOCKS, *(o for o in OPS if o not in _CORE_OPS)))
     if not isinstance(raw, Mapping):
         raise SpecError(path, f"must be a mapping like {{op: conv, out: 64}}, got {type_name(raw)}")
     if "_target_" in raw:
@@ -240,6 +267,7 @@ def _parse_node(i: int, raw: Any, defaults: dict, path: str, depth: int, count: 
     if op == "repeat":
         return _parse_repeat(raw, defaults, path, depth, count)
     act = checked(f"{path}.act", "act", raw.get("act", "none"))
+    drop = checked(f"{path}.dropout", "dropout", raw.get("dropout", 0.0))
     if op == "residual":
         if "body" not in raw:
             raise SpecError(f"{path}.body", "missing; a residual block adds body(x) to shortcut(x)")
@@ -248,7 +276,7 @@ def _parse_node(i: int, raw: Any, defaults: dict, path: str, depth: int, count: 
             raise SpecError(f"{path}.body", "empty; a residual body needs at least one layer")
         sc = raw.get("shortcut", "identity")
         short = () if sc in (None, "identity") else _parse_shortcut(sc, defaults, path, depth, count)
-        return BlockSpec(i, op, (body, short), "add", act, path, ("body", "shortcut"))
+        return BlockSpec(i, op, (body, short), "add", act, path, ("body", "shortcut"), drop)
     merge = raw.get("merge", "concat")
     if merge not in MERGES:
         raise SpecError(f"{path}.merge", f"unknown merge {merge!r}; choose one of {', '.join(MERGES)}")
@@ -259,7 +287,7 @@ def _parse_node(i: int, raw: Any, defaults: dict, path: str, depth: int, count: 
         raise SpecError(f"{path}.paths", f"must be a list of at least 2 paths (each a list of layers), "
                                          f"got {type_name(paths_raw)}")
     paths = tuple(_parse_list(p, f"{path}.paths[{j}]", defaults, depth + 1, count) for j, p in enumerate(paths_raw))
-    return BlockSpec(i, op, paths, merge, act, path, tuple(f"paths[{j}]" for j in range(len(paths))))
+    return BlockSpec(i, op, paths, merge, act, path, tuple(f"paths[{j}]" for j in range(len(paths))), drop)
 
 
 def _parse_shortcut(sc: Any, defaults: dict, path: str, depth: int, count: _LayerCount) -> tuple:

@@ -21,7 +21,7 @@ def format_table(analysis: Analysis, budget: Budget, violations: list[Violation]
         path = "  " * l.depth + l.path.removeprefix("model.")
         params = f"({l.params:,})" if l.is_block else f"{l.params:,}"  # a block's: the sum of its rows
         macs = f"({l.macs:,})" if l.is_block else f"{l.macs:,}"
-        rows.append((path, l.op, l.desc, _shape(l.out_shape), params, macs,
+        rows.append((path, l.op, l.describe(spec.order), _shape(l.out_shape), params, macs,
                      str(l.rf) if l.spatial else "-", str(l.jump) if l.spatial else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     right = {4, 5, 6, 7}

@@ -86,7 +86,7 @@ def test_named_stages_and_overrides_reach_inside_blocks():
     ([{"op": "residual", "body": [{"op": "conv", "out": 8}], "shortcut": "skip"}],
      r"model.layers\[0\].shortcut: unknown shortcut 'skip'; use identity or a list of layers"),
     ([{"op": "residual", "body": [{"op": "conv", "out": 8}], "kernel": 3}], r"model.layers\[0\].kernel: unknown field"),
-    ([{"op": "residual", "body": [{"op": "gap"}]}], r"model.layers\[0\]: gap/linear cannot sit inside a block"),
+    ([{"op": "residual", "body": [{"op": "gap"}]}], r"model.layers\[0\]: gap, linear and global pooling cannot sit inside a block"),
 ])
 def test_block_mistakes_are_one_line_with_the_path(layers, message):
     with pytest.raises(SpecError, match=message) as e:
