@@ -75,9 +75,10 @@ def test_a_users_own_model_validates_trains_and_sweeps(tmp_path, user_conf, run_
                          "trainer.channels_last=false"])
     assert res.epochs == 1 and res.params < 30_000
     # a sweep over the user's models: the good one trains, each broken file is a rejected candidate
+    # (a grid over the three models, the smoke sweep's other keys fixed: each model drawn once)
     p = subprocess.run([sys.executable, "-m", "archsearch.train", "-m", "sweep=smoke", user_conf,
-                        "model=choice(mynet,tab,laughs)", "hydra.sweeper.n_trials=1",
-                        "hydra.sweeper.sampler.n_startup_trials=100", "trainer.epochs=1", "data.n_train=300",
+                        "model=choice(mynet,tab,laughs)", "model.wide=16", "model.dropout=0.0", "optim.lr=0.05",
+                        "hydra.sweeper.sampler.name=grid", "hydra.sweeper.n_trials=3", "trainer.epochs=1", "data.n_train=300",
                         "data.val_size=100", "data.n_test=50", "trainer.amp=off", "trainer.channels_last=false",
                         "trainer.tta=none", "tracking.log_model=false", "hydra.sweep.dir=multirun/u"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=300,
