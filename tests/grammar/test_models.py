@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torchcheck import forward_shapes, measured_rf
 
 from archsearch import analyze, build_model, load_spec
 from archsearch.config.paths import available
@@ -28,53 +29,13 @@ def test_every_layer_shape_matches(built):
     """Every row of the analysis (layers inside blocks, and the blocks' merged maps) against
     the output of the module the build made for that YAML path."""
     spec, report, model = built
-    shapes = {}
-    by_path = model.modules_by_path()
-    assert set(by_path) == {r.path for r in report.layers}
-    hooks = [m.register_forward_hook(lambda mod, i, o, p=p: shapes.__setitem__(p, tuple(o.shape[1:])))
-             for p, m in by_path.items()]
-    model.eval()
-    with torch.no_grad():
-        out = model(torch.randn(2, *spec.input_shape))
-    for h in hooks:
-        h.remove()
-    assert out.shape == (2, spec.num_classes)
-    assert shapes == {r.path: r.out_shape for r in report.layers}
-
-
-def measured_rf(model, spec) -> int:
-    """Gradient-based RF: positive weights, backprop from the centre pixel of the last
-    spatial map (before global pooling); extent of the non-zero input gradient. Max-pooling
-    routes the gradient to one element of a window of equal inputs, so it is measured as
-    average pooling of the same geometry (the same receptive field)."""
-    m = build_model(spec).double().eval()
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.Conv2d):
-                mod.weight.fill_(0.1)
-                if mod.bias is not None:
-                    mod.bias.fill_(0.1)
-    for parent in list(m.modules()):
-        for name, child in parent.named_children():
-            if isinstance(child, torch.nn.MaxPool2d):
-                setattr(parent, name, torch.nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
-    body = m.features[: m.last_spatial + 1]
-    r = analyze(spec)
-    jump = max(l.jump for l in r.layers if l.spatial)
-    size = r.rf + 8 * jump + 16  # large enough that the centre's RF is not clipped
-    x = torch.ones(1, spec.in_channels, size, size, dtype=torch.double, requires_grad=True)
-    y = body(x)
-    h, w = y.shape[2] // 2, y.shape[3] // 2
-    y[0, :, h, w].sum().backward()
-    nz = (x.grad[0].abs().sum(0) > 0).nonzero()
-    rows, cols = nz[:, 0], nz[:, 1]
-    assert (rows.max() - rows.min()) == (cols.max() - cols.min())
-    return int(rows.max() - rows.min() + 1)
+    assert set(model.modules_by_path()) == {r.path for r in report.layers}
+    assert forward_shapes(model, spec) == {r.path: r.out_shape for r in report.layers}
 
 
 def test_receptive_field_matches_gradient_measurement(built):
     spec, report, model = built
-    assert measured_rf(model, spec) == report.rf
+    assert measured_rf(spec) == report.rf
 
 
 def test_dilated_sep_reproduces_the_reference_summary():
