@@ -44,6 +44,7 @@ from archsearch.errors import ConfigError
 from archsearch.search.leaderboard import (
     fmt_cell,
     leaderboard,
+    print_leaderboard,
     print_table,
     summary_line,
     write_outputs,
@@ -147,7 +148,7 @@ def _report(argv: list[str]) -> int:
     out = base / "outputs" / "reports" / name
     files = write_outputs(df, out, name, OmegaConf.select(cfg, "budget.max_params"),
                           y=score_column(study) or "val_acc")
-    print_table(df, drop=["run_id", "note"])
+    print_leaderboard(df)
     line = summary_line(study, df)
     print(line)
     summary: dict = {"study": name, "storage": url, "summary": line, "rank": None}

@@ -69,7 +69,8 @@ def pareto_front(df):
 def write_outputs(df, out_dir: str | Path, study_name: str, budget_params: int | None = 200_000,
                   y: str = "val_acc") -> list[Path]:
     """leaderboard.csv and pareto.png: ``y`` (the best validation accuracy; a scored study's
-    objective, e.g. ``macs``) against parameters, the budget line, the rejected candidates."""
+    objective, e.g. ``macs``) against parameters, the budget line; the rejected candidates (never
+    trained, so no accuracy) as crosses on a strip of their own under the plot."""
     # matplotlib when a plot is drawn (pyplot takes half a second to load), with the file backend
     # chosen before pyplot loads
     import matplotlib
@@ -81,30 +82,47 @@ def write_outputs(df, out_dir: str | Path, study_name: str, budget_params: int |
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "leaderboard.csv"
     df.to_csv(csv, index=False)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = pareto_figure(df, study_name, budget_params, y)
+    png = out / "pareto.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return [csv, png]
+
+
+def pareto_figure(df, study_name: str, budget_params: int | None = 200_000, y: str = "val_acc"):
+    """The Pareto plot as a matplotlib figure (its file backend chosen by the caller): ``y`` against
+    parameters on the first axes; rejected candidates, if any, as crosses on a second axes below."""
+    import matplotlib.pyplot as plt
+
+    rej = df[(df.state == "REJECTED") & df.params.notna()]
+    if len(rej):
+        fig, (ax, strip) = plt.subplots(2, 1, figsize=(7, 5.2), sharex=True, gridspec_kw={"height_ratios": [6, 1]})
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
     styles = {"COMPLETE": ("o", "tab:blue"), "PRUNED": ("s", "tab:gray"), "FAIL": ("v", "tab:red")}
     for state, (m, c) in styles.items():
         d = df[(df.state == state) & df.params.notna() & df[y].notna()]
         if len(d):
             ax.scatter(d.params, d[y], marker=m, c=c, label=f"{state.lower()} ({len(d)})", alpha=0.8)
-    rej = df[(df.state == "REJECTED") & df.params.notna()]
-    if len(rej):
-        ymin = df[y].min() if df[y].notna().any() else 0.0
-        ax.scatter(rej.params, [ymin] * len(rej), marker="x", c="tab:orange", label=f"rejected ({len(rej)})")
     front = pareto_front(df) if y == "val_acc" else df[:0]
     if len(front):
         ax.step(front.params, front.val_acc, where="post", c="tab:green", label="Pareto front")
+    axes = [ax, strip] if len(rej) else [ax]
     if budget_params:
-        ax.axvline(budget_params, ls="--", c="k", lw=1, label=f"budget {budget_params:,} params")
-    ax.set_xlabel("parameters")
+        for a in axes:
+            a.axvline(budget_params, ls="--", c="k", lw=1, label=f"budget {budget_params:,} params" if a is ax else None)
+    if len(rej):  # never trained: no accuracy to draw them at
+        strip.scatter(rej.params, [0] * len(rej), marker="x", c="tab:orange", label=f"rejected ({len(rej)})")
+        strip.set_yticks([])
+        strip.set_ylabel("rejected\n(not trained)", rotation=0, ha="right", va="center", fontsize=8)
+        strip.legend(fontsize=8, loc="upper left")
+    axes[-1].set_xlabel("parameters")
     ax.set_ylabel("best validation accuracy" if y == "val_acc" else f"{y} (scored without training)")
     ax.set_title(f"study {study_name}")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    png = out / "pareto.png"
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return [csv, png]
+    return fig
 
 
 def summary_line(study, df) -> str:
@@ -136,3 +154,34 @@ def fmt_cell(v) -> str:
 def print_table(df, drop: Sequence[str] = ()) -> None:
     with pd.option_context("display.max_rows", 200, "display.width", 200, "display.max_colwidth", 60):
         print(df.drop(columns=list(drop)).to_string(index=False, float_format=lambda v: f"{v:.4f}", max_colwidth=70))
+
+
+def _duration(v) -> str:
+    """Seconds as ``m:ss`` (``1:05:03`` past an hour); empty when unknown."""
+    if v is None or v != v:
+        return ""
+    m, sec = divmod(int(round(float(v))), 60)
+    return f"{m // 60}:{m % 60:02d}:{sec:02d}" if m >= 60 else f"{m}:{sec:02d}"
+
+
+def _count(v) -> str:
+    return "" if v is None or v != v else f"{int(v):,}"
+
+
+def print_leaderboard(df) -> None:
+    """The leaderboard for a terminal: accuracies to 4 places, sizes with thousands separators, the
+    duration as m:ss (column ``time``), and the sampled values last, in full (never cut)."""
+    if not len(df):
+        print("(no finished trials)")
+        return
+    view = pd.DataFrame({
+        "trial": df.trial, "state": df.state,
+        "val_acc": df.val_acc.map(lambda v: "" if v != v else f"{v:.4f}"),
+        "test_acc": df.test_acc.map(lambda v: "" if v != v else f"{v:.4f}"),
+        "params": df.params.map(_count), "rf": df.rf.map(_count), "macs": df.macs.map(_count),
+        "epochs": df.epochs, "time": df.duration_s.map(_duration)})
+    lines = view.to_string(index=False).splitlines()
+    width = max(len(x) for x in lines)
+    print(lines[0].ljust(width) + "  sampled")
+    for line, sampled in zip(lines[1:], df.sampled):
+        print(line.ljust(width) + "  " + str(sampled))

@@ -5,6 +5,7 @@ test_retrain.py), and the rank correlations themselves."""
 import json
 import math
 import random
+import re
 import shutil
 import warnings
 
@@ -212,3 +213,47 @@ def test_rank_correlation_agrees_with_scipy():
             tau, rho = stats.kendalltau(x, y).statistic, stats.spearmanr(x, y).statistic
             for mine, ref in ((kendall_tau_b(x, y), tau), (spearman_rho(x, y), rho)):
                 assert (math.isnan(mine) and math.isnan(ref)) or mine == pytest.approx(ref)
+
+
+# ------------------------------------------------------------------ the leaderboard as a user reads it
+def test_report_table_shows_durations_as_minutes_and_the_sampled_values_in_full(small_study, capsys):
+    from archsearch.search.leaderboard import leaderboard, print_leaderboard
+    from archsearch.search.results import open_study
+
+    long = {"model.wide": 32, "optim.lr": 0.05, **{f"model.knob_with_a_long_name_{i}": i for i in range(4)}}
+    add_trial(journal_study(small_study), long, value=0.61)
+    code, out, err = run_main("report", capsys, "sweep=smoke", "tracking=none")
+    assert code == 0, err
+    header = out.splitlines()[0].split()
+    assert header[-1] == "sampled" and "time" in header and "duration_s" not in header
+    assert json.dumps(long, sort_keys=True) in out  # never cut, however long
+    assert not re.search(r"\d\.\d{4}\s+\{", out)  # no 40.8000-style durations before the sampled column
+    df = leaderboard(open_study(["sweep=smoke", "tracking=none"])[1])
+    df["duration_s"] = [40.8, 125.4, 3725.0, float("nan")][:len(df)]
+    print_leaderboard(df)
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [re.search(r"\s(\d+:\d\d(?::\d\d)?)\s+\{", r) and re.search(r"\s(\d+:\d\d(?::\d\d)?)\s+\{", r).group(1)
+            for r in rows] == ["0:41", "2:05", "1:02:05", None]
+
+
+def test_the_pareto_plot_draws_rejected_candidates_apart_never_at_an_accuracy(small_study):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from archsearch.search.leaderboard import leaderboard, pareto_figure
+    from archsearch.search.results import open_study
+
+    df = leaderboard(open_study(["sweep=smoke", "tracking=none"])[1])
+    df.loc[df.state == "REJECTED", "params"] = 250_000  # the analysis's figure, known for a rejection
+    fig = pareto_figure(df, "smoke", 200_000)
+    try:
+        top, strip = fig.axes
+        drawn = [tuple(p) for c in top.collections for p in c.get_offsets()]
+        assert all(x != 250_000 for x, _ in drawn)  # on the accuracy axes: only trained trials
+        crosses = [tuple(p) for c in strip.collections for p in c.get_offsets()]
+        assert [x for x, _ in crosses] == [250_000]
+        assert "rejected (1)" in [t.get_text() for t in strip.get_legend().get_texts()]
+    finally:
+        plt.close(fig)
