@@ -171,7 +171,7 @@ def _shortcut_hint(block: BlockSpec, shape_in: tuple[int, int, int], body: tuple
     s = max(1, shape_in[1] // body[1])
     if ((shape_in[1] - 1) // s + 1, (shape_in[2] - 1) // s + 1) != body[1:]:
         return ""
-    return f"; use shortcut: [{{op: conv, out: {body[0]}, k: 1" + (f", s: {s}, p: 0}}]" if s > 1 else "}]")
+    return f"; use shortcut: [{{op: conv, out: {body[0]}, k: 1" + (f", s: {s}}}]" if s > 1 else "}]")
 
 
 def _merge(block: BlockSpec, ends: list[_State], shape_in: tuple[int, int, int]) -> tuple[int, int, int]:

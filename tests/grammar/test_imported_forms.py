@@ -146,7 +146,7 @@ BAD = [
                                                    r"larger input than 32x32"),
     ([conv(32), {"op": "residual", "body": [conv(64, s=2)]}],
      r"^model\.layers\[1\]: add needs the same C, H and W on every path: body gives 64x16x16, shortcut gives "
-     r"32x32x32; use shortcut: \[\{op: conv, out: 64, k: 1, s: 2, p: 0\}\]$"),
+     r"32x32x32; use shortcut: \[\{op: conv, out: 64, k: 1, s: 2\}\]$"),
     ([conv(32), {"op": "residual", "body": [conv(64)]}],
      r"gives 32x32x32; use shortcut: \[\{op: conv, out: 64, k: 1\}\]$"),
     ([{"op": "sepcov"}], r"^model\.layers\[0\]\.op: unknown op 'sepcov'; choose one of conv, sepconv, maxpool, gap, "
