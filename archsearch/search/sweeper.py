@@ -43,11 +43,19 @@ from archsearch.search.space import MEASURED, suggest
 from archsearch.search.study import count_states, draw_index, override_value, retrying, worker_id
 from archsearch.search.sweep_study import SweepStudy, open_sweep_study
 from archsearch.search.trial import TrialRef
-from archsearch.tracking import record_rejected, record_scored
+from archsearch.tracking import record_rejected, record_scored, trial_run_name
 
-__all__ = ["SweeperImpl"]
+__all__ = ["SweeperImpl", "set_budget_constraint"]
 
 log = logging.getLogger("archsearch.sweep")
+
+
+def set_budget_constraint(trial, amount: float) -> None:
+    """The budget constraint (> 0: infeasible, by how much) where Optuna's samplers read it
+    (``set_constraint``) and where optuna-dashboard reads it (the system attribute ``constraints``,
+    a list), so its plots and trial list show a rejected candidate as infeasible."""
+    trial.set_constraint("budget", amount)
+    trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [float(amount)])
 
 
 class SweeperImpl:
@@ -157,7 +165,7 @@ class SweeperImpl:
         if reasons:
             self._reject(trial, values, analysis, reasons, amount)
             return None
-        trial.set_constraint("budget", 0.0)
+        set_budget_constraint(trial, 0.0)
         for k in MEASURED:
             trial.set_user_attr(f"model.{k}", getattr(analysis, k))
         return trial, values, overrides, cfg, analysis
@@ -183,7 +191,7 @@ class SweeperImpl:
 
     def _reject(self, trial, values, analysis, reasons: list[str], amount: float) -> None:
         s = self.sweep_study
-        trial.set_constraint("budget", amount)
+        set_budget_constraint(trial, amount)
         trial.set_user_attr("state", "REJECTED")
         trial.set_user_attr("reasons", reasons)
         if analysis is not None:
@@ -192,8 +200,8 @@ class SweeperImpl:
         p = dict(values)
         if analysis is not None:
             p.update({"model.params": analysis.params, "model.rf": analysis.rf, "model.macs": analysis.macs})
-        rid = record_rejected(s.tracker, s.parent, f"trial {trial.number} (rejected)", reasons, p,
-                              {"trial_number": trial.number, "study": s.name})
+        rid = record_rejected(s.tracker, s.parent, trial_run_name(trial.number, "REJECTED"), reasons, p,
+                              {"trial_number": trial.number, "study": s.name}, analysis=analysis)
         if rid:
             trial.set_user_attr("mlflow_run_id", rid)
         # PRUNED with no reported epoch and a positive constraint: TPE ranks it infeasible (it learns
@@ -210,10 +218,10 @@ class SweeperImpl:
         vals = [float(getattr(analysis, o)) for o in s.objectives]
         trial.set_user_attr("state", "COMPLETE")
         trial.set_user_attr("scored", s.scored)
-        rid = record_scored(s.tracker, s.parent, f"trial {trial.number} (scored, not trained)",
+        rid = record_scored(s.tracker, s.parent, trial_run_name(trial.number, "SCORED", params=analysis.params),
                             {**values, **{f"model.{k}": getattr(analysis, k) for k in MEASURED}},
                             {f"model.{k}": getattr(analysis, k) for k in MEASURED},
-                            {"trial_number": trial.number, "study": s.name, "scored": s.scored})
+                            {"trial_number": trial.number, "study": s.name, "scored": s.scored}, analysis=analysis)
         if rid:
             trial.set_user_attr("mlflow_run_id", rid)
         s.study.tell(trial, vals)

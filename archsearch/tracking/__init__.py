@@ -14,7 +14,14 @@ input, the best weights a logged PyTorch model linked to the run and its metrics
 learning" switch; ``#/experiments/<id>/runs?workflowType=machine_learning`` sets it.
 """
 
-from archsearch.tracking.records import record_rejected, record_scored, run_lifecycle
+from archsearch.tracking.records import (
+           COMPARE,
+           record_rejected,
+           record_scored,
+           run_lifecycle,
+           size_metrics,
+           trial_run_name,
+)
 from archsearch.tracking.store import default_uri, make_tracker, ui_link
 from archsearch.tracking.tracker import (
            EXPERIMENT_KIND,
@@ -24,5 +31,6 @@ from archsearch.tracking.tracker import (
            flatten,
 )
 
-__all__ = ["EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "NullTracker", "Tracker", "default_uri", "flatten",
-           "make_tracker", "record_rejected", "record_scored", "run_lifecycle", "ui_link"]
+__all__ = ["COMPARE", "EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "NullTracker", "Tracker", "default_uri", "flatten",
+           "make_tracker", "record_rejected", "record_scored", "run_lifecycle", "size_metrics", "trial_run_name",
+           "ui_link"]

@@ -60,6 +60,7 @@ class NullTracker:
                     profile: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> None: ...
     def log_model(self, *a, **k) -> str | None: ...
     def end(self, status: str = "FINISHED") -> None: ...
+    def rename(self, name: str) -> None: ...
     def close_run(self, run_id: str, error: str, state: str | None = "INTERRUPTED") -> None: ...
     def set_run_tag(self, run_id: str, key: str, value: str) -> None: ...
     def delete_run(self, run_id: str) -> None: ...
@@ -208,13 +209,22 @@ class Tracker:
         if self.run_id:
             self.client.set_terminated(self.run_id, status=status)
 
+    def rename(self, name: str) -> None:
+        """This run's name (the runs table's first column), e.g. once a trial ends: ``t12 val 0.853 187k``."""
+        if self.run_id:
+            self.client.update_run(self.run_id, name=name)
+
     # ------------------------------------------ other runs of the store, by id (the sweeper's bookkeeping)
     def close_run(self, run_id: str, error: str, state: str | None = "INTERRUPTED") -> None:
         """Run ``run_id``, if still RUNNING, closed as KILLED with the tag ``error`` (and the tag
         ``state``, unless None): a trial or a sweep that was stopped, or whose process died."""
-        if self.client.get_run(run_id).info.status == "RUNNING":
+        run = self.client.get_run(run_id)
+        if run.info.status == "RUNNING":
             if state:
                 self.client.set_tag(run_id, "state", state)
+            trial = run.data.tags.get("trial_number")
+            if state == "INTERRUPTED" and trial is not None:  # a trial's run says so in the runs table
+                self.client.update_run(run_id, name=f"t{trial} interrupted")
             self.client.set_tag(run_id, "error", error[:4000])
             self.client.set_terminated(run_id, "KILLED")
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from archsearch.errors import NonFiniteLoss
 from archsearch.training.batches import BatchAug, EpochBatches, make_loader, to_device, worker_count
 from archsearch.training.compilation import CompileChoice
-from archsearch.training.evaluate import evaluate
+from archsearch.training.evaluate import bn_lags, evaluate, refresh_bn_stats
 from archsearch.training.optim import WeightEMA, make_optimizer, make_scheduler
 from archsearch.training.precision import Precision
 
@@ -83,7 +83,11 @@ class Engine:
         self.eval_model = self.ema.model if self.ema else model  # what val/test accuracy and best.pt describe
         self.label_smoothing = float(tcfg.label_smoothing)
         self.log_every = max(1, int(tcfg.log_every))
-        self.show_bar = bool(tcfg.get("progress", True))
+        # a bar only on a terminal: written to a file or a pipe it interleaves with the log lines (the
+        # epoch's own line says the same once an epoch ends)
+        # epochs too short for BatchNorm's running statistics to follow the weights: recomputed before evaluating
+        self.bn_refresh = bn_lags(model, len(self.sampler))
+        self.show_bar = bool(tcfg.get("progress", True)) and sys.stderr.isatty() and sys.stdout.isatty()
 
     # -------------------------------------------------------------- training
     def _step(self, xb, yb):
@@ -156,8 +160,13 @@ class Engine:
                         batch_size=int(self.cfg.trainer.eval_batch_size), **kw)
 
     def validate(self) -> dict:
-        """Single-view validation of the evaluated weights (and of the live ones under EMA)."""
+        """Single-view validation of the evaluated weights (and of the live ones under EMA); on short
+        epochs (:func:`~archsearch.training.evaluate.bn_lags`) with BatchNorm statistics recomputed."""
         d = self.data
+        if self.bn_refresh:
+            p = self.precision
+            for m in {id(self.model): self.model, id(self.eval_model): self.eval_model}.values():
+                refresh_bn_stats(m, d.x_train, p.device, self.mean, self.istd, p.channels_last, self.batch_size)
         out = dict(zip(("val_loss", "val_acc"), self._eval(self.eval_model, d.x_val, d.y_val)[:2]))
         if self.ema is not None:  # the live weights too: what EMA adds is visible in every run
             out["val_loss_raw"], out["val_acc_raw"], _ = self._eval(self.model, d.x_val, d.y_val)

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from archsearch.config.compose import compose
 from archsearch.config.gate import gate
 from archsearch.errors import ConfigError
-from archsearch.tracking import make_tracker, run_lifecycle
+from archsearch.tracking import make_tracker, run_lifecycle, trial_run_name
 from archsearch.training import checkpoint, run_log
 from archsearch.training.engine import TrainState
 from archsearch.training.run_setup import RunSetup, parse_knobs, setup_run
@@ -85,8 +85,11 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
     tracker = tracker or make_tracker(resolved.get("tracking"), s.base_dir)
     tags = run_log.run_tags(s, cfg, resolved, run_tags)
     resumed = state.run_id
-    with run_lifecycle(tracker, name=cfg.get("run_name") or f"{spec.name}-{s.spec_hash[:6]}", tags=tags,
-                       parent_run_id=parent_run_id, run_id=resumed) as run:
+    trial = (run_tags or {}).get("trial_number")  # a sweep trial: named by its number and, at its end, result
+    name = cfg.get("run_name") or (trial_run_name(trial, "RUNNING") if trial is not None
+                                   else f"{spec.name}-{s.spec_hash[:6]}")
+    with run_lifecycle(tracker, name=name, tags=tags, parent_run_id=parent_run_id, run_id=resumed,
+                       trial=None if cfg.get("run_name") else trial) as run:
         state.run_id = run.run_id
         if run_started is not None and run.run_id:
             run_started(run.run_id)
@@ -98,7 +101,10 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
                 _run_epoch(s, state, run, epoch, bool(tcfg.checkpoint))
                 if epoch_hook is not None:
                     epoch_hook(epoch + 1, state.history[-1]["val_acc"])  # may raise Pruned
-            return _finish(s, state, run, cfg, t0)
+            result = _finish(s, state, run, cfg, t0)
+        if trial is not None and not cfg.get("run_name"):
+            run.rename(trial_run_name(trial, "COMPLETE", val=state.best_val, params=analysis.params))
+        return result
 
 
 def _run_epoch(s: RunSetup, state: TrainState, run, epoch: int, save: bool) -> None:
@@ -112,7 +118,7 @@ def _run_epoch(s: RunSetup, state: TrainState, run, epoch: int, save: bool) -> N
     has_val = len(s.data.x_val) > 0
     is_best = state.record(rec, has_val)
     run.log_metrics({**{k: v for k, v in rec.items() if k != "epoch"}, "best_val_acc": state.best_val,
-                     "epochs_done": epoch + 1}, step=epoch + 1)
+                     "epochs_done": epoch + 1, "epochs": epoch + 1}, step=epoch + 1)
     raw = f" (live weights {rec['val_acc_raw']:.4f})" if "val_acc_raw" in rec else ""
     log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | lr %.2e | %.0fs %.0f img/s",
              epoch + 1, s.epochs, rec["train_loss"], rec["train_acc"], rec["val_loss"], rec["val_acc"], raw, lr,

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from archsearch.errors import ConfigError
 from archsearch.grammar.budget import parse_budget
 from archsearch.grammar.table import format_table
-from archsearch.tracking import flatten, ui_link
+from archsearch.tracking import flatten, size_metrics, ui_link
 from archsearch.training.augment import save_grid
 from archsearch.training.engine import TrainState
 from archsearch.training.plots import write_plots
@@ -83,6 +83,7 @@ def log_inputs(run, cfg, resolved: dict, s: RunSetup) -> None:
                    "model.spec_hash": s.spec_hash, "data.n_train": len(d.x_train),
                    "data.n_val": len(d.x_val), "data.n_test": len(d.x_test)})
     run.log_params(params)
+    run.log_metrics(size_metrics(r))  # the columns users compare, beside val_acc, test_acc and epochs
     if run.enabled:
         run.log_dataset(**dataset_input(resolved["data"], d, s.base_dir))
     (s.out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

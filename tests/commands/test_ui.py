@@ -208,3 +208,103 @@ def test_optuna_dashboard_serves_a_studys_journal(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+# ------------------------------------------------------------------ the runs table at a glance
+def test_every_run_carries_the_compared_columns_as_metrics(store):
+    for run in (store["plain"], store["sysmetrics"]):
+        m = run.data.metrics
+        assert {"val_acc", "test_acc", "params", "rf", "macs", "epochs"} <= set(m)
+        assert m["params"] > 0 and m["rf"] >= 44 and m["macs"] > 0 and m["epochs"] == 1
+    assert store["plain"].info.run_name.startswith("dilated_sep-")  # a single run keeps <model>-<hash>
+
+
+@pytest.mark.parametrize("state, kw, name", [
+    ("COMPLETE", {"val": 0.85312, "params": 186_984}, "t12 val 0.853 187k"),
+    ("PRUNED", {"epoch": 3}, "t13 pruned@3"),
+    ("REJECTED", {}, "t14 rejected"),
+    ("FAIL", {}, "t15 failed"),
+    ("INTERRUPTED", {}, "t16 interrupted"),
+    ("RUNNING", {}, "t17 training"),
+])
+def test_trial_run_names_tell_trials_apart_and_say_how_they_did(state, kw, name):
+    from archsearch.tracking import trial_run_name
+
+    assert trial_run_name(int(name.split()[0][1:]), state, **kw) == name
+
+
+@pytest.mark.parametrize("raised, status, state, name", [
+    (None, "FINISHED", "COMPLETE", "t7 training"),  # (the job names a completed trial by its score)
+    ("pruned", "FINISHED", "PRUNED", "t7 pruned@2"),  # the pruner did its job: no red mark
+    (RuntimeError("boom"), "FAILED", "FAIL", "t7 failed"),
+    (KeyboardInterrupt(), "KILLED", "FAIL", "t7 interrupted"),
+])
+def test_a_trials_run_ends_with_a_status_that_reads_as_what_happened(tmp_path, raised, status, state, name):
+    from mlflow.tracking import MlflowClient
+
+    from archsearch.errors import Pruned
+    from archsearch.tracking import make_tracker, run_lifecycle
+
+    tracker = make_tracker({"uri": _uri(tmp_path)})
+    exc = Pruned(2, 0.3) if raised == "pruned" else raised
+    try:
+        with run_lifecycle(tracker, "t7 training", {"trial_number": 7}, trial=7):
+            if exc is not None:
+                raise exc
+    except BaseException as e:
+        assert e is exc
+    run = MlflowClient(_uri(tmp_path)).get_run(tracker.run_id)
+    assert (run.info.status, run.data.tags["state"], run.info.run_name) == (status, state, name)
+
+
+def test_a_rejected_candidate_is_finished_not_killed_with_its_size_as_metrics(tmp_path):
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from archsearch.tracking import make_tracker, record_rejected
+
+    tracker = make_tracker({"uri": _uri(tmp_path)})
+    analysis = SimpleNamespace(params=250_000, rf=61, macs=9_000_000)
+    rid = record_rejected(tracker, None, "t3 rejected", ["params 250,000 exceed max_params 200,000"], {"model.wide": 72},
+                          analysis=analysis)
+    run = MlflowClient(_uri(tmp_path)).get_run(rid)
+    assert run.info.status == "FINISHED" and run.data.tags["state"] == "REJECTED"
+    assert run.data.metrics == {"params": 250_000, "rf": 61, "macs": 9_000_000, "epochs": 0}
+
+
+# ------------------------------------------------------------------ what the first epochs say
+def test_the_first_epochs_validation_is_not_thrown_by_stale_batchnorm_statistics(tmp_path):
+    """Epochs of 11 steps used to validate with BatchNorm running averages that still held a third of
+    their initial values: here val loss 2.45, accuracy 0.08 after epoch 1 (worse than a guess), 0.39 after
+    epoch 2; the defaults on 1,800 images gave val loss 221. They are recomputed on such short epochs
+    (here: 1.36 / 0.34, then 0.59)."""
+    res = _train(tmp_path, "tracking=none", "trainer.epochs=2")
+    first = res.history[0]
+    assert first["val_loss"] < np.log(10) and first["val_acc"] >= 0.2  # better than a uniform guess
+    assert res.history[-1]["val_acc"] >= 0.5
+
+
+def test_batchnorm_statistics_recomputed_match_the_batch_statistics():
+    import torch
+
+    from archsearch.training.evaluate import bn_lags, refresh_bn_stats
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
+    x = np.random.default_rng(0).integers(0, 255, size=(64, 8, 8, 3), dtype=np.uint8)
+    zero, one = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1) / 255
+    net.eval()
+    refresh_bn_stats(net, x, torch.device("cpu"), zero, one, False, batch_size=64, batches=1)
+    xb = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        batch_mean = net[0](xb).mean((0, 2, 3))
+    assert torch.allclose(net[1].running_mean, batch_mean, atol=1e-5) and not net.training
+    assert net[1].momentum == 0.1  # put back
+    assert bn_lags(net, 11) and not bn_lags(net, 352)  # a synthetic epoch lags; a CIFAR-10 epoch does not
+
+
+def test_no_progress_bar_when_the_output_is_not_a_terminal(tmp_path, capfd):
+    _train(tmp_path, "tracking=none", "trainer.progress=true")
+    out, err = capfd.readouterr()
+    assert "img_s=" not in out + err and "it/s" not in out + err  # tqdm's bar
