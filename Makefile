@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install train test test-all validate lint
+.PHONY: install train test test-all validate lint docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,3 +36,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check archsearch hydra_plugins tests
 	cd $(CURDIR) && $(VENV)/bin/lint-imports
 	$(PY) .ci/size_check.py
+
+## the user guide (docs/, mkdocs.yml) served at http://127.0.0.1:8000 while you edit it; CI builds it with --strict
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs serve
