@@ -21,7 +21,6 @@ cannot write, a failed check or a user mistake (one line on stderr; nothing writ
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from archsearch.config.paths import CONF_DIR
 from archsearch.errors import ConfigError
 from archsearch.grammar.budget import check, parse_budget
 from archsearch.importer import import_model
-from archsearch.importer.source import parse_init
+from archsearch.importer.source import split_import_args
 from archsearch.importer.yaml_out import model_yaml, write_atomically
 
 __all__ = ["main", "parse_args"]
@@ -42,20 +41,16 @@ OWN = ("name", "out", "overwrite", "in_channels", "input_size")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
 
 
-def parse_args(argv: Sequence[str], own: Sequence[str] = OWN) -> tuple[str, dict, dict, list[str]]:
+def parse_args(argv: Sequence[str]) -> tuple[str, dict, dict, list[str]]:
     """(SOURCE, the command's own settings, the init.* arguments, the rest: budget overrides)."""
-    sources = [a for a in argv if "=" not in a]
-    if len(sources) != 1:
-        raise ConfigError(f"SOURCE: give one path/to/model.py:ClassName or package.module:ClassName; got "
-                          f"{', '.join(map(repr, sources)) or 'none'}")
-    mine, rest = cli.split_args([a for a in argv if "=" in a], own)
-    init = {a.partition("=")[0][len("init."):]: a.partition("=")[2] for a in rest if a.startswith("init.")}
-    rest = [a for a in rest if not a.startswith("init.")]
+    source, mine, init, rest = split_import_args(argv, OWN)
+    if source is None:
+        raise ConfigError("SOURCE: give one path/to/model.py:ClassName or package.module:ClassName")
     bad = [a for a in rest if not a.lstrip("+~").startswith("budget")]
     if bad:
-        raise ConfigError(f"{bad[0].partition('=')[0]}: unknown argument; valid: {', '.join(own)}, init.ARG=VALUE, "
+        raise ConfigError(f"{bad[0].partition('=')[0]}: unknown argument; valid: {', '.join(OWN)}, init.ARG=VALUE, "
                           "budget.*")
-    return sources[0], mine, parse_init(init), rest
+    return source, mine, init, rest
 
 
 def _import(argv: Sequence[str]) -> int:
@@ -87,4 +82,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run(main)

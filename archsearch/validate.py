@@ -7,6 +7,10 @@ receptive field growing layer by layer against the image size and the budget's m
 It writes the picture to ``out=PATH`` (default ``outputs/diagrams/NAME.svg``, ``.png``, ``.html``;
 an ``out`` ending in .svg, .png or .html chooses the format by itself) and prints its path
 and the verdict.
+``python -m archsearch.validate SOURCE [init.ARG=VALUE ...] [in_channels=C] [input_size=S]`` checks a
+PyTorch model instead (SOURCE: ``path/to/model.py:ClassName`` or ``package.module:ClassName``): it is
+imported in memory as ``python -m archsearch.import`` would write it (running that file's code), and
+nothing is written.
 Exit codes: 0 accepted, 1 budget violations, 2 malformed spec or bad arguments.
 """
 
@@ -37,9 +41,10 @@ FORMATS = ("table", "json", *PICTURES)
 def run(overrides: Sequence[str]) -> tuple[int, str]:
     """Returns (exit code, text to print)."""
     own, overrides = cli.split_args(overrides, ("out",))
+    imported, overrides = _imported(overrides)
     cfg = compose("validate", overrides)
     fmt = _format(str(cfg.get("format", "table")), own.get("out"))
-    spec = spec_from_cfg(cfg.model)
+    spec = spec_from_cfg(cfg.model) if imported is None else imported.analysis.spec
     budget = parse_budget(OmegaConf.to_container(cfg.budget, resolve=True))
     analysis = analyze(spec)
     violations = check(analysis, budget)
@@ -59,7 +64,24 @@ def run(overrides: Sequence[str]) -> tuple[int, str]:
         text = json.dumps(d, indent=2)
     else:
         text = format_table(analysis, budget, violations)
+        if imported is not None:
+            text = f"imported in memory from {imported.source}; checks passed: {imported.proof.summary()}\n{text}"
     return (1 if violations else 0), text
+
+
+def _imported(argv: Sequence[str]):
+    """A SOURCE on the command line imported in memory (and the other arguments), else (None, argv)."""
+    if all("=" in a for a in argv):
+        return None, list(argv)
+    # a PyTorch model needs torch, which checking a YAML model never loads: imported only here
+    from archsearch.importer import import_model
+    from archsearch.importer.source import split_import_args
+
+    source, mine, init, rest = split_import_args(argv, ("in_channels", "input_size"))
+    size = cli.positive_int("input_size", mine["input_size"]) if "input_size" in mine else 32
+    chans = cli.positive_int("in_channels", mine["in_channels"]) if "in_channels" in mine else None
+    name = source.rpartition(":")[2]
+    return import_model(source, name, init, chans, size), rest
 
 
 def _format(fmt: str, out: str | None) -> str:

@@ -8,6 +8,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from archsearch.grammar.analysis import Analysis
@@ -121,6 +122,13 @@ def _last_spatial(traced: Traced) -> str:
     return traced.output
 
 
+_POOL_ARGS = ((1, "kernel_size", None), (2, "stride", None), (3, "padding", 0))
+
+
+def _arg(n: fx.Node, i: int, key: str, default):
+    return n.args[i] if len(n.args) > i else n.kwargs.get(key, default)
+
+
 def measure_rf(model: nn.Module, traced: Traced, rf: int, jump: int) -> int:
     """Gradient-based RF on the user's module: positive weights, max pooling measured as average pooling
     of the same geometry, all-ones input large enough not to clip; the extent of the non-zero gradient
@@ -140,9 +148,11 @@ def measure_rf(model: nn.Module, traced: Traced, rf: int, jump: int) -> int:
     for n in gm.graph.nodes:
         if n.op == "output":
             break
-        env[n] = g.node_copy(n, lambda a: env[a])
-        if n.target is torch.nn.functional.max_pool2d:
-            env[n].target = torch.nn.functional.avg_pool2d
+        if n.target is F.max_pool2d:  # the same geometry, averaged
+            env[n] = g.call_function(F.avg_pool2d, (env[n.args[0]], *(_arg(n, i, key, default) for i, key, default in
+                                                                      _POOL_ARGS)))
+        else:
+            env[n] = g.node_copy(n, lambda a: env[a])
         if n.name == target:
             break
     g.output(env[next(n for n in gm.graph.nodes if n.name == target)])

@@ -17,7 +17,7 @@ from torch import nn
 
 from archsearch.importer.problems import ImportProblem
 
-__all__ = ["load_model", "parse_init", "split_source"]
+__all__ = ["load_model", "parse_init", "split_import_args", "split_source"]
 
 _SOURCE = re.compile(r"(?P<mod>[^:]+):(?P<attr>[A-Za-z_]\w*)")
 
@@ -28,6 +28,27 @@ def split_source(source: str) -> tuple[str, str]:
     if not m:
         raise ImportProblem(f"SOURCE: expected path/to/model.py:ClassName or package.module:ClassName; got {source!r}")
     return m["mod"], m["attr"]
+
+
+def split_import_args(argv, own) -> tuple[str | None, dict, dict, list[str]]:
+    """(SOURCE or None, the ``own`` key=value settings, the ``init.*`` arguments parsed, the rest) of a
+    command line; SOURCE is the one argument without ``=``."""
+    sources = [a for a in argv if "=" not in a]
+    if len(sources) > 1:
+        raise ImportProblem(f"SOURCE: give one path/to/model.py:ClassName or package.module:ClassName; got "
+                            f"{', '.join(map(repr, sources))}")
+    mine, rest, init = {}, [], {}
+    for a in argv:
+        key, eq, value = a.partition("=")
+        if not eq:
+            continue
+        if key in own:
+            mine[key] = value.strip()
+        elif key.startswith("init.") and len(key) > 5:
+            init[key[5:]] = value
+        else:
+            rest.append(a)
+    return (sources[0] if sources else None), mine, parse_init(init), rest
 
 
 def parse_init(items: dict[str, str]) -> dict:
