@@ -69,9 +69,15 @@ def run(overrides: Sequence[str]) -> tuple[int, str]:
     return (1 if violations else 0), text
 
 
+def _is_source(arg: str) -> bool:
+    """``path/to/model.py:ClassName`` or ``package.module:Name``, not a Hydra override (``key=value``, ``~key``)."""
+    return "=" not in arg and ":" in arg and not arg.startswith("~")
+
+
 def _imported(argv: Sequence[str]):
     """A SOURCE on the command line imported in memory (and the other arguments), else (None, argv)."""
-    if all("=" in a for a in argv):
+
+    if not any(_is_source(a) for a in argv):
         return None, list(argv)
     # a PyTorch model needs torch, which checking a YAML model never loads: imported only here
     from archsearch.importer import import_model

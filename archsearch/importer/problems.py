@@ -27,3 +27,4 @@ def user_line(stack: str | None) -> str:
     f, n = frames[-1]
     rel = os.path.relpath(f)
     return f"{f if rel.startswith('..') else rel}:{n}"
+

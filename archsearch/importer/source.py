@@ -33,14 +33,14 @@ def split_source(source: str) -> tuple[str, str]:
 def split_import_args(argv, own) -> tuple[str | None, dict, dict, list[str]]:
     """(SOURCE or None, the ``own`` key=value settings, the ``init.*`` arguments parsed, the rest) of a
     command line; SOURCE is the one argument without ``=``."""
-    sources = [a for a in argv if "=" not in a]
+    sources = [a for a in argv if "=" not in a and not a.startswith("~")]
     if len(sources) > 1:
         raise ImportProblem(f"SOURCE: give one path/to/model.py:ClassName or package.module:ClassName; got "
                             f"{', '.join(map(repr, sources))}")
     mine, rest, init = {}, [], {}
     for a in argv:
         key, eq, value = a.partition("=")
-        if not eq:
+        if a in sources:
             continue
         if key in own:
             mine[key] = value.strip()

@@ -100,7 +100,7 @@ def trace(model: nn.Module, label: str, in_channels: int | None = None, input_si
                 raise ImportProblem(f"{label}.forward: returns {type(out).__name__}, not one tensor of class scores")
             output = alias.get(out.name, out.name)
             continue
-        if not _is_tensor(n):
+        if not _is_tensor(n) and n.op != "call_module":
             continue  # sizes and other plain values: read only by the operations that use them
         p = _prim(gm, n, alias, called, label)
         if p is None:
@@ -113,7 +113,7 @@ def trace(model: nn.Module, label: str, in_channels: int | None = None, input_si
 
 
 def _prim(gm: fx.GraphModule, n: fx.Node, alias: dict, called: dict, label: str) -> Prim | None:
-    shape = tuple(n.meta["tensor_meta"].shape[1:])
+    shape = tuple(n.meta["tensor_meta"].shape[1:]) if _is_tensor(n) else ()  # () a module returning no tensor
     where = _where(n)
     if n.op == "placeholder":
         return Prim(n.name, "input", {}, [], shape, "input", "")
