@@ -18,7 +18,7 @@ EXPECTED = {
     "BnAfterRelu": (5_296, 9), "BnBeforeRelu": (14_746, 13), "Functional": (5_482, 5), "Residual": (19_994, 13),
     "CatBranches": (2_714, 9), "DepthwisePointwise": (3_594, 7), "Dilated": (17_178, 25),
     "ReplicatePadding": (7_738, 26), "ChannelDropout": (8_026, 9), "ResNetMaxPool": (20_360, 32),
-    "NeverCalled": (9_338, 7),
+    "NeverCalled": (9_338, 7), "MixedOrders": (4_514, 11),
 }
 
 
@@ -119,6 +119,13 @@ def test_conv_maxpool_bn_relu_writes_standalone_bn_and_act():
     assert layers[5]["op"] == "residual"
     assert layers[-3:] == [{"op": "maxpool", "k": 4, "s": 4, "p": 0},
                            {"op": "linear", "out": 10, "bias": False}, {"op": "log_softmax"}]
+
+
+def test_the_most_common_order_wins_and_the_rest_stands_alone():
+    imp = _imported(zoo.MixedOrders)
+    assert imp.spec_dict["order"] == ["op", "bn", "act", "dropout"]
+    assert imp.spec_dict["layers"][3:5] == [{"op": "conv", "out": 16, "k": 3, "s": 1, "p": 1, "d": 1, "act": "relu"},
+                                            {"op": "bn"}]
 
 
 def test_the_reference_network_is_dilated_sep():

@@ -212,6 +212,19 @@ class NeverCalled(nn.Module):
         return F.log_softmax(F.adaptive_avg_pool2d(x, 1).view(-1, 10), dim=1)
 
 
+class MixedOrders(nn.Module):
+    """Mostly conv -> BN -> ReLU, once conv -> ReLU -> BN: the majority's order, the odd BN standalone."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = cbr(3, 8), cbr(8, 8), cbr(8, 16, stride=2)
+        self.odd = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.ReLU(), nn.BatchNorm2d(16))
+        self.head = nn.Sequential(nn.Conv2d(16, 10, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x):
+        return self.head(self.odd(self.c(self.b(self.a(x)))))
+
+
 class EraS9(nn.Module):
     """The seed assignment's network (../shared/seed/ERA-V1-S9-README.md), from its published summary and
     forward: conv -> ReLU -> Dropout -> BN blocks, 1x1 stride-2 transitions with a bias, a 1x1 depthwise conv
@@ -246,4 +259,4 @@ class EraS9(nn.Module):
 
 
 ZOO = [BnAfterRelu, BnBeforeRelu, Functional, Residual, CatBranches, DepthwisePointwise, Dilated, ReplicatePadding,
-       ChannelDropout, ResNetMaxPool, NeverCalled]
+       ChannelDropout, ResNetMaxPool, NeverCalled, MixedOrders]
