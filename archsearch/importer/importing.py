@@ -34,6 +34,10 @@ def import_model(source: str, name: str, init: dict | None = None, in_channels: 
     """Import SOURCE as the spec ``name``; ImportProblem (one line) if the grammar cannot write it or a
     check fails."""
     init = dict(init or {})
+    if in_channels is None and isinstance(init.get("in_channels"), int):  # the model's own argument says it
+        in_channels = init["in_channels"]
+    if isinstance(init.get("input_size"), int) and input_size == 32:
+        input_size = init["input_size"]
     model, label = load_model(source, init)
     traced = trace(model, label, in_channels, input_size)
     emitted = emit(series_parallel(traced))

@@ -6,6 +6,7 @@ operation and the line of the user's ``forward`` that calls it."""
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass, field
 
 import torch
@@ -51,8 +52,6 @@ def _fx_trace(model: nn.Module, label: str) -> fx.GraphModule:
     try:
         graph = tracer.trace(model)
     except Exception as e:  # fx's own errors (data-dependent control flow, ...) and the user's code's
-        import traceback
-
         where = user_line("".join(traceback.format_tb(e.__traceback__)))
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ImportProblem(f"{label}.forward{f' ({where})' if where else ''}: torch.fx cannot trace it: "

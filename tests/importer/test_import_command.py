@@ -53,6 +53,14 @@ def test_init_arguments_are_yaml_scalars_and_a_factory_works(run_import, tmp_pat
                                                     "bias": True, "act": "gelu"}
 
 
+def test_the_input_comes_from_init_or_the_options(run_import, tmp_path):
+    out = tmp_path / "model"
+    code, _, err = run_import(f"{BAD}:factory", "name=gray", f"out={out}", "init.in_channels=1", "input_size=28")
+    assert code == 0, err
+    spec = yaml.safe_load((out / "gray.yaml").read_text())
+    assert (spec["in_channels"], spec["input_size"]) == (1, 28)
+
+
 def test_an_existing_file_is_kept_unless_overwrite(run_import, tmp_path):
     out = tmp_path / "model"
     out.mkdir()

@@ -70,9 +70,9 @@ class Shared(nn.Module):
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
-def factory(width=8, act="relu"):
+def factory(width=8, act="relu", in_channels=3):
     """A factory function works as SOURCE too; its arguments come from init.*."""
-    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU() if act == "relu" else nn.GELU(),
+    return nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU() if act == "relu" else nn.GELU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10))
 
 
