@@ -30,6 +30,7 @@ def run_smoke_study(cwd: Path) -> SimpleNamespace:
                     "hydra.sweeper.pruner={name:median,n_startup_trials:1,n_warmup_steps:0}", probe=True)
     st = study(cwd)
     r.states, r.trials, r.metric_names = states(st), st.trials, st.metric_names
+    r.dashboard = dashboard_trials(cwd / "mlruns" / "optuna" / "smoke.journal")
     r.best = st.best_trial.number if any(t.state.name == "COMPLETE" for t in r.trials) else None
     r.jobs = {int(d.name) for d in (cwd / "multirun" / "s").iterdir() if d.is_dir()}
     mlflow.set_tracking_uri(f"sqlite:///{cwd}/mlruns/mlflow.db")
@@ -52,6 +53,34 @@ def run_smoke_study(cwd: Path) -> SimpleNamespace:
                           sweep_dir="multirun/s4", check=False)
     r.states_other_space = states(study(cwd))
     return r
+
+
+def dashboard_trials(journal: Path) -> dict[int, dict]:
+    """{trial number: the trial as optuna-dashboard's API serves it} for the study in ``journal``."""
+    import json
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = Path(sys.executable).with_name("optuna-dashboard")
+    proc = subprocess.Popen([str(exe), str(journal), "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/0", timeout=5) as resp:
+                    return {t["number"]: t for t in json.loads(resp.read())["trials"]}
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +111,13 @@ def test_a_rejected_candidate_launches_nothing_and_is_no_result(smoke):
     assert 1 not in r.jobs and {0, 2, 3} <= r.jobs
     t1 = r.trials[1]
     assert not t1.intermediate_values and t1.constraints["budget"] > 0
+    # optuna-dashboard reads the system attribute "constraints": the rejection is infeasible there too
+    assert t1.system_attrs["constraints"] == [t1.constraints["budget"]]
+    assert r.trials[0].system_attrs["constraints"] == [0.0]
+    assert r.dashboard[1]["constraints"] == [t1.constraints["budget"]] and r.dashboard[0]["constraints"] == [0.0]
     # Optuna's own views (best trial, importance, dashboards) never read a rejection as a result of 0
     assert t1.state == TrialState.PRUNED and t1.value is None
-    assert r.best == 0 and r.metric_names == ["val_acc"]
+    assert r.best is not None and r.states[r.best] == "COMPLETE" and r.metric_names == ["val_acc"]
     assert "params 165,624 exceed max_params 100,000" in t1.user_attrs["reasons"][0]
 
 
@@ -102,6 +135,18 @@ def test_smoke_sweep_logs_a_parent_run_and_a_child_per_trial(smoke):
     assert "exceed max_params" in by_trial[1]["tags.reasons"]
     assert by_trial[2]["tags.state"] == "FAIL" and by_trial[2].status == "FAILED"
     assert by_trial[3]["tags.state"] == "PRUNED"
+    # the runs table at a glance: names that tell trials apart and say how they did; the pruner and
+    # the budget doing their job are not drawn as crashes (KILLED); the compared figures as metrics
+    val0 = r.trials[0].value
+    assert by_trial[0]["tags.mlflow.runName"] == f"t0 val {val0:.3f} {r.trials[0].user_attrs['model.params'] / 1000:.0f}k"
+    assert by_trial[1]["tags.mlflow.runName"] == "t1 rejected" and by_trial[1].status == "FINISHED"
+    assert by_trial[2]["tags.mlflow.runName"] == "t2 failed"
+    epochs3 = len(r.trials[3].intermediate_values)
+    assert by_trial[3]["tags.mlflow.runName"] == f"t3 pruned@{epochs3}" and by_trial[3].status == "FINISHED"
+    assert by_trial[1]["metrics.params"] == 165624 and by_trial[1]["metrics.epochs"] == 0
+    for n in (0, 3):
+        assert {by_trial[n][f"metrics.{k}"] > 0 for k in ("val_acc", "params", "rf", "macs", "epochs")} == {True}
+    assert by_trial[0]["metrics.test_acc"] >= 0 and by_trial[3]["metrics.epochs"] == epochs3
     assert by_trial[0]["params.model.wide"] == "32"
     assert parents["metrics.n_rejected"].iloc[0] == sum(v == "REJECTED" for v in s.values())
     assert parents["metrics.n_failed"].iloc[0] == sum(v == "FAIL" for v in s.values())
