@@ -20,11 +20,39 @@ def _scalar(v) -> str:
     return str(v)
 
 
-def _flow(d: dict) -> str:
-    return "{" + ", ".join(f"{k}: {_scalar(v)}" for k, v in d.items()) + "}"
+KNOB = '"${model.dropout}"'  # how a layer refers to the model's dropout knob
 
 
-def _lines(layers: list, path: str, indent: str, labels: dict) -> list[str]:
+def _flow(d: dict, knob: float | None = None) -> str:
+    def value(k, v):
+        return KNOB if k == "dropout" and knob is not None and d["op"] in _KNOBBED and v == knob else _scalar(v)
+    return "{" + ", ".join(f"{k}: {value(k, v)}" for k, v in d.items()) + "}"
+
+
+_KNOBBED = ("conv", "sepconv")
+
+
+def dropout_knob(layers: list) -> float | None:
+    """The one dropout rate every conv / sepconv with a dropout shares, if they share one: written as the
+    model's ``dropout`` knob (as in conf/model/dilated_sep.yaml), so sweeps over ``model.dropout``
+    (sweep=hparams) turn it."""
+    rates = set()
+
+    def walk(ls: list) -> None:
+        for layer in ls:
+            for key in ("body", "shortcut"):
+                if isinstance(layer.get(key), list):
+                    walk(layer[key])
+            for path in layer.get("paths") or []:
+                walk(path)
+            if layer["op"] in _KNOBBED and layer.get("dropout"):
+                rates.add(layer["dropout"])
+
+    walk(layers)
+    return rates.pop() if len(rates) == 1 else None
+
+
+def _lines(layers: list, path: str, indent: str, labels: dict, knob: float | None = None) -> list[str]:
     out = []
     for i, layer in enumerate(layers):
         here = f"{path}[{i}]"
@@ -35,16 +63,16 @@ def _lines(layers: list, path: str, indent: str, labels: dict) -> list[str]:
                     continue
                 if key in ("body", "shortcut") and isinstance(value, list):
                     out.append(f"{indent}  {key}:" + ("" if value else " []"))
-                    out += _lines(value, f"{here}.{key}", indent + "    ", labels)
+                    out += _lines(value, f"{here}.{key}", indent + "    ", labels, knob)
                 elif key == "paths":
                     out.append(f"{indent}  paths:")
                     for j, p in enumerate(value):
                         out.append(f"{indent}    -" + (" []" if not p else ""))
-                        out += _lines(p, f"{here}.paths[{j}]", indent + "      ", labels)
+                        out += _lines(p, f"{here}.paths[{j}]", indent + "      ", labels, knob)
                 else:
                     out.append(f"{indent}  {key}: {_scalar(value)}")
         else:
-            out.append(f"{indent}- {_flow(layer)}" + (f"    # {labels[here]}" if here in labels else ""))
+            out.append(f"{indent}- {_flow(layer, knob)}" + (f"    # {labels[here]}" if here in labels else ""))
     return out
 
 
@@ -56,8 +84,12 @@ def model_yaml(imp: Imported) -> str:
             f"# {a.params:,} params, RF {a.rf}, {a.macs:,} MACs (archsearch's analysis of this file)",
             "# checks passed: " + imp.proof.summary()]
     body = [f"name: {s['name']}", f"in_channels: {s['in_channels']}", f"input_size: {s['input_size']}   # pixels",
-            f"num_classes: {s['num_classes']}", f"order: [{', '.join(s['order'])}]", "layers:"]
-    return "\n".join(head + body + _lines(s["layers"], "model.layers", "  ", imp.emitted.labels)) + "\n"
+            f"num_classes: {s['num_classes']}", f"order: [{', '.join(s['order'])}]"]
+    knob = dropout_knob(s["layers"])
+    if knob is not None:
+        body.append(f"dropout: {_scalar(knob)}   # knob: the dropout of every conv that has one (sweeps turn it)")
+    body.append("layers:")
+    return "\n".join(head + body + _lines(s["layers"], "model.layers", "  ", imp.emitted.labels, knob)) + "\n"
 
 
 def write_atomically(path: Path, text: str) -> None:

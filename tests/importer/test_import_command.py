@@ -43,6 +43,19 @@ def test_import_writes_a_model_that_validates_and_says_where_it_came_from(run_im
     assert [p.name for p in out.iterdir()] == ["res_imp.yaml"]  # no temporary file left behind
 
 
+def test_one_dropout_rate_becomes_the_models_dropout_knob(run_import, tmp_path):
+    """EraS9's convs share one dropout rate: the file holds it as ``model.dropout`` (as dilated_sep does),
+    so a sweep over model.dropout (sweep=hparams) turns it, and 0 leaves no Dropout module."""
+    out = tmp_path / "model"
+    assert run_import(f"{ZOO}:EraS9", "name=s9", f"out={out}")[0] == 0
+    written = yaml.safe_load((out / "s9.yaml").read_text())
+    assert written["dropout"] == 0.05 and written["layers"][0]["dropout"] == "${model.dropout}"
+    sp = f"hydra.searchpath=[file://{tmp_path}]"
+    assert "drop0.05" in validate_run(["model=s9", sp])[1]
+    code, table = validate_run(["model=s9", sp, "model.dropout=0"])
+    assert code == 0 and "drop0" not in table and "total: 181,984 params" in table
+
+
 def test_init_arguments_are_yaml_scalars_and_a_factory_works(run_import, tmp_path):
     code, text, err = run_import(f"{BAD}:factory", "name=fac", f"out={tmp_path / 'model'}", "init.width=12",
                                  "init.act=gelu")
