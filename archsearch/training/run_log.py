@@ -23,7 +23,7 @@ from archsearch.grammar.table import format_table
 from archsearch.tracking import flatten, size_metrics, ui_link
 from archsearch.training.augment import save_grid
 from archsearch.training.engine import TrainState
-from archsearch.training.plots import write_plots
+from archsearch.training.plots import write_diagram, write_plots
 from archsearch.training.run_setup import RunSetup
 
 __all__ = ["dataset_input", "git_sha", "log_done", "log_inputs", "log_outputs", "log_start", "run_tags",
@@ -76,7 +76,8 @@ def system_metrics_interval(v) -> float | None:
 
 
 def log_inputs(run, cfg, resolved: dict, s: RunSetup) -> None:
-    """Parameters, the resolved config, the analysis table and a grid of augmented samples."""
+    """Parameters, the resolved config, the analysis table, the model's picture and a grid of augmented
+    samples."""
     r, d = s.analysis, s.data
     params = flatten({k: v for k, v in resolved.items() if k not in ("tracking", "trial", "hydra")})
     params.update({"model.params": r.params, "model.rf": r.rf, "model.macs": r.macs,
@@ -87,9 +88,11 @@ def log_inputs(run, cfg, resolved: dict, s: RunSetup) -> None:
     if run.enabled:
         run.log_dataset(**dataset_input(resolved["data"], d, s.base_dir))
     (s.out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    (s.out / "analysis.txt").write_text(format_table(r, parse_budget(resolved["budget"]), []) + "\n")
+    budget = parse_budget(resolved["budget"])
+    (s.out / "analysis.txt").write_text(format_table(r, budget, []) + "\n")
     run.log_artifact(s.out / "config.yaml")
     run.log_artifact(s.out / "analysis.txt")
+    run.log_artifact(write_diagram(s.out, r, budget))  # the run page shows what was trained
     if s.pipeline is not None and run.enabled:
         seed = int(cfg.seed)
         idx = np.random.default_rng(seed).choice(len(d.x_train), size=min(32, len(d.x_train)), replace=False)

@@ -36,7 +36,7 @@ def test_train_end_to_end_logs_everything(tmp_path):
     for key in ("train_loss", "train_acc", "val_loss", "lr", "epoch_seconds", "images_per_s"):
         assert len(client.get_metric_history(row.run_id, key)) == 3
     arts = {a.path for a in client.list_artifacts(row.run_id)}
-    assert {"config.yaml", "analysis.txt", "augmented_samples.png", "curves.png", "confusion_matrix.png",
+    assert {"config.yaml", "analysis.txt", "model_diagram.svg", "augmented_samples.png", "curves.png", "confusion_matrix.png",
             "checkpoints"} <= arts
     assert ("misclassified.png" in arts) == (res.test_acc < 1.0)
     assert (tmp_path / "out" / "best.pt").exists() and (tmp_path / "out" / "last.pt").exists()
