@@ -54,17 +54,17 @@ def _fill(r: LayerAnalysis) -> str:
     return _FILL.get(r.op, _FILL["conv"])
 
 
-def _leaf_lines(r: LayerAnalysis) -> tuple[str, str]:
-    kernel, _, extras = r.layer.describe().partition(" | ")
+def _leaf_lines(r: LayerAnalysis, order: tuple[str, ...]) -> tuple[str, str]:
+    kernel, _, extras = r.layer.describe(order).partition(" | ")  # extras in the model's order
     first = " ".join(x for x in (r.op, kernel.strip(), f"· {extras}" if extras else "") if x)
     return first, f"-> {_shape(r.out_shape)}  ·  {r.params:,} p"
 
 
 # ------------------------------------------------------------------ measuring
-def _size(r: LayerAnalysis) -> tuple[float, float]:
+def _size(r: LayerAnalysis, order: tuple[str, ...]) -> tuple[float, float]:
     if not r.is_block:
-        return max(120.0, max(map(len, _leaf_lines(r))) * _CHAR + 16), float(_BOX_H)
-    cols = [_path_size(p) for p in r.children]
+        return max(120.0, max(map(len, _leaf_lines(r, order))) * _CHAR + 16), float(_BOX_H)
+    cols = [_path_size(p, order) for p in r.children]
     w = sum(c[0] for c in cols) + _PAD * (len(cols) + 1)
     title = len(_block_title(r)) * _CHAR + 2 * _PAD
     merged = 2 * (14 + len(_merge_label(r)) * 0.61 * _SMALL + _PAD)  # the label right of the centred merge node
@@ -75,10 +75,10 @@ def _merge_label(r: LayerAnalysis) -> str:
     return f"-> {_shape(r.out_shape)}  ·  {r.params:,} p"
 
 
-def _path_size(rows) -> tuple[float, float]:
+def _path_size(rows, order: tuple[str, ...]) -> tuple[float, float]:
     if not rows:
         return float(_IDENTITY_W), float(_BOX_H)
-    sizes = [_size(r) for r in rows]
+    sizes = [_size(r, order) for r in rows]
     return max(s[0] for s in sizes), sum(s[1] for s in sizes) + _GAP * (len(sizes) - 1)
 
 
@@ -93,8 +93,9 @@ class _Canvas:
     ("line", x1, y1, x2, y2, colour, width, dashed), ("circle", cx, cy, r, fill, stroke),
     ("text", x, y, text, size, colour, bold, anchor), anchor "start" | "middle" | "end"."""
 
-    def __init__(self) -> None:
+    def __init__(self, order: tuple[str, ...]) -> None:
         self.shapes: list[tuple] = []
+        self.order = order  # the model's order of op and extras, as the layer texts print them
 
     def rect(self, x, y, w, h, fill="white", stroke=_INK, dashed=False):
         self.shapes.append(("rect", x, y, w, h, fill, stroke, dashed))
@@ -111,17 +112,17 @@ class _Canvas:
 
 def _place(c: _Canvas, r: LayerAnalysis, x: float, y: float, w: float) -> float:
     """Draws ``r`` centred in [x, x + w] from ``y``; -> the y of its output (for the RF chart)."""
-    bw, bh = _size(r)
+    bw, bh = _size(r, c.order)
     x0 = x + (w - bw) / 2
     if not r.is_block:
         c.rect(x0, y, bw, bh, _fill(r))
-        first, second = _leaf_lines(r)
+        first, second = _leaf_lines(r, c.order)
         c.text(x0 + 8, y + 14, first, bold=True)
         c.text(x0 + 8, y + 28, second, _SMALL, "#444444")
         return y + bh / 2
     c.rect(x0, y, bw, bh, "none", _GREY, dashed=True)
     c.text(x0 + _PAD, y + 13, _block_title(r), _SMALL, _GREY, bold=True)
-    cols = [_path_size(p) for p in r.children]
+    cols = [_path_size(p, c.order) for p in r.children]
     inner = sum(col[0] for col in cols) + _PAD * (len(cols) - 1)
     cx, top = x0 + (bw - inner) / 2, y + _HEAD
     merge_y = y + bh - _MERGE / 2 - 4
@@ -153,7 +154,7 @@ def _place_path(c: _Canvas, rows, x: float, y: float, w: float, outs: list | Non
     """Rows of one path top to bottom with arrows between them; -> the y of its bottom edge.
     ``outs`` (the model's own list) collects (row, y of its output, top, bottom) for the RF chart."""
     for i, r in enumerate(rows):
-        h = _size(r)[1]
+        h = _size(r, c.order)[1]
         if i:
             c.line(x + w / 2, y - _GAP, x + w / 2, y)
             c.line(x + w / 2 - 3, y - 5, x + w / 2, y, _INK)
@@ -171,11 +172,11 @@ def draw(analysis: Analysis, budget: Budget, violations: list[Violation]) -> tup
     spec, rows = analysis.spec, list(analysis.top or analysis.layers)
     stages = [_stage(r.path) for r in rows]
     label_w = (max(len(s) for s in stages) * _CHAR + 18) if any(stages) else 0.0
-    net_w = max(_path_size(rows)[0], 160.0)
+    net_w = max(_path_size(rows, spec.order)[0], 160.0)
     x_net = _MARGIN + label_w
     x_chart = x_net + net_w + 48
     width = x_chart + _CHART_W + 150
-    c = _Canvas()
+    c = _Canvas(spec.order)
     _title(c, analysis, budget, violations, width)
     y = _TITLE_H + 14 * len(violations) + 40
     c.rect(x_net + net_w / 2 - 60, y, 120, 24, "white", _GREY)

@@ -43,6 +43,7 @@ def test_blocks_draw_their_paths_and_named_stages(run_validate, tmp_path):
     texts = _texts((tmp_path / "b.svg").read_text())
     assert {"residual (add)", "branches (concat)", "identity", "paths[2]"} <= set(texts)
     assert {"stem", "b1", "down", "b2", "head"} <= set(texts)  # the stages, named as in the YAML
+    assert "conv 3x3 p1 · bn,relu" in texts  # the extras in branchy's order (op, bn, act, dropout), as validate
     run_validate("model=resnet_s10", f"out={tmp_path}/r.svg")
     texts = _texts((tmp_path / "r.svg").read_text())
     assert {"prep", "layer1", "layer2", "layer3", "head"} <= set(texts)
