@@ -19,9 +19,9 @@ from archsearch.search.study import TRAINED
 def leaderboard(study, tracker=None, parent_run_id: str | None = None):
     """One row per finished trial, best validation accuracy first (a study scored without training:
     best objective first; its val_acc is empty)."""
-    test_acc: dict[str, float] = {}
+    runs: dict[str, dict[str, float]] = {}  # the trials' MLflow runs: what only the job measured
     if tracker is not None and parent_run_id:
-        test_acc = {rid: m.get("test_acc", float("nan")) for rid, m in tracker.child_metrics(parent_run_id).items()}
+        runs = tracker.child_metrics(parent_run_id)
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.RUNNING or t.state == TrialState.WAITING:
@@ -39,9 +39,11 @@ def leaderboard(study, tracker=None, parent_run_id: str | None = None):
         rid = t.user_attrs.get("mlflow_run_id")
         note = "; ".join(t.user_attrs.get("reasons", [])) or t.user_attrs.get("error", "")
         rows.append({
-            "trial": t.number, "state": state, "val_acc": val, "test_acc": test_acc.get(rid, float("nan")),
+            "trial": t.number, "state": state, "val_acc": val,
+            "test_acc": runs.get(rid, {}).get("test_acc", float("nan")),
             "params": t.user_attrs.get("model.params"), "rf": t.user_attrs.get("model.rf"),
-            "macs": t.user_attrs.get("model.macs"), "epochs": len(iv), "duration_s": round(dur, 1),
+            "macs": t.user_attrs.get("model.macs"), "epochs": len(iv),
+            "epoch_to_val85": runs.get(rid, {}).get("epoch_to_val85", float("nan")), "duration_s": round(dur, 1),
             "sampled": json.dumps(t.params, sort_keys=True), "note": note, "run_id": rid,
         })
     df = pd.DataFrame(rows, columns=COLUMNS)
@@ -169,8 +171,9 @@ def _count(v) -> str:
 
 
 def print_leaderboard(df) -> None:
-    """The leaderboard for a terminal: accuracies to 4 places, sizes with thousands separators, the
-    duration as m:ss (column ``time``), and the sampled values last, in full (never cut)."""
+    """The leaderboard for a terminal: accuracies to 4 places, sizes with thousands separators, the epoch
+    validation first reached 85% (``to_85%``), the duration as m:ss (``time``), and the sampled values
+    last, in full (never cut)."""
     if not len(df):
         print("(no finished trials)")
         return
@@ -179,7 +182,7 @@ def print_leaderboard(df) -> None:
         "val_acc": df.val_acc.map(lambda v: "" if v != v else f"{v:.4f}"),
         "test_acc": df.test_acc.map(lambda v: "" if v != v else f"{v:.4f}"),
         "params": df.params.map(_count), "rf": df.rf.map(_count), "macs": df.macs.map(_count),
-        "epochs": df.epochs, "time": df.duration_s.map(_duration)})
+        "epochs": df.epochs, "to_85%": df.epoch_to_val85.map(_count), "time": df.duration_s.map(_duration)})
     lines = view.to_string(index=False).splitlines()
     width = max(len(x) for x in lines)
     print(lines[0].ljust(width) + "  sampled")

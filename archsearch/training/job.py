@@ -107,18 +107,40 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
         return result
 
 
+THRESHOLDS = (0.80, 0.85, 0.90)  # validation accuracies whose first crossing a run records (time to accuracy)
+
+
+def first_crossings(history: list[dict]) -> dict[str, float]:
+    """The thresholds the last epoch of ``history`` crossed first -> {``epoch_to_val85``: its epoch,
+    ``seconds_to_val85``: the wall seconds of every epoch so far, training and validation}."""
+    last, earlier = history[-1], history[:-1]
+    wall = sum(h.get("epoch_wall_seconds", h["epoch_seconds"]) for h in history)  # (older checkpoints lack it)
+    out: dict[str, float] = {}
+    for t in THRESHOLDS:
+        if last["val_acc"] >= t and all(h["val_acc"] < t for h in earlier):
+            out[f"epoch_to_val{round(t * 100)}"] = last["epoch"]
+            out[f"seconds_to_val{round(t * 100)}"] = round(wall, 1)
+    return out
+
+
 def _run_epoch(s: RunSetup, state: TrainState, run, epoch: int, save: bool) -> None:
     """Train, validate, step the schedule, record, log, checkpoint: one epoch."""
     eng = s.engine
+    t0 = time.time()
     rec = eng.train_epoch(epoch)
     val = eng.validate()
     lr = eng.end_epoch(val["val_loss"])
     rec = {"epoch": rec["epoch"], "train_loss": rec["train_loss"], "train_acc": rec["train_acc"], **val, "lr": lr,
-           "epoch_seconds": rec["epoch_seconds"], "images_per_s": rec["images_per_s"]}
+           "epoch_seconds": rec["epoch_seconds"], "images_per_s": rec["images_per_s"],
+           "epoch_wall_seconds": time.time() - t0}
     has_val = len(s.data.x_val) > 0
     is_best = state.record(rec, has_val)
+    reached = first_crossings(state.history) if has_val else {}
     run.log_metrics({**{k: v for k, v in rec.items() if k != "epoch"}, "best_val_acc": state.best_val,
-                     "epochs_done": epoch + 1, "epochs": epoch + 1}, step=epoch + 1)
+                     "epochs_done": epoch + 1, "epochs": epoch + 1, **reached}, step=epoch + 1)
+    for key in (k for k in reached if k.startswith("epoch_to_")):
+        log.info("val acc reached %s%% at epoch %d, %.0fs of training and validation", key[-2:], epoch + 1,
+                 reached[key.replace("epoch_to_", "seconds_to_")])
     raw = f" (live weights {rec['val_acc_raw']:.4f})" if "val_acc_raw" in rec else ""
     log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | lr %.2e | %.0fs %.0f img/s",
              epoch + 1, s.epochs, rec["train_loss"], rec["train_acc"], rec["val_loss"], rec["val_acc"], raw, lr,

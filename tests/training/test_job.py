@@ -40,6 +40,25 @@ def test_train_end_to_end_logs_everything(tmp_path):
             "checkpoints"} <= arts
     assert ("misclassified.png" in arts) == (res.test_acc < 1.0)
     assert (tmp_path / "out" / "best.pt").exists() and (tmp_path / "out" / "last.pt").exists()
+    first80 = next((h["epoch"] for h in res.history if h["val_acc"] >= 0.8), None)  # time to accuracy
+    logged = client.get_metric_history(row.run_id, "epoch_to_val80")
+    assert [m.value for m in logged] == ([first80] if first80 else [])
+
+
+def test_time_to_accuracy_is_the_first_epoch_at_each_threshold():
+    """epoch_to_valNN / seconds_to_valNN: logged once, at the epoch validation first reaches NN%, with
+    the wall seconds of every epoch up to it."""
+    from archsearch.training.job import first_crossings
+
+    accs, walls, got = [0.5, 0.82, 0.79, 0.86, 0.95, 0.96], [10.0, 12.0, 11.0, 10.5, 10.0, 10.0], []
+    history = []
+    for i, (acc, wall) in enumerate(zip(accs, walls)):
+        history.append({"epoch": i + 1, "val_acc": acc, "epoch_seconds": wall - 1, "epoch_wall_seconds": wall})
+        got.append(first_crossings(history))
+    assert got[0] == {} and got[2] == {} and got[5] == {}  # none crossed; 80% again after a dip is no news
+    assert got[1] == {"epoch_to_val80": 2, "seconds_to_val80": 22.0}
+    assert got[3] == {"epoch_to_val85": 4, "seconds_to_val85": 43.5}
+    assert got[4] == {"epoch_to_val90": 5, "seconds_to_val90": 53.5}
 
 
 def test_resume_continues_at_the_right_epoch(tmp_path):
