@@ -1,7 +1,10 @@
 """Concurrent trials for the archsearch sweeper: a fixed set of slots, one trial process each.
 
 A slot is a device and a share of the CPU: with GPUs, ``CUDA_VISIBLE_DEVICES`` names the
-slot's GPU (``trials_per_device`` slots per GPU); on a CPU the cores are divided between the
+slot's GPU as the sweeper sees it (its own ``CUDA_VISIBLE_DEVICES`` entry: an index, a UUID or a
+MIG instance, so a SLURM allocation's GPUs stay the ones used; ``trials_per_device`` slots per
+GPU); ``devices=cpu`` hides the GPUs from its trials (an empty ``CUDA_VISIBLE_DEVICES``, so
+``trainer.device=auto`` trains on the CPU); on a CPU the cores are divided between the
 slots (each process pinned to its own cores, with as many threads), so N trials do not
 oversubscribe the machine. A trial's process is :mod:`archsearch.search.trial_process`; it dies with
 the sweeper (SIGTERM through the kernel's parent-death signal), so a killed sweeper leaves
@@ -27,14 +30,20 @@ __all__ = ["Slot", "Pool", "plan_slots"]
 @dataclass(frozen=True)
 class Slot:
     index: int
-    gpu: int | None  # CUDA device index, or None on a CPU
+    gpu: int | str | None  # the GPU as the sweeper's CUDA_VISIBLE_DEVICES names it, or None on a CPU
     cores: tuple[int, ...]  # the CPU cores the trial is pinned to
+    hide_gpus: bool = False  # devices=cpu: the trial must not see the GPUs (trainer.device=auto would take one)
+    sharing: int = 1  # trials running on this slot's GPU at once (trials_per_device)
 
     def env(self) -> dict[str, str]:
         t = str(max(1, len(self.cores)))
         env = {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t}  # torch's thread count at start-up
         if self.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(self.gpu)
+            # the precision probe's timings on a GPU other trials use are not cached as a free GPU's
+            env["ARCHSEARCH_GPU_SHARED_BY"] = str(self.sharing)
+        elif self.hide_gpus:  # devices=cpu with trainer.device=auto: the CPU, not cuda:0
+            env["CUDA_VISIBLE_DEVICES"] = ""
         return env
 
     def describe(self) -> str:
@@ -46,15 +55,27 @@ def _cores() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
 
-def visible_gpus() -> list[int]:
+def visible_gpus() -> list[int | str]:
+    """The GPUs this process may use, each as a child process must be told it: the entries of
+    ``CUDA_VISIBLE_DEVICES`` when set (``2,3``, GPU UUIDs, MIG instances: a child's index 0
+    would be the parent's first entry, not physical GPU 0), else the indices 0..n-1."""
     try:
         # torch only when asked which GPUs there are: the sweeper's process, whose trials train in
         # processes of their own (or not at all, in a scored sweep), does not load it otherwise
         import torch
 
-        return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     except Exception:
         return []
+    return gpu_entries(os.environ.get("CUDA_VISIBLE_DEVICES"), n)
+
+
+def gpu_entries(visible: str | None, count: int) -> list[int | str]:
+    """``CUDA_VISIBLE_DEVICES`` and the number of GPUs CUDA reports -> how to name each to a child."""
+    if visible is None:
+        return list(range(count))
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    return [int(e) if e.isdigit() else e for e in entries[:count]]
 
 
 def plan_slots(n_jobs: int | None, devices: Any, per_device: int, cores: list[int] | None = None,
@@ -79,12 +100,24 @@ def plan_slots(n_jobs: int | None, devices: Any, per_device: int, cores: list[in
     if devs and n > capacity:
         raise ValueError(f"hydra.sweeper.n_jobs: {n} concurrent trials need {n} slots, but devices {devs} x "
                          f"trials_per_device {per_device} give {capacity}; raise trials_per_device or lower n_jobs")
+    if isinstance(devices, (list, tuple)) and devs:
+        devs = _as_seen(devs, visible_gpus() if gpus is None else gpus)
     share = max(1, len(cores) // n)  # the cores divided between the running trials
     slots = []
     for i in range(n):
         mine = tuple(cores[(i * share) % len(cores):][:share]) or (cores[i % len(cores)],)
-        slots.append(Slot(i, devs[i // per_device] if devs else None, mine))
+        gpu = devs[i // per_device] if devs else None
+        sharing = min(per_device, n - (i // per_device) * per_device) if devs else 1
+        slots.append(Slot(i, gpu, mine, hide_gpus=devices == "cpu", sharing=sharing))
     return slots
+
+
+def _as_seen(indices: list[int], seen: list[int | str]) -> list[int | str]:
+    """``devices: [0, 2]`` (indices into the GPUs this process sees) -> their CUDA_VISIBLE_DEVICES entries."""
+    if any(d >= len(seen) for d in indices):
+        raise ValueError(f"hydra.sweeper.devices: {indices} names GPUs this process cannot see; it sees "
+                         f"{len(seen)} ({', '.join(map(str, seen)) or 'none'}): use indices below {len(seen)}, or auto")
+    return [seen[d] for d in indices]
 
 
 @dataclass(kw_only=True)

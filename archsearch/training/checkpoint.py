@@ -31,7 +31,20 @@ KEYS = frozenset({"model", "optimizer", "scheduler", "scaler", "ema", "epoch", "
 def _rng_state() -> dict:
     import torch
 
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    # the GPUs' generators too (dropout, random init on the device): a resumed run is the run it continues
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda, "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(rng: dict) -> None:
+    import torch
+
+    torch.set_rng_state(rng["torch"])
+    cuda = rng.get("cuda") or []  # absent in a checkpoint written on a CPU
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
 
 
 def save(path: Path, engine: Engine, state: TrainState, spec, spec_hash: str) -> None:
@@ -53,7 +66,9 @@ def load(path_str: str, engine: Engine, spec_hash: str) -> TrainState:
     if not path.exists():
         raise ConfigError(f"trainer.resume: no checkpoint at {path}")
     try:
-        ck = torch.load(path, map_location=engine.precision.device, weights_only=False)
+        # onto the CPU: the RNG states must stay CPU ByteTensors (torch.set_rng_state refuses a CUDA
+        # one); the engine's load_state_dict copies the weights and optimiser state to its device
+        ck = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise ConfigError(f"trainer.resume: {path} is not a readable checkpoint ({type(e).__name__})") from None
     keys = set(ck) if isinstance(ck, dict) else set()
@@ -66,7 +81,5 @@ def load(path_str: str, engine: Engine, spec_hash: str) -> TrainState:
     if engine.ema is not None and not ck["ema"]:
         raise ConfigError(f"trainer.ema: {path} was trained without EMA; resume with trainer.ema=null")
     engine.load_state_dict(ck)
-    torch.set_rng_state(ck["rng"]["torch"])
-    np.random.set_state(ck["rng"]["numpy"])
-    random.setstate(ck["rng"]["python"])
+    _set_rng_state(ck["rng"])
     return TrainState(epoch=ck["epoch"] + 1, best_val=ck["best_val"], history=ck["history"], run_id=ck["run_id"])

@@ -196,7 +196,7 @@ def choose_compile(setting, model, precision: Precision, spec_key: str, batch_si
         log.warning("trainer.compile=auto: compiling failed (%s); training eager", msg)
         write_entry(key, {"error": msg, "when": time.strftime("%Y-%m-%d %H:%M:%S")})
         return CompileChoice(False, "probe", f"compiling failed: {msg}"), model
-    busy = busy_note(load.get("others"), limit)
+    busy = busy_note(load.get("others"), limit, precision.device)
     if busy:
         log.warning("trainer.compile=auto: %s", busy)
     else:

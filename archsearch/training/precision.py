@@ -2,19 +2,14 @@
 
 ``trainer.amp`` and ``trainer.channels_last`` may be set (``off``/``bf16``/``fp16``,
 ``true``/``false``) or ``auto``: then a short timed probe of the model's real training step
-decides, on the machine the run is on. Whether a CPU "supports" bf16 says nothing about
-speed (oneDNN reports bf16 on CPUs that only emulate it, where it runs at half the fp32
-rate), so the probe times each candidate:
-
-- CPU: fp32 and bf16 autocast, each NCHW and channels_last;
-- CUDA: fp32, fp16 autocast with a gradient scaler, and bf16 where the GPU has it, each
-  NCHW and channels_last.
-
-The fastest candidate whose loss and gradients stay finite wins; fp32 NCHW is always a
-candidate, so ``auto`` never picks something slower than it (up to timing noise). The
-choice is cached per machine, torch version, device, thread count, spec hash and batch size
-(``$ARCHSEARCH_CACHE_DIR``, default ``~/.cache/archsearch``, file ``precision.json``): a
-sweep pays for the probe once per architecture.
+decides, on the machine the run is on (oneDNN reports bf16 on CPUs that only emulate it, at
+half the fp32 rate). Candidates, each NCHW and channels_last: on a CPU fp32 and bf16 autocast;
+on CUDA fp32, fp16 with a gradient scaler, and bf16 where the GPU has it in hardware. The
+fastest candidate whose loss and gradients stay finite wins (one that raises loses); fp32 NCHW
+is always a candidate, so ``auto`` never picks something slower than it (up to timing noise).
+The choice is cached per machine, torch version, device, thread count, spec hash and batch
+size (``$ARCHSEARCH_CACHE_DIR``, default ``~/.cache/archsearch``, file ``precision.json``),
+unless other work shared the CPU or the GPU while it was timed.
 """
 
 from __future__ import annotations
@@ -65,7 +60,15 @@ def pick_device(name: str):
         raise ConfigError(f"trainer.device: {name!r} requested but CUDA is not available; use auto or cpu")
     if not (name == "cpu" or name.startswith("cuda") or name == "mps"):
         raise ConfigError(f"trainer.device: unknown device {name!r}; choose one of auto, cpu, cuda, cuda:N")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None:
+        n = torch.cuda.device_count()
+        if device.index >= n:
+            raise ConfigError(f"trainer.device: {name!r} but this process sees {n} GPU{'s' if n != 1 else ''} "
+                              f"(cuda:0-cuda:{n - 1}; CUDA_VISIBLE_DEVICES renumbers them from 0)")
+        # the current device: synchronize(), the pin-memory thread and new tensors go to it, not to GPU 0
+        torch.cuda.set_device(device)
+    return device
 
 
 def pick_amp(mode: str, device=None) -> Any:
@@ -131,12 +134,10 @@ def candidates(device, amp_setting: str, layout: bool | None) -> list[tuple[str,
 
     if amp_setting != "auto":
         amps = ["fp32" if amp_setting == "off" else amp_setting]
-    elif device.type == "cuda":
-        amps = ["fp32", "fp16"] + (["bf16"] if torch.cuda.is_bf16_supported() else [])
-    elif device.type == "cpu":
-        amps = ["fp32", "bf16"]
+    elif device.type == "cuda":  # bf16 in hardware (Ampere on): emulated (T4, RTX 20xx) convolutions fail in cuDNN
+        amps = ["fp32", "fp16"] + (["bf16"] if torch.cuda.is_bf16_supported(including_emulation=False) else [])
     else:
-        amps = ["fp32"]
+        amps = ["fp32", "bf16"] if device.type == "cpu" else ["fp32"]
     layouts = [layout] if layout is not None else [False, True]
     return [(a, cl) for a in amps for cl in layouts]
 
@@ -147,7 +148,8 @@ def _label(amp: str, cl: bool) -> str:
 
 class Stepper:
     """One candidate's training step on its own copy of the model (``own_copy=False``: on ``model``
-    itself, e.g. a compiled one, which cannot be copied), with a fixed random batch."""
+    itself, e.g. a compiled one), with a fixed random batch. ``finite``: with fp16's scaler an
+    overflow (step skipped, scale lowered) is normal; only a non-finite loss or no step taken counts."""
 
     def __init__(self, model, device, amp: str, cl: bool, batch, num_classes: int, own_copy: bool = True):
         import torch
@@ -160,13 +162,20 @@ class Stepper:
         self.device = device
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
-        self.finite = True
+        self.bad, self.steps, self.skipped = False, 0, 0
+
+    @property
+    def finite(self) -> bool:
+        return not self.bad and (self.skipped < self.steps or not self.steps)
 
     def step(self) -> float:
         import torch
         import torch.nn.functional as F
 
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        # this run's GPU, not the current one (GPU 0 unless set): otherwise it times launches, not work
+        sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else (lambda: None)
+        scaled = self.scaler.is_enabled()
+        scale = self.scaler.get_scale() if scaled else 0.0
         sync()
         t0 = time.perf_counter()
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
@@ -178,15 +187,15 @@ class Stepper:
         self.scaler.update()
         sync()
         dt = time.perf_counter() - t0
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        ok = torch.isfinite(loss) and all(bool(torch.isfinite(g).all()) for g in grads)
-        self.finite = self.finite and bool(ok)
+        grads = [] if scaled else [p.grad for p in self.model.parameters() if p.grad is not None]
+        self.bad |= not (bool(torch.isfinite(loss)) and all(bool(torch.isfinite(g).all()) for g in grads))
+        self.steps += 1
+        self.skipped += int(scaled and self.scaler.get_scale() < scale)
         return dt
 
 
 def _cpu_seconds() -> tuple[float, float] | None:
-    """(CPU seconds the whole machine has been busy, CPU seconds of this process, all its threads);
-    None where ``/proc/stat`` cannot be read (not Linux)."""
+    """(CPU seconds the machine has been busy, of this process, all threads); None without ``/proc/stat``."""
     try:
         vals = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     except (OSError, ValueError):
@@ -197,10 +206,9 @@ def _cpu_seconds() -> tuple[float, float] | None:
 
 
 class OtherLoad:
-    """How much of the CPU this process's threads would use other processes took, from
-    construction to :meth:`share`: a probe timed on a busy machine measures the contention, not
-    the model, so its choice is not cached (:data:`BUSY`). Cores beyond this process's threads are
-    free for others (a sweep's parallel trials on their own cores do not count)."""
+    """How much of the CPU this process's threads would use other processes took, from construction
+    to :meth:`share`: a probe timed on a busy machine measures the contention, so it is not cached
+    (:data:`BUSY`). Cores beyond this process's threads are free for others (a sweep's parallel trials)."""
 
     def __init__(self, threads: int | None = None):
         import torch
@@ -209,8 +217,7 @@ class OtherLoad:
         self.t0, self.c0 = time.perf_counter(), _cpu_seconds()
 
     def share(self) -> float | None:
-        """Other processes' CPU beyond the cores this process leaves free, as a share of the
-        cores its threads use (0-1); None where not measurable."""
+        """Other processes' CPU beyond the cores left free, as a share of this process's (0-1); or None."""
         c1, wall = _cpu_seconds(), time.perf_counter() - self.t0
         if self.c0 is None or c1 is None or wall <= 0:
             return None
@@ -224,9 +231,8 @@ BUSY = 0.25  # other processes took more than this share of a run's cores while 
 
 
 def busy_limit() -> float:
-    """The share above which a probe's result is not cached: ``$ARCHSEARCH_PROBE_BUSY`` (0-1; 1
-    caches whatever the load, for a machine that is always shared), default :data:`BUSY`. Read
-    before a probe runs, so a bad value costs no probe."""
+    """The share above which a probe's result is not cached: ``$ARCHSEARCH_PROBE_BUSY`` (0-1; 1 caches
+    whatever the load), default :data:`BUSY`. Read before a probe runs, so a bad value costs no probe."""
     raw = os.environ.get("ARCHSEARCH_PROBE_BUSY")
     try:
         limit = float(raw) if raw else BUSY
@@ -237,9 +243,12 @@ def busy_limit() -> float:
     return limit
 
 
-def busy_note(share: float | None, limit: float) -> str:
-    """'' for a quiet machine (other processes took at most ``limit`` of the run's cores), else
-    why a probe's result was not cached."""
+def busy_note(share: float | None, limit: float, device=None) -> str:
+    """'' for a quiet machine (other processes took at most ``limit`` of the run's cores, and the
+    run has its GPU to itself), else why a probe's result was not cached."""
+    shared = int(os.environ.get("ARCHSEARCH_GPU_SHARED_BY") or 1) if getattr(device, "type", "") == "cuda" else 1
+    if shared > 1:
+        return f"the GPU is shared by {shared} trials (trials_per_device): not cached, the next run probes again"
     if share is None or share <= limit:
         return ""
     return (f"the machine was busy while it timed (other processes took {share:.0%} of this run's cores): "
@@ -257,17 +266,31 @@ def probe(model, device, candidates: list[tuple[str, bool]], batch_size: int, in
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         g = torch.Generator().manual_seed(0)
         batch = torch.randn(batch_size, *input_shape, generator=g)
-        steppers = {_label(a, cl): Stepper(model, device, a, cl, batch, num_classes) for a, cl in candidates}
-        times: dict[str, list[float]] = {k: [] for k in steppers}
-        for s in steppers.values():
-            s.step()  # warm-up: oneDNN / cuDNN pick their kernels here
+        steppers: dict[str, Any] = {}
+        times: dict[str, list[float]] = {_label(a, cl): [] for a, cl in candidates}
+        for a, cl in candidates:  # warm-up: oneDNN / cuDNN pick their kernels here
+            _guarded(steppers, times, _label(a, cl), lambda a=a, cl=cl: Stepper(model, device, a, cl, batch, num_classes))
         watch = OtherLoad()
         for _ in range(steps):
-            for k, s in steppers.items():
-                times[k].append(s.step())
+            for k in list(steppers):
+                _guarded(steppers, times, k, lambda k=k: steppers[k])
         if load is not None:
             load["others"] = watch.share()
-    return {k: (0.0 if not steppers[k].finite else batch_size / sorted(t)[len(t) // 2]) for k, t in times.items()}
+    return {k: (batch_size / sorted(t)[len(t) // 2] if k in steppers and steppers[k].finite else 0.0)
+            for k, t in times.items()}
+
+
+def _guarded(steppers: dict, times: dict, label: str, make) -> None:
+    """One step of a candidate (made by ``make``); one that raises (bf16 convolutions cuDNN lacks) loses."""
+    try:
+        s = make()
+        dt = s.step()
+    except Exception as e:  # any failure of a candidate is its verdict, not the run's
+        log.warning("trainer.amp/channels_last=auto: %s failed in the probe: %s", label, f"{e!r}"[:200])
+        return steppers.pop(label, None)
+    if label in steppers:
+        times[label].append(dt)
+    steppers[label] = s
 
 
 # ------------------------------------------------------------------ the cache
@@ -298,12 +321,9 @@ def machine_id(device) -> str:
 @contextlib.contextmanager
 def _locked(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as fh:
+    with open(path.with_suffix(".lock"), "w") as fh:  # closing the file releases the lock
         fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        yield
 
 
 def _read_cache(path: Path) -> dict:
@@ -369,7 +389,7 @@ def choose_precision(tcfg, device, model, spec_key: str, batch_size: int, input_
         limit = busy_limit()
         rates = probe_fn(model, device, cands, batch_size, input_shape, num_classes, load=load)
         entry, source = {"rates": rates, "when": time.strftime("%Y-%m-%d %H:%M:%S")}, "probe"
-        busy = busy_note(load.get("others"), limit)
+        busy = busy_note(load.get("others"), limit, device)
         if busy:
             log.warning("trainer.amp/channels_last=auto: %s", busy)
         else:
