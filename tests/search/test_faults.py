@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import FIXED, TINY
+from helpers import FIXED, TINY, trial_mid_training
 
 pytestmark = pytest.mark.servers
 
@@ -47,36 +47,6 @@ def wait_all(procs, cwd: Path, timeout: float = 600) -> list[int]:
             os.killpg(p.pid, signal.SIGKILL)
             pytest.fail(f"worker {i} hung; its log:\n" + (cwd / f"worker{i}.log").read_text()[-3000:])
     return codes
-
-
-def when_a_trial_has_trained_an_epoch(postgres_url: str, study: str, procs, timeout: float = 300):
-    """-> the RUNNING trial (FrozenTrial) that has reported at least one epoch.
-
-    One storage for the whole wait: a fresh ``load_study`` per poll costs an engine, a
-    connection and a schema check, which on a loaded machine outlasted a whole trial."""
-    import optuna
-    from optuna.trial import TrialState
-
-    end = time.time() + timeout
-    storage = study_id = None
-    try:
-        while time.time() < end and any(p.poll() is None for p in procs):
-            if study_id is None:  # the workers create the schema and the study; until then, wait
-                try:
-                    storage = storage or optuna.storages.RDBStorage(postgres_url)
-                    study_id = storage.get_study_id_from_name(study)
-                except Exception:
-                    time.sleep(0.2)
-                continue
-            running = [t for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-                       if t.intermediate_values]
-            if running:
-                return running[0]
-            time.sleep(0.05)
-    finally:
-        if storage is not None:
-            storage.engine.dispose()
-    pytest.fail("no trial was seen running")
 
 
 def figures(postgres_url: str, study: str, tracking_url: str) -> dict:
@@ -117,7 +87,7 @@ def report(name: str, f: dict) -> None:
 def test_a_worker_sigkilled_mid_trial_is_retried_through_the_heartbeat(servers, tmp_path):
     postgres, mlflow_server = servers
     procs = start_workers(tmp_path, "fault_kill", postgres.url, mlflow_server.url)
-    victim = when_a_trial_has_trained_an_epoch(postgres.url, "fault_kill", procs)
+    victim = trial_mid_training(postgres.url, "fault_kill", procs)
     pid = int(victim.user_attrs["worker"].rpartition(":")[2])
     killed = next(p for p in procs if p.pid == pid)
     os.killpg(killed.pid, signal.SIGKILL)
@@ -134,7 +104,7 @@ def sweep_through(servers, tmp_path, study: str, what: str, fault) -> dict:
     """3 workers; ``fault()`` once a trial has trained an epoch; every worker must end cleanly."""
     postgres, mlflow_server = servers
     procs = start_workers(tmp_path, study, postgres.url, mlflow_server.url)
-    when_a_trial_has_trained_an_epoch(postgres.url, study, procs)
+    trial_mid_training(postgres.url, study, procs)
     fault()
     codes = wait_all(procs, tmp_path)
     logs = "".join((tmp_path / f"worker{i}.log").read_text()[-1500:] for i in range(3))

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import FIXED, TINY
+from helpers import FIXED, TINY, trial_mid_training
 from slurm_cluster import Cluster, installed
 
 pytestmark = pytest.mark.servers
@@ -129,34 +129,10 @@ def optuna_states(url: str, study: str) -> dict[int, str]:
     return {t.number: t.user_attrs.get("state", t.state.name) for t in trials}
 
 
-def a_trial_mid_training(url: str, study: str, timeout: float = 300):
-    """-> the RUNNING trial that has reported an epoch."""
-    import optuna
-    from optuna.trial import TrialState
-
-    storage = optuna.storages.RDBStorage(url)
-    end = time.time() + timeout
-    try:
-        while time.time() < end:
-            try:
-                sid = storage.get_study_id_from_name(study)
-            except KeyError:
-                time.sleep(0.3)
-                continue
-            running = [t for t in storage.get_all_trials(sid, deepcopy=False, states=(TrialState.RUNNING,))
-                       if t.intermediate_values]
-            if running:
-                return running[0]
-            time.sleep(0.1)
-    finally:
-        storage.engine.dispose()
-    pytest.fail("no trial was seen running")
-
-
 def test_scancel_of_an_array_task_mid_trial_loses_nothing(cluster, servers, tmp_path):
     t0 = time.time()
     job = submit_array(cluster, servers, tmp_path, "slurm_scancel", epochs=6)
-    victim = a_trial_mid_training(servers[0].url, "slurm_scancel")
+    victim = trial_mid_training(servers[0].url, "slurm_scancel")
     task = next(p.parent.name for p in (tmp_path / "multirun" / job).glob(f"*/{victim.number}"))
     cluster.run("scancel", f"{job}_{task}")
     assert cluster.wait(job, timeout=600), task_logs(tmp_path)
