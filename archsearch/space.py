@@ -38,7 +38,7 @@ from archsearch.errors import ConfigError, SpecError, SweepConfigError
 from archsearch.grammar.analysis import analyze
 from archsearch.grammar.budget import check, parse_budget
 from archsearch.grammar.spec import parse_spec
-from archsearch.search.space import merge_space
+from archsearch.search.space import check_keys, merge_space
 from archsearch.search.study import override_value, split_sweep_args
 
 __all__ = ["Candidate", "SpaceReport", "check_space", "main"]
@@ -223,6 +223,10 @@ def check_space(overrides: Sequence[str], samples: int = 1000, seed: int = 0) ->
         raise ConfigError(str(e)) from None
     if base_ovs != plain:
         cfg = compose_with_hydra("config", base_ovs)
+    try:
+        check_keys(space, cfg)  # the sweeper's own check, before it would reject every candidate
+    except SweepConfigError as e:
+        raise ConfigError(str(e)) from None
     # keyed as the override writes it (+model.x adds the key), valued by its dimension
     arch = {d.prefix + k: d for k, d in space.items() if _is_arch_dimension(k)}
     training = [k for k in space if not _is_arch_dimension(k)]
@@ -234,10 +238,6 @@ def check_space(overrides: Sequence[str], samples: int = 1000, seed: int = 0) ->
     if any("." not in k.lstrip("+~") or k.startswith("~") for k in arch):  # group choices, deletions: compose each
         cands = [_slow_check(base_ovs, c) for c in combos]
     else:
-        for k in arch:
-            if not k.startswith("+") and OmegaConf.select(cfg, k, default="\0missing") == "\0missing":
-                raise ConfigError(f"hydra.sweeper.params.{k}: no such key in the composed config "
-                                  f"(model {cfg.model.get('name')!r}); '+{k}' adds a new one")
         full = OmegaConf.to_container(cfg, resolve=False)
         full.pop("hydra", None)
         base = {"model": full["model"], "budget": full["budget"]}  # (copied per candidate before any change)

@@ -23,11 +23,12 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+from omegaconf import OmegaConf
 
 from archsearch.errors import SweepConfigError
 from archsearch.search.study import override_key, override_value, split_sweep_args
 
-__all__ = ["DIRECTIONS", "MEASURED", "Dimension", "merge_space", "parse_space", "suggest"]
+__all__ = ["DIRECTIONS", "MEASURED", "Dimension", "check_keys", "merge_space", "parse_space", "suggest"]
 
 MEASURED = ("params", "macs", "rf")  # objectives taken from the analysis, not the job
 DIRECTIONS = ("maximize", "minimize")
@@ -103,6 +104,19 @@ def merge_space(params: dict[str, str],
     space = {k: cli_dims.get(k, d) for k, d in file_space.items() if k not in on_cli} | cli_dims
     fixed = [f for f in file_fixed if override_key(f) not in on_cli and override_key(f) not in space]
     return space, fixed + plain + cli_fixed, pinned
+
+
+def check_keys(space: dict[str, Dimension], cfg) -> None:
+    """A dimension over a key the composed config ``cfg`` lacks would have every candidate rejected ('Could
+    not override'): one line instead. Keys added with ``+``, and keys under a config group the search
+    itself chooses (``model=choice(a,b)``), are the candidates' to tell."""
+    missing = object()
+    for key, dim in space.items():
+        if dim.prefix or "." not in key or key.split(".")[0] in space:
+            continue
+        if OmegaConf.select(cfg, key, default=missing) is missing:
+            raise SweepConfigError(f"{dim.where}: no such key in the composed config (model "
+                                   f"{cfg.model.get('name')!r}); '+{key}' adds a new one")
 
 
 def _check(dim: Dimension, text: str) -> None:

@@ -22,7 +22,7 @@ from archsearch.errors import SweepConfigError
 from archsearch.search.recovery import Recovery
 from archsearch.search.results import scored_by
 from archsearch.search.samplers import make_sampler
-from archsearch.search.space import DIRECTIONS, MEASURED, Dimension, merge_space
+from archsearch.search.space import DIRECTIONS, MEASURED, Dimension, check_keys, merge_space
 from archsearch.search.study import (
     count_states,
     forget_storage,
@@ -69,7 +69,7 @@ def open_sweep_study(conf: DictConfig, config: DictConfig, arguments: list[str])
     # costs no training, e.g. the MACs, whose ranking `report proxies=` measures)
     scored = "" if "val_acc" in objectives else ",".join(objectives)
     space, base, pinned = _space(conf, arguments, scored)
-    _check_keys(space, config)
+    check_keys(space, config)
     url = storage_url(conf.storage, name, root)
     max_epochs = int(config.trainer.epochs)
     pconf = OmegaConf.to_container(conf.pruner, resolve=True)
@@ -100,20 +100,6 @@ def _check_app(config: DictConfig) -> None:
         raise SweepConfigError(f"hydra/sweeper=archsearch: this app's config has no {', '.join(missing)}: the "
                                "archsearch sweeper searches archsearch's training config (python -m "
                                "archsearch.train -m sweep=NAME); use Hydra's own sweepers for other apps")
-
-
-def _check_keys(space: dict[str, Dimension], config: DictConfig) -> None:
-    """A dimension over a key the config lacks would have every candidate rejected ('Could not override'):
-    one line now instead (keys under a config group the search itself chooses are the candidates' to tell)."""
-    missing = object()
-    for key, dim in space.items():
-        root = key.split(".")[0]
-        if dim.prefix or "." not in key or root in space:
-            continue
-        if OmegaConf.select(config, key, default=missing) is missing:
-            raise SweepConfigError(f"{dim.where}: no such key in this config (model "
-                                   f"{config.model.get('name')!r}): a search over it would reject every "
-                                   f"candidate; +{key}=... adds a new key, or search a key the config has")
 
 
 def read_objectives(conf: DictConfig) -> tuple[list[str], list[str]]:

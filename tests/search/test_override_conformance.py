@@ -123,7 +123,7 @@ def test_a_log_interval_is_a_log_float(tmp_path):
     (["optim.lr=interval(5,1)"], "optim.lr: interval(5,1): the low end 5.0 is above the high end 1.0"),
     (["optim.lr=tag(log, interval(0, 0.1))"], "a log scale needs a low end above 0, got 0"),
     (["+x.r=range(3,1)"], "range(3,1) holds no values"),
-    (["model.nosuch=choice(1,2)"], "model.nosuch: no such key in this config (model 'dilated_sep')"),
+    (["model.nosuch=choice(1,2)"], "model.nosuch: no such key in the composed config (model 'dilated_sep'); '+model.nosuch' adds a new one"),
     (["hydra.sweeper.direction=[maximize,minimize]", "hydra.sweeper.objectives=[val_acc]"],
      "1 objective(s) ['val_acc'] for 2 direction(s)"),
     (["hydra.sweeper.sampler.name=grid"], "optim.lr: the grid sampler needs choice(...) or range(...)"),
