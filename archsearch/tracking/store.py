@@ -4,17 +4,18 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from archsearch.config.paths import base_dir
 from archsearch.errors import ConfigError
 from archsearch.tracking.tracker import NullTracker, Tracker
 
 
 def default_uri(base: str | Path | None = None) -> str:
-    base = Path(base or os.getcwd()).resolve()
+    """The SQLite store under ``base`` (default: the base folder, :func:`archsearch.config.paths.base_dir`)."""
+    base = Path(base or base_dir()).resolve()
     return f"sqlite:///{base / 'mlruns' / 'mlflow.db'}"
 
 
