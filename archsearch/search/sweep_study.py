@@ -80,6 +80,7 @@ def open_sweep_study(conf: DictConfig, config: DictConfig, arguments: list[str])
     sampler = OmegaConf.to_container(conf.sampler, resolve=True)
     storage, study = _create(conf, name, url, directions, make_sampler(sampler, space))
     _check(study, name, url, directions, scored)
+    _enqueue(study, conf, space)
     _label(study, objectives, scored, pconf, max_epochs, base)
     tracker = make_tracker(OmegaConf.to_container(config.tracking, resolve=True), root)
     recovery = Recovery(study=study, storage=storage, tracker=tracker)
@@ -150,6 +151,47 @@ def _create(conf: DictConfig, name: str, url: str, directions: list[str], sample
             if attempt == 4:
                 raise
             time.sleep(0.5 * (attempt + 1))
+
+
+def _enqueue(study: optuna.Study, conf: DictConfig, space: dict[str, Dimension]) -> None:
+    """``hydra.sweeper.enqueue``: trials to run first (a baseline such as the shipped recipe), each a
+    mapping of searched keys to values (keys left out are sampled). Queued once, into a new study:
+    a resumed study has them already."""
+    items = OmegaConf.to_container(conf.enqueue, resolve=True) if conf.get("enqueue") else []
+    if not items or study.get_trials(deepcopy=False):
+        return
+    queued = []
+    for i, item in enumerate(items):
+        where = f"hydra.sweeper.enqueue[{i}]"
+        if not isinstance(item, dict) or not item:
+            raise SweepConfigError(f"{where}: must be a mapping of searched keys to values, e.g. {{optim.lr: 0.1}}; "
+                                   f"got {item!r}")
+        queued.append({key: _enqueued_value(f"{where}.{key}", space.get(key), value, space)
+                       for key, value in item.items()})
+    for params in queued:
+        study.enqueue_trial(params, skip_if_exists=True)
+
+
+def _enqueued_value(where: str, dim: Dimension | None, value: Any, space: dict[str, Dimension]) -> Any:
+    """One enqueued value as Optuna stores the dimension's values, checked against it."""
+    if dim is None:
+        raise SweepConfigError(f"{where}: not a searched key; choose from {', '.join(space)}")
+    labels = dim.labels()
+    if labels is not None:
+        values = dim.values()
+        match = [i for i, v in enumerate(values) if v == value and isinstance(v, bool) == isinstance(value, bool)]
+        if not match:
+            raise SweepConfigError(f"{where}: {value!r} is not one of the choices {values}")
+        return labels[match[0]]
+    values = dim.values()
+    if values:  # a range: one of its points
+        if value not in values:
+            raise SweepConfigError(f"{where}: {value!r} is not a point of the range {values}")
+        return value
+    lo, hi = float(dim.sweep.start), float(dim.sweep.end)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise SweepConfigError(f"{where}: {value!r} is outside the interval [{lo:g}, {hi:g}]")
+    return value
 
 
 def _check(study: optuna.Study, name: str, url: str, directions: list[str], scored: str) -> None:

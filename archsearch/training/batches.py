@@ -65,10 +65,14 @@ class EpochBatches:
     def __len__(self):
         return (self.n + self.bs - 1) // self.bs
 
+    def in_cooldown(self) -> bool:
+        """Whether the current epoch trains on the cool-down pipeline."""
+        return self.cooldown_from is not None and self.epoch >= self.cooldown_from
+
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
         perm = rng.permutation(self.n)
-        phase = int(self.cooldown_from is not None and self.epoch >= self.cooldown_from)
+        phase = int(self.in_cooldown())
         for b in range(len(self)):
             yield (int(self.seed * 1_000_003 + self.epoch * 10_007 + b) % 2**31, perm[b * self.bs:(b + 1) * self.bs],
                    phase, self.epoch)

@@ -19,7 +19,8 @@ from archsearch.errors import NonFiniteLoss
 from archsearch.training.batches import BatchAug, EpochBatches, make_loader, to_device, worker_count
 from archsearch.training.compilation import CompileChoice
 from archsearch.training.evaluate import bn_lags, evaluate, refresh_bn_stats
-from archsearch.training.optim import WeightEMA, make_optimizer, make_scheduler
+from archsearch.training.mixing import MixSpec, mix_batch, mixed_loss
+from archsearch.training.optim import WeightEMA, effective_lr, make_optimizer, make_scheduler
 from archsearch.training.precision import Precision
 
 __all__ = ["Engine", "TrainState"]
@@ -54,11 +55,11 @@ class Engine:
 
     def __init__(self, *, cfg, model, data, precision: Precision, pipelines: tuple[Any, Any], epochs: int,
                  cooldown_epochs: int, ema_decay: float | None, alternate_flip: tuple[bool, bool] = (False, False),
-                 compiled: tuple[CompileChoice, Any] | None = None):
+                 compiled: tuple[CompileChoice, Any] | None = None, mix: MixSpec | None = None):
         """``pipelines``: the training and cool-down augmentation (None: none); the last
         ``cooldown_epochs`` epochs use the second. ``alternate_flip``: whether each of them flips
         alternate epochs instead of at random. ``compiled``: (choice, the module a full batch runs
-        through); None: eager."""
+        through); None: eager. ``mix``: batch mixing (mixup / cutmix), None: off."""
         import torch
 
         tcfg, dev = cfg.trainer, precision.device
@@ -73,9 +74,10 @@ class Engine:
         self.workers = worker_count(tcfg.workers, dev)
         self.loader = make_loader(BatchAug(data.x_train, data.y_train, *pipelines, alternate=alternate_flip,
                                            seed=int(cfg.seed)), self.sampler, self.workers, dev)
-        self.opt = make_optimizer(cfg.optim, model)
-        self.sched, self.sched_kind = make_scheduler(cfg.sched, self.opt, float(cfg.optim.lr), epochs,
-                                                     len(self.sampler))
+        self.lr = effective_lr(cfg.optim, self.batch_size)  # optim.lr, scaled to the batch size if asked
+        self.opt = make_optimizer(cfg.optim, model, self.lr)
+        self.sched, self.sched_kind = make_scheduler(cfg.sched, self.opt, self.lr, epochs, len(self.sampler))
+        self.mix = mix
         self.scaler = torch.amp.GradScaler(dev.type, enabled=precision.amp == torch.float16)
         # (choice, module): the compiled wrapper takes the full batches (archsearch/training/compilation.py)
         self.compiled, self.step_fn = compiled or (CompileChoice(False), model)
@@ -90,18 +92,26 @@ class Engine:
         self.show_bar = bool(tcfg.get("progress", True)) and sys.stderr.isatty() and sys.stdout.isatty()
 
     # -------------------------------------------------------------- training
-    def _step(self, xb, yb):
-        """One optimiser step on a host batch -> (loss, logits), both still on the device."""
+    def _step(self, xb, yb, draw=None):
+        """One optimiser step on a host batch (mixed as ``draw`` says, None: not mixed) ->
+        (loss, logits), both still on the device."""
         import torch
         import torch.nn.functional as F
 
         p = self.precision
         x = to_device(xb, p.device, self.mean, self.istd, p.channels_last)
         y = yb.to(p.device, non_blocking=True)
+        if draw is not None:
+            x, y_partner = mix_batch(x, y, draw)
+            if p.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
         fn = self.step_fn if len(y) == self.batch_size else self.model  # a new shape would compile again
         with torch.autocast(p.device.type, dtype=p.amp or torch.float32, enabled=p.amp is not None):
             logits = fn(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+        if draw is None:
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+        else:
+            loss = mixed_loss(logits.float(), y, y_partner, draw.lam, self.label_smoothing)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
@@ -114,10 +124,13 @@ class Engine:
 
     def train_epoch(self, epoch: int) -> dict:
         """One pass over the training split (``epoch`` is 0-based) -> its loss, accuracy and speed.
-        Metrics accumulate on the device; the host syncs every ``trainer.log_every`` steps."""
+        Metrics accumulate on the device; the host syncs every ``trainer.log_every`` steps. On mixed
+        batches the accuracy counts against each image's own label."""
         import torch
 
         self.sampler.epoch = epoch
+        mix = self.mix if self.mix is not None and (self.mix.cooldown or not self.sampler.in_cooldown()) else None
+        draws = mix.draws(int(self.cfg.seed), epoch) if mix else None
         self.model.train()
         dev, n_steps = self.precision.device, len(self.sampler)
         loss_sum = torch.zeros((), device=dev)
@@ -126,7 +139,8 @@ class Engine:
         bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False, disable=not self.show_bar,
                    dynamic_ncols=True, file=sys.stderr)
         for step, (xb, yb) in enumerate(self.loader):
-            loss, logits, y = self._step(xb, yb)
+            draw = mix.draw(draws, len(yb), xb.shape[1], xb.shape[2]) if mix else None
+            loss, logits, y = self._step(xb, yb, draw)
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
@@ -142,7 +156,7 @@ class Engine:
                   elapsed: float) -> None:
         if not math.isfinite(loss_sum):
             raise NonFiniteLoss(f"training loss became {loss_sum} in epoch {epoch + 1} (step {steps_done}); "
-                                f"lower optim.lr (set to {self.cfg.optim.lr}) or check the data")
+                                f"lower optim.lr (set to {self.cfg.optim.lr}; {self.lr:g} in use) or check the data")
         bar.update(steps_done - bar.n)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                         img_s=f"{seen / max(elapsed, 1e-9):.0f}")

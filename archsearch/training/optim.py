@@ -8,7 +8,7 @@ import logging
 
 from archsearch.errors import ConfigError
 
-__all__ = ["WeightEMA", "make_optimizer", "make_scheduler", "parse_ema"]
+__all__ = ["WeightEMA", "effective_lr", "make_optimizer", "make_scheduler", "parse_ema"]
 
 # torch is imported in the functions that use it: archsearch.train imports the training modules at
 # its top and refuses a mistyped knob before torch is loaded, and `from archsearch import fit` loads
@@ -19,6 +19,7 @@ log = logging.getLogger("archsearch")
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "reduce_on_plateau", "cosine", "constant")
+BATCH_SCALINGS = ("none", "linear", "sqrt")
 
 
 def _param_groups(cfg, model) -> list[dict]:
@@ -54,18 +55,46 @@ def _with_lr(groups: list[dict], lr: float) -> list[dict]:
     return [{**g, "lr": lr * g["lr_scale"]} for g in groups]
 
 
-def make_optimizer(cfg, model):
-    """``cfg``: the ``optim`` group."""
+def effective_lr(cfg, batch_size: int) -> float:
+    """The peak lr a run uses: ``optim.lr`` as written (``optim.batch_scaling=none``, the default),
+    or ``optim.lr`` given for a batch of ``optim.base_batch_size`` and scaled to ``batch_size``:
+    in proportion (``linear``, SGD's rule) or with its square root (``sqrt``, Adam's)."""
+    how = cfg.get("batch_scaling", "none") or "none"
+    if how not in BATCH_SCALINGS:
+        raise ConfigError(f"optim.batch_scaling: unknown value {how!r}; choose one of {', '.join(BATCH_SCALINGS)}")
+    lr = float(cfg.lr)
+    if how == "none":
+        return lr
+    base = cfg.get("base_batch_size", 128)
+    if isinstance(base, bool) or not isinstance(base, int) or base < 1:
+        raise ConfigError(f"optim.base_batch_size: the batch size optim.lr is given for must be a positive integer "
+                          f"such as 128; got {base!r}")
+    ratio = batch_size / base
+    return lr * (ratio if how == "linear" else ratio ** 0.5)
+
+
+def make_optimizer(cfg, model, lr: float | None = None):
+    """``cfg``: the ``optim`` group; ``lr``: the peak lr (default ``optim.lr``)."""
     import torch
 
-    name = cfg.name
-    params = _with_lr(_param_groups(cfg, model), float(cfg.lr))
+    name, lr = cfg.name, float(cfg.lr if lr is None else lr)
+    params = _with_lr(_param_groups(cfg, model), lr)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=bool(cfg.nesterov),
-                               weight_decay=cfg.weight_decay)
+        # on CUDA the fused kernel: one launch for all parameters, and with an fp16 GradScaler no
+        # host sync per step (the unscale and the inf check happen inside the kernel)
+        fused = _fused(model)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=bool(cfg.nesterov),
+                               weight_decay=cfg.weight_decay, **fused)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                                 **_fused(model))
     raise ConfigError(f"optim.name: unknown optimiser {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def _fused(model) -> dict:
+    """``{"fused": True}`` when every parameter is on a CUDA device (fused kernels need it)."""
+    params = list(model.parameters())
+    return {"fused": True} if params and all(p.device.type == "cuda" for p in params) else {}
 
 
 def make_scheduler(cfg, opt, lr: float, epochs: int, steps: int):
@@ -121,7 +150,8 @@ class WeightEMA:
         # the (average, live) tensor pairs, paired once: update() runs after every optimiser step
         self._floats = ([*self.model.parameters(), *(b for b in self.model.buffers() if b.is_floating_point())],
                         [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())])
-        self._counters = [(be, b) for be, b in zip(self.model.buffers(), model.buffers()) if not b.is_floating_point()]
+        pairs = [(be, b) for be, b in zip(self.model.buffers(), model.buffers()) if not b.is_floating_point()]
+        self._counters = ([be for be, _ in pairs], [b for _, b in pairs])
 
     def update(self) -> None:
         """Move the average towards the live model it was made from."""
@@ -131,8 +161,8 @@ class WeightEMA:
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         with torch.no_grad():
             torch._foreach_lerp_(self._floats[0], self._floats[1], 1.0 - d)
-            for be, b in self._counters:
-                be.copy_(b)
+            if self._counters[0]:  # BatchNorm's step counters: one launch for all, not one per layer
+                torch._foreach_copy_(self._counters[0], self._counters[1])
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "updates": self.updates}

@@ -24,7 +24,8 @@ from archsearch.training.augment import build_pipeline, split_flip
 from archsearch.training.compilation import choose_compile, compile_setting
 from archsearch.training.engine import Engine
 from archsearch.training.evaluate import parse_tta
-from archsearch.training.optim import parse_ema, parse_norm_knobs
+from archsearch.training.mixing import MixSpec, parse_mix
+from archsearch.training.optim import effective_lr, parse_ema, parse_norm_knobs
 from archsearch.training.precision import choose_precision, pick_device
 from archsearch.training.recipe import apply_recipe, check_recipe
 
@@ -55,7 +56,8 @@ class RunSetup:
 @dataclass(frozen=True)
 class Knobs:
     """The recipe's knobs, parsed: the augmentation lists as built (``aug.flip`` applied) and
-    whether each phase flips alternate epochs, the cool-down epochs, EMA decay and TTA."""
+    whether each phase flips alternate epochs, the cool-down epochs, EMA decay, TTA, batch mixing
+    and the peak lr in use (``optim.lr`` scaled to the batch size if ``optim.batch_scaling`` says so)."""
     train_spec: Any
     alt_train: bool
     cool_spec: Any
@@ -63,6 +65,8 @@ class Knobs:
     cool: int
     ema_decay: float | None
     tta: str
+    mix: MixSpec | None = None
+    lr: float = 0.0
 
 
 def cooldown_epochs(acfg: dict, epochs: int) -> int:
@@ -87,7 +91,8 @@ def parse_knobs(cfg) -> Knobs:
     flip = str(acfg.get("flip") or "random")
     train_spec, alt_train = split_flip(acfg.get("train"), flip, "aug.train")
     cool_spec, alt_cool = split_flip(acfg.get("cooldown"), flip, "aug.cooldown")
-    return Knobs(train_spec, alt_train, cool_spec, alt_cool, cool, ema_decay, tta)
+    return Knobs(train_spec, alt_train, cool_spec, alt_cool, cool, ema_decay, tta, parse_mix(acfg),
+                 effective_lr(cfg.optim, int(tcfg.batch_size)))
 
 
 def _seed_all(seed: int) -> None:
@@ -145,5 +150,12 @@ def setup_run(cfg, spec: ModelSpec, analysis: Analysis, k: Knobs, out_dir, data,
                               spec.input_shape, spec.num_classes, images=epochs * len(data.x_train))
     engine = Engine(cfg=cfg, model=model, data=data, precision=precision, pipelines=(pipeline, cool_pipeline),
                     epochs=epochs, cooldown_epochs=k.cool, ema_decay=k.ema_decay,
-                    alternate_flip=(k.alt_train, k.alt_cool and bool(k.cool)), compiled=compiled)
+                    alternate_flip=(k.alt_train, k.alt_cool and bool(k.cool)), compiled=compiled, mix=k.mix)
+    if k.lr != float(cfg.optim.lr):
+        log.info("optim: peak lr %g (optim.lr %g for a batch of %s, scaled %s to batch %d)", k.lr, float(cfg.optim.lr),
+                 cfg.optim.get("base_batch_size", 128), cfg.optim.batch_scaling, int(tcfg.batch_size))
+    if k.mix:
+        log.info("aug.mix: %s", ", ".join(f"{n} alpha {a:g}" for n, a in (("mixup", k.mix.mixup_alpha),
+                 ("cutmix", k.mix.cutmix_alpha)) if a > 0) + f", {k.mix.prob:.0%} of batches"
+                 + ("" if k.mix.cooldown or not k.cool else f", not in the {k.cool} cool-down epochs"))
     return RunSetup(spec, analysis, data, engine, epochs, k.tta, out, base, pipeline, sh)

@@ -59,6 +59,9 @@ class ArchsearchSweeperConf:
     sampler: SamplerConf = field(default_factory=SamplerConf)
     pruner: PrunerConf = field(default_factory=PrunerConf)
     params: dict[str, str] = field(default_factory=dict)  # search space, Hydra override grammar
+    # trials to run first, each {searched key: value} (e.g. the shipped recipe as a baseline); keys
+    # left out are sampled; queued once, when the study is created
+    enqueue: list[Any] = field(default_factory=list)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="archsearch", node=ArchsearchSweeperConf,

@@ -290,3 +290,30 @@ def test_split_sweep_args_reads_the_command_line_with_hydras_parser():
                      "hydra.sweeper.pruner={name:median,n_startup_trials:1,n_warmup_steps:0}",
                      "hydra.sweep.dir=multirun/s", "hydra.sweeper.storage='postgresql://u@127.0.0.1:5432/db'",
                      "data.name='a,b'", "model.wide=choice(32,48"]  # Hydra reports what it cannot parse
+
+
+def test_enqueued_trials_run_first_and_a_bad_one_is_one_line(tmp_path):
+    sweep(tmp_path, "hydra.sweeper.n_trials=1", "hydra.sweeper.enqueue=[{model.wide:48,optim.lr:0.02}]")
+    (t,) = study(tmp_path).trials
+    assert t.params["model.wide"] == 48 and t.params["optim.lr"] == 0.02  # model.dropout was sampled
+    p = sweep(tmp_path, "hydra.sweeper.study_name=other", "hydra.sweeper.enqueue=[{model.wide:40}]", check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1] == ("error: hydra.sweeper.enqueue[0].model.wide: 40 is not one of the "
+                                                 "choices [32, 48, 72]")
+
+
+def test_the_recipe_sweep_starts_from_the_shipped_recipe(tmp_path):
+    """sweeps/recipe.yaml's first trial is the defaults, as the config composes them."""
+    cmd = [sys.executable, "-m", "archsearch.train", "-m", "sweep=recipe", "data=synthetic", "data.n_train=256",
+           "data.n_test=64", "data.val_size=64", "data.limit_train=null", "trainer.epochs=1", "hydra.sweeper.n_trials=1",
+           *TINY[4:], *FIXED, "model.wide=16", "hydra.sweep.dir=multirun/r"]
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    from archsearch.config.compose import compose
+
+    cfg = compose("config", [])
+    t = study(tmp_path, "recipe").trials[0]  # the second queued recipe waits for a later run
+    assert t.params["optim.lr"] == cfg.optim.lr and t.params["trainer.batch_size"] == cfg.trainer.batch_size
+    assert t.params["aug.cooldown_fraction"] == cfg.aug.cooldown_fraction
+    assert t.params["trainer.label_smoothing"] == cfg.trainer.label_smoothing
+    assert t.params["trainer.stem_init"] == cfg.trainer.stem_init and t.params["aug.mix.mixup_alpha"] == 0.0
