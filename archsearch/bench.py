@@ -2,13 +2,19 @@
 
 Side-by-side measurements in one process, on one machine, on the same data; each figure is
 the median of several repetitions after a warm-up, with its spread (min-max). Writes the
-table, with machine, device, torch version and date, to ``BENCHMARKS.md``.
+table, with machine, device, torch version and date, to ``BENCHMARKS.md``. A part that fails
+gets a row saying so, and the others still run and are written.
+
+The GPU check, on a machine with one: ``python -m archsearch.bench device=cuda`` (synthetic data,
+nothing downloaded; parts train, breakdown, compile, workers, slots, system_metrics).
 
 Options (key=value):
-  parts        comma list of: train, breakdown, compile, validator, sweep, concurrency, memory (default: all)
+  parts        comma list of: train, breakdown, compile, validator, sweep, concurrency, memory, workers, slots, system_metrics (default: all)
+               (with device=cuda... and no parts: the GPU check's parts)
+  device       auto (default: a GPU if there is one) | cpu | cuda | cuda:N: what the parts train on
   model        the network of parts train, breakdown, compile (default dilated_sep; any conf/model name)
   data         synthetic (default) | folder;  data.root=PATH for folder (e.g. the CIFAR-10 copy)
-  images       training images per measured epoch (default 4096)
+  images       training images per measured epoch (default 4096; 32768 on a GPU)
   reps         measured repetitions after one warm-up (default 3)
   batch        batch size for both loops (default 128)
   workers      DataLoader workers for both loops in part train (default auto, as training uses)
@@ -17,7 +23,7 @@ Options (key=value):
   run_images   part train: the run that auto decides for, and row 1b projects (default 900000: 20 epochs
                of CIFAR-10's 45,000 training images)
   trials       sweep part: trials in the overhead sweep (default 200)
-  conc_trials  concurrency part: trials per sweep (default 8); conc_images training images (default 2000;
+  conc_trials  concurrency and slots parts: trials per sweep (default 8); conc_images training images (default 2000;
                as many validation and test images, up to 1000),
                conc_epochs epochs per trial (default 2)
   mem_images   memory part: training images (default 50000, CIFAR-10's size); mem_workers (default 2)
@@ -29,13 +35,14 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from archsearch import cli
-from archsearch.benchmark.inputs import model_name
+from archsearch.benchmark.inputs import bench_device, model_name
 from archsearch.benchmark.machine import describe_machine
-from archsearch.benchmark.parts import PARTS
+from archsearch.benchmark.parts import GPU_PARTS, PARTS
 from archsearch.config.paths import available
 from archsearch.errors import ConfigError
 from archsearch.training.compilation import compile_setting
@@ -43,7 +50,7 @@ from archsearch.training.compilation import compile_setting
 __all__ = ["OPTIONS", "main"]
 
 # every key=value this command reads (the docstring says what each does)
-OPTIONS = ("parts", "model", "data", "data.root", "images", "reps", "batch", "workers", "compile", "run_images",
+OPTIONS = ("parts", "device", "model", "data", "data.root", "images", "reps", "batch", "workers", "compile", "run_images",
            "trials", "conc_trials", "conc_images", "conc_epochs", "mem_images", "mem_workers", "out")
 
 
@@ -61,8 +68,14 @@ def _bench(argv: list[str]) -> int:
     for p in parts:
         t0 = time.time()
         print(f"bench: {p} ...", file=sys.stderr, flush=True)
-        PARTS[p](opts, rows, notes)
-        print(f"bench: {p} done in {time.time() - t0:.0f}s: {rows[-1]}", file=sys.stderr, flush=True)
+        try:
+            PARTS[p](opts, rows, notes)
+        except Exception as e:  # one part's failure (a GPU quirk, a missing tool) costs its rows, not the file
+            first = (str(e).strip().splitlines() or [""])[-1][:200].replace("|", "/")
+            rows.append((f"{p}: not measured", "", f"failed: {type(e).__name__}", first))
+            notes.append(f"part {p} failed after {time.time() - t0:.0f}s: {type(e).__name__}: {first}")
+            traceback.print_exc()
+        print(f"bench: {p} done in {time.time() - t0:.0f}s: {rows[-1] if rows else ''}", file=sys.stderr, flush=True)
     text = markdown(argv, opts, rows, notes)
     print(text)
     out = opts.get("out", "BENCHMARKS.md")
@@ -86,8 +99,10 @@ def parse_options(argv: Sequence[str]) -> dict[str, str]:
 
 
 def chosen_parts(opts: dict[str, str]) -> list[str]:
-    """Option ``parts`` (default: all, in the registry's order) -> the part names, each checked."""
-    parts = [p for p in str(opts.get("parts", ",".join(PARTS))).split(",") if p]
+    """Option ``parts`` (default: all, in the registry's order; with ``device=cuda...`` the GPU
+    check's) -> the part names, each checked."""
+    default = GPU_PARTS if str(opts.get("device", "auto")).startswith("cuda") else PARTS
+    parts = [p for p in str(opts.get("parts", ",".join(default))).split(",") if p]
     bad = [p for p in parts if p not in PARTS]
     if bad:
         raise ConfigError(f"parts: unknown part {bad[0]!r}; choose from {', '.join(PARTS)}")
@@ -95,7 +110,11 @@ def chosen_parts(opts: dict[str, str]) -> list[str]:
 
 
 def check_options(opts: dict[str, str]) -> None:
-    """The model, compile and data options, refused in one line before anything is measured."""
+    """The device, model, compile and data options, refused in one line before anything is measured."""
+    try:
+        bench_device(opts)
+    except ConfigError as e:  # e.g. cuda on a machine without a GPU
+        raise ConfigError(str(e).replace("trainer.device", "device", 1)) from None
     if model_name(opts) not in available("model"):
         raise ConfigError(f"model: unknown model {model_name(opts)!r}; choose one of {', '.join(available('model'))}")
     try:
@@ -117,7 +136,7 @@ def markdown(argv: Sequence[str], opts: dict[str, str], rows: list, notes: list)
         "# Benchmarks", "",
         "Written by `python -m archsearch.bench " + " ".join(argv) + "`. Each cell: median (min-max) of the "
         "measured repetitions after a warm-up; every comparison ran side by side in one invocation.", "",
-        f"- machine: {describe_machine()}", f"- data: {data}",
+        f"- machine: {describe_machine()}", f"- parts ran on: {bench_device(opts)}", f"- data: {data}",
         f"- model (parts train, breakdown, compile): {model_name(opts)}", "",
         *table, "", *[f"- {n}" for n in notes], ""])
 

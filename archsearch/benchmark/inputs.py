@@ -10,9 +10,9 @@ from omegaconf import OmegaConf
 from archsearch import build_model, load_spec
 from archsearch.grammar.spec import spec_hash
 from archsearch.training.data import load_data, synthetic
-from archsearch.training.precision import choose_precision
+from archsearch.training.precision import choose_precision, pick_device
 
-__all__ = ["auto_model", "bench_images", "model_name"]
+__all__ = ["auto_model", "bench_device", "bench_images", "model_name"]
 
 # torch is imported where it is used: `python -m archsearch.bench --help` and a mistyped option
 # answer without it
@@ -23,10 +23,15 @@ def model_name(opts: dict) -> str:
     return str(opts.get("model", "dilated_sep"))
 
 
+def bench_device(opts: dict):
+    """Option ``device``: auto (a GPU if there is one), cpu, cuda or cuda:N -> the torch device."""
+    return pick_device(str(opts.get("device", "auto")))
+
+
 def bench_images(opts: dict) -> tuple[Any, Any]:
     """The first ``images`` training images (uint8 N x H x W x C) and labels: synthetic, or from
     the image folder ``data.root`` with ``data=folder``."""
-    n = int(opts.get("images", 4096))
+    n = int(opts.get("images", 4096 if bench_device(opts).type == "cpu" else 32768))
     if opts.get("data", "synthetic") == "folder":
         s = load_data({"source": "folder", "root": opts["data.root"], "val_size": 0})
         return s.x_train[:n], s.y_train[:n]

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from archsearch.benchmark.device_parts import part_slots, part_system_metrics, part_workers
 from archsearch.benchmark.memory import part_memory
 from archsearch.benchmark.search_parts import part_concurrency, part_sweep, part_validator
 from archsearch.benchmark.training_parts import part_breakdown, part_compile, part_train
 
-__all__ = ["PARTS", "Part"]
+__all__ = ["GPU_PARTS", "PARTS", "Part"]
 
 Part = Callable[[dict, list, list], None]
 
@@ -22,4 +23,10 @@ PARTS: dict[str, Part] = {
     "sweep": part_sweep,
     "concurrency": part_concurrency,
     "memory": part_memory,
+    "workers": part_workers,
+    "slots": part_slots,
+    "system_metrics": part_system_metrics,
 }
+
+# what `python -m archsearch.bench device=cuda` runs by default: the GPU check (docs/benchmarks.md)
+GPU_PARTS = ("train", "breakdown", "compile", "workers", "slots", "system_metrics")

@@ -13,7 +13,7 @@ from archsearch.config.compose import compose
 from archsearch.training.augment import build_pipeline
 from archsearch.training.data import channel_stats
 
-__all__ = ["ReferenceDataset", "era_s9_pipeline", "reference_epoch", "reference_transform"]
+__all__ = ["ReferenceDataset", "ReferenceLoop", "era_s9_pipeline", "reference_transform"]
 
 # torch and albumentations (seconds each) are imported where they are used: `python -m archsearch.bench
 # --help` and a mistyped option answer without them
@@ -47,27 +47,37 @@ def reference_transform(mean, std):
     return A.Compose([*ours.transforms, A.Normalize(mean=mean, std=std), ToTensorV2()])
 
 
-def reference_epoch(model, x, y, batch: int, workers: int, device) -> float:
-    """One epoch the reference's way (fp32, NCHW, log_softmax + NLL, .item() every step).
-    Returns images/s."""
-    import torch
-    import torch.nn.functional as F
+class ReferenceLoop:
+    """The reference's training loop (fp32, NCHW, log_softmax + NLL, ``.item()`` every step) over one
+    DataLoader kept for every epoch, its workers too (``persistent_workers``): measured epochs pay
+    for training, not for starting worker processes, so the reference is not made slower than it is."""
 
-    mean, std = channel_stats(x)
-    loader = torch.utils.data.DataLoader(ReferenceDataset(x, y, reference_transform(mean, std)), batch_size=batch,
-                                         shuffle=True, num_workers=workers, pin_memory=device.type == "cuda")
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    model.train()
-    seen, t0 = 0, time.perf_counter()
-    for data, target in loader:
-        data, target = data.to(device), target.to(device)
-        opt.zero_grad()
-        out = F.log_softmax(model(data), dim=-1)
-        loss = F.nll_loss(out, target)
-        loss.backward()
-        opt.step()
-        _ = loss.item()  # the reference prints the loss every step (tqdm description)
-        seen += len(target)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return seen / (time.perf_counter() - t0)
+    def __init__(self, model, x, y, batch: int, workers: int, device):
+        import torch
+
+        mean, std = channel_stats(x)
+        self.model, self.device = model, device
+        self.loader = torch.utils.data.DataLoader(
+            ReferenceDataset(x, y, reference_transform(mean, std)), batch_size=batch, shuffle=True,
+            num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+        self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def epoch(self) -> float:
+        """One epoch -> images/s."""
+        import torch
+        import torch.nn.functional as F
+
+        self.model.train()
+        seen, t0 = 0, time.perf_counter()
+        for data, target in self.loader:
+            data, target = data.to(self.device), target.to(self.device)
+            self.opt.zero_grad()
+            out = F.log_softmax(self.model(data), dim=-1)
+            loss = F.nll_loss(out, target)
+            loss.backward()
+            self.opt.step()
+            _ = loss.item()  # the reference prints the loss every step (tqdm description)
+            seen += len(target)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return seen / (time.perf_counter() - t0)

@@ -17,7 +17,7 @@ from archsearch.grammar.spec import parse_spec
 from archsearch.search.study import open_storage
 from archsearch.tracking import make_tracker
 
-__all__ = ["part_concurrency", "part_sweep", "part_validator"]
+__all__ = ["part_concurrency", "part_sweep", "part_validator", "timed_sweep"]
 
 # optuna and mlflow are imported in the functions that use them: `python -m archsearch.bench --help`
 # and a mistyped option answer without them
@@ -104,8 +104,11 @@ def part_sweep(opts: dict, rows: list, notes: list) -> None:
                  "the first time each architecture is seen: the smoke space has 8, 4 widths x 2 dropout rates).")
 
 
-def _timed_sweep(opts: dict, n_jobs: int, td: str) -> tuple[float, int]:
-    """One archsearch sweep of small real trials -> (wall seconds, trained trials)."""
+def timed_sweep(opts: dict, td: str, name: str, slots: list[str], precision: list[str] | None = None,
+                extra: list[str] = ()) -> tuple[float, int]:
+    """One archsearch sweep of small real trials (the smoke space, no pruning) on the option ``device``
+    -> (wall seconds, trained trials). ``slots``: the sweeper's n_jobs / devices / trials_per_device;
+    ``precision``: the trials' trainer.amp / channels_last (default fp32 channels_last)."""
     import optuna
 
     n, images = int(opts.get("conc_trials", 8)), int(opts.get("conc_images", 2000))
@@ -115,11 +118,11 @@ def _timed_sweep(opts: dict, n_jobs: int, td: str) -> tuple[float, int]:
                 f"data.val_size={held}", f"data.limit_test={held}"]
     else:
         data = [f"data.n_train={images + held}", f"data.val_size={held}", f"data.n_test={held}"]
-    name = f"conc{n_jobs}"
     cmd = [sys.executable, "-m", "archsearch.train", "-m", "sweep=smoke", *data, f"hydra.sweeper.study_name={name}",
-           f"hydra.sweeper.n_trials={n}", f"hydra.sweeper.n_jobs={n_jobs}", "hydra.sweeper.pruner={name:none}",
+           f"hydra.sweeper.n_trials={n}", *slots, "hydra.sweeper.pruner={name:none}",
            "model.wide=choice(32,48,56,64)", f"trainer.epochs={int(opts.get('conc_epochs', 2))}", "trainer.tta=none",
-           "trainer.batch_size=128", "trainer.amp=off", "trainer.channels_last=true", f"hydra.sweep.dir=multirun/{name}"]
+           "trainer.batch_size=128", *(precision or ["trainer.amp=off", "trainer.channels_last=true"]),
+           f"trainer.device={opts.get('device', 'auto')}", f"hydra.sweep.dir=multirun/{name}", *extra]
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     t0 = time.time()
     p = subprocess.run(cmd, cwd=td, capture_output=True, text=True, env=env)
@@ -135,8 +138,10 @@ def part_concurrency(opts: dict, rows: list, notes: list) -> None:
     one trial per core (``hydra.sweeper.n_jobs`` = cores, each pinned to its core, one thread)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as td:
-        w1, n1 = _timed_sweep(opts, 1, td)
-        wn, nn = _timed_sweep(opts, cores, td)
+        # the CPU's cores, whatever GPUs the machine has (on a GPU machine: part 8, trials per device)
+        w1, n1 = timed_sweep({**opts, "device": "cpu"}, td, "conc1", ["hydra.sweeper.n_jobs=1", "hydra.sweeper.devices=cpu"])
+        wn, nn = timed_sweep({**opts, "device": "cpu"}, td, f"conc{cores}",
+                             [f"hydra.sweeper.n_jobs={cores}", "hydra.sweeper.devices=cpu"])
     r1, rn = 3600 * n1 / w1, 3600 * nn / wn
     rows.append((f"6. sweep throughput (trials/hour), {n1} trials", f"n_jobs=1, {cores} threads: {r1:.0f}",
                  f"n_jobs={cores}, 1 thread each: {rn:.0f}", f"{rn / r1:.2f}x"))

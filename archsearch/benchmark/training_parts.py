@@ -11,15 +11,15 @@ import time
 
 from archsearch import build_model, load_spec
 from archsearch.benchmark.figures import spread
-from archsearch.benchmark.inputs import auto_model, bench_images, model_name
-from archsearch.benchmark.reference import era_s9_pipeline, reference_epoch
+from archsearch.benchmark.inputs import auto_model, bench_device, bench_images, model_name
+from archsearch.benchmark.reference import ReferenceLoop, era_s9_pipeline
 from archsearch.config.compose import compose
 from archsearch.grammar.spec import spec_hash
 from archsearch.training.batches import worker_count
 from archsearch.training.compilation import choose_compile, probe_compile
 from archsearch.training.data import Splits, channel_stats
 from archsearch.training.job import train
-from archsearch.training.precision import candidates, pick_device, probe
+from archsearch.training.precision import candidates, probe
 
 __all__ = ["part_breakdown", "part_compile", "part_train"]
 
@@ -31,14 +31,14 @@ def part_train(opts: dict, rows: list, notes: list) -> None:
     """archsearch's real training path (archsearch.training.job.train) vs the reference loop."""
     x, y = bench_images(opts)
     reps, batch = int(opts.get("reps", 3)), int(opts.get("batch", 128))
-    device = pick_device("auto")
+    device = bench_device(opts)
     workers = worker_count(opts.get("workers", "auto"), device)
     mean, std = channel_stats(x)
     splits = Splits(x, y, x[:256], y[:256], x[:256], y[:256], tuple(f"c{i}" for i in range(10)), mean, std)
     # ours: the real loop; the reference runs one epoch after each of ours (from the epoch hook, outside
     # our timed loop), so each pair compared is measured back to back and drift hits both alike; the
     # first epoch of each is the warm-up
-    cfg = compose("config", [f"model={model_name(opts)}", "tracking=none", f"trainer.epochs={reps + 1}",
+    cfg = compose("config", [f"model={model_name(opts)}", "tracking=none", f"trainer.device={device}", f"trainer.epochs={reps + 1}",
                              f"trainer.batch_size={batch}", "trainer.progress=false", "trainer.checkpoint=false",
                              f"trainer.workers={opts.get('workers', 'auto')}",
                              # every measured epoch does the full era_s9 work, as the reference does
@@ -49,9 +49,10 @@ def part_train(opts: dict, rows: list, notes: list) -> None:
                                                 run_images)
     cfg.trainer.compile = compiled  # the warm-up epoch compiles (if at all): not in the measured epochs
     ref: list[float] = []
+    ref_loop = ReferenceLoop(model, x, y, batch, workers, device)
 
     def reference(epoch: int, val_acc: float) -> None:
-        ref.append(reference_epoch(model, x, y, batch, workers, device))
+        ref.append(ref_loop.epoch())
 
     with tempfile.TemporaryDirectory() as td:
         res = train(cfg, td, epoch_hook=reference, data=splits)
@@ -89,7 +90,7 @@ def _compile_for_run(setting: str, device, batch: int, name: str, images: int) -
 def part_breakdown(opts: dict, rows: list, notes: list) -> None:
     """Model step alone (tensors already on the device) for every precision/layout candidate
     the probe times; augmentation rate."""
-    device = pick_device("auto")
+    device = bench_device(opts)
     reps, batch = int(opts.get("reps", 3)), int(opts.get("batch", 128))
     steps = 8 if device.type == "cpu" else 50
     spec = load_spec(model_name(opts))
@@ -126,7 +127,7 @@ def part_compile(opts: dict, rows: list, notes: list) -> None:
     import torch
     import torch._inductor.config as inductor_config
 
-    device = pick_device("auto")
+    device = bench_device(opts)
     batch = int(opts.get("batch", 128))
     spec, chosen, model = auto_model(device, batch, model_name(opts))
     torch._dynamo.reset()

@@ -9,7 +9,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,26 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
     if empty and prefix:
         out[prefix] = "[]" if isinstance(d, (list, tuple)) else "{}"
     return out
+
+
+log = logging.getLogger("archsearch")
+
+
+def keep_own_gpus(monitor, uuids: Sequence[str] | None) -> bool:
+    """Narrow MLflow's GPU monitor to the GPUs of ``uuids`` (in that order) -> whether any is left."""
+    import pynvml
+
+    def norm(u) -> str:
+        u = str(u.decode() if isinstance(u, bytes) else u).lower()
+        return u[4:] if u.startswith("gpu-") else u
+
+    by_uuid = {norm(pynvml.nvmlDeviceGetUUID(h)): h for h in monitor.gpu_handles}
+    monitor.gpu_handles = [by_uuid[norm(u)] for u in uuids or () if norm(u) in by_uuid]
+    monitor.num_gpus = len(monitor.gpu_handles)
+    if uuids and not monitor.gpu_handles:
+        log.warning("trainer.system_metrics: NVML does not list the run's GPU (%s; a MIG instance?): no GPU metrics",
+                    ", ".join(map(str, uuids)))
+    return bool(monitor.gpu_handles)
 
 
 class NullTracker:
@@ -81,7 +101,7 @@ class NullTracker:
         return 0.0
 
     @contextlib.contextmanager
-    def system_metrics(self, interval: float, resume: bool = False):
+    def system_metrics(self, interval: float, resume: bool = False, gpu_uuids: Sequence[str] | None = None):
         yield
 
 
@@ -188,14 +208,17 @@ class Tracker:
             self.client.log_batch(self.run_id, metrics=ms[i:i + 1000])
 
     @contextlib.contextmanager
-    def system_metrics(self, interval: float, resume: bool = False):
+    def system_metrics(self, interval: float, resume: bool = False, gpu_uuids: Sequence[str] | None = None):
         """MLflow's system metrics (``system/cpu_utilization_percentage``, memory, disk, network;
         GPU with nvidia-ml-py) every ``interval`` seconds while the block runs, and once at its end
-        (so a run shorter than the interval has one sample too)."""
+        (so a run shorter than the interval has one sample too). ``gpu_uuids``: the GPUs the run
+        computes on (their UUIDs); NVML sees every GPU of the machine whatever CUDA_VISIBLE_DEVICES
+        says, so only those are sampled, named ``gpu_0``... in the run's own order. None: no GPU."""
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         mon = SystemMetricsMonitor(self.run_id, sampling_interval=interval, resume_logging=resume,
                                    tracking_uri=self.uri)
+        mon.monitors = [m for m in mon.monitors if not hasattr(m, "gpu_handles") or keep_own_gpus(m, gpu_uuids)]
         mon.start()
         try:
             yield

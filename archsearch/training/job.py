@@ -96,7 +96,8 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
         if not resumed:
             run_log.log_inputs(run, cfg, resolved, s)
         run_log.log_start(s, resumed is not None)
-        with run.system_metrics(sys_every, resumed is not None) if sys_every else contextlib.nullcontext():
+        with run.system_metrics(sys_every, resumed is not None, run_log.gpu_uuids(s.engine.precision.device)) \
+                if sys_every else contextlib.nullcontext():
             for epoch in range(state.epoch, s.epochs):
                 _run_epoch(s, state, run, epoch, bool(tcfg.checkpoint))
                 if epoch_hook is not None:

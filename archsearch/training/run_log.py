@@ -26,7 +26,7 @@ from archsearch.training.engine import TrainState
 from archsearch.training.plots import write_diagram, write_plots
 from archsearch.training.run_setup import RunSetup
 
-__all__ = ["dataset_input", "git_sha", "log_done", "log_inputs", "log_outputs", "log_start", "run_tags",
+__all__ = ["dataset_input", "git_sha", "gpu_uuids", "log_done", "log_inputs", "log_outputs", "log_start", "run_tags",
            "system_metrics_interval"]
 
 log = logging.getLogger("archsearch")
@@ -73,6 +73,15 @@ def system_metrics_interval(v) -> float | None:
     except ImportError:
         raise ConfigError("trainer.system_metrics: needs psutil (pip install psutil)") from None
     return float(v)
+
+
+def gpu_uuids(device) -> list[str] | None:
+    """The UUID of the GPU a run computes on (what its system metrics sample), None on a CPU."""
+    if device.type != "cuda":
+        return None
+    import torch  # a CUDA run has it loaded
+
+    return [str(torch.cuda.get_device_properties(device).uuid)]
 
 
 def log_inputs(run, cfg, resolved: dict, s: RunSetup) -> None:

@@ -4,8 +4,8 @@ No timing is asserted."""
 import re
 
 import archsearch.bench
-from archsearch.bench import OPTIONS, main
-from archsearch.benchmark.parts import PARTS
+from archsearch.bench import OPTIONS, chosen_parts, main
+from archsearch.benchmark.parts import GPU_PARTS, PARTS
 
 SMALL = ["model=compact", "images=96", "reps=1", "batch=32", "trials=2", "mem_images=256", "mem_workers=1",
          "conc_trials=1", "conc_images=64", "conc_epochs=1", "run_images=1000"]
@@ -38,6 +38,33 @@ def test_bench_sweep_parts_write_the_table(tmp_path, monkeypatch):
         assert part in text
 
 
+def test_the_gpu_check_runs_on_the_cpu_too(tmp_path, monkeypatch):
+    """python -m archsearch.bench device=cuda's own parts, on device=cpu: the code a GPU machine runs."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "B.md"
+    assert main(["parts=workers,slots,system_metrics", "device=cpu", *SMALL, f"out={out}"]) == 0
+    text = out.read_text()
+    assert "- parts ran on: cpu" in text and "not measured" not in text
+    for part in ("7. training end to end, 0 DataLoader worker(s)", "7. training end to end, 1 DataLoader worker(s)",
+                 "8. sweep throughput, 1 trial(s) per CPU", "8. sweep throughput, 4 trial(s) per CPU",
+                 "| 9. a 2-trial sweep with trainer.system_metrics=1, logged to MLflow | 2 trial runs |"):
+        assert part in text
+    assert "system metrics logged: cpu_utilization_percentage" in text
+    assert chosen_parts({"device": "cuda"}) == list(GPU_PARTS) and chosen_parts({}) == list(PARTS)
+
+
+def test_a_failing_part_gets_a_row_and_the_table_is_still_written(tmp_path, monkeypatch):
+    def broken(opts, rows, notes):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setitem(PARTS, "train", broken)
+    out = tmp_path / "B.md"
+    assert main(["parts=train,validator", "reps=1", f"out={out}"]) == 0
+    text = out.read_text()
+    assert "| train: not measured |  | failed: RuntimeError | CUDA error: an illegal memory access" in text
+    assert "3. validator: dilated_sep" in text  # the parts after it ran
+
+
 def test_bench_rejects_bad_options(capsys, monkeypatch):
     assert main(["parts=train,nope"]) == 2
     assert "parts: unknown part 'nope'" in capsys.readouterr().err
@@ -50,6 +77,8 @@ def test_bench_rejects_bad_options(capsys, monkeypatch):
     assert main(["data=folder"]) == 2
     assert main(["model=nope"]) == 2
     assert "model: unknown model 'nope'; choose one of" in capsys.readouterr().err
+    assert main(["device=tpu"]) == 2
+    assert "error: device: unknown device 'tpu'; choose one of auto, cpu, cuda, cuda:N" in capsys.readouterr().err
 
 
 def test_bench_refuses_an_unknown_option_before_measuring(capsys):

@@ -144,3 +144,31 @@ def test_fp16_overflows_the_scaler_skips_are_not_a_verdict(init_scale, finite):
         s.step()
     assert s.skipped >= 1  # it overflowed: the scaler skipped steps and lowered its scale
     assert s.finite is finite  # steps taken after the scale came down: fine; never a step taken: not
+
+
+def test_system_metrics_sample_only_the_runs_own_gpu(monkeypatch, caplog):
+    """NVML lists every GPU of the machine whatever CUDA_VISIBLE_DEVICES says: a trial on the
+    third GPU logs that one, as its gpu_0, and a CPU run logs none."""
+    import pynvml
+
+    from archsearch.tracking.tracker import keep_own_gpus
+
+    uuids = {f"h{i}": f"GPU-{c}{c}{c}-uuid" for i, c in enumerate("abcd")}
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetUUID", lambda h: uuids[h])
+    mon = types.SimpleNamespace(gpu_handles=list(uuids), num_gpus=4)
+    assert keep_own_gpus(mon, ["ccc-uuid"])  # torch's UUID has no "GPU-" prefix
+    assert mon.gpu_handles == ["h2"] and mon.num_gpus == 1
+    mon = types.SimpleNamespace(gpu_handles=list(uuids), num_gpus=4)
+    assert not keep_own_gpus(mon, None)  # a CPU run: the GPU monitor goes
+    mon = types.SimpleNamespace(gpu_handles=list(uuids), num_gpus=4)
+    assert not keep_own_gpus(mon, ["MIG-eee"]) and "no GPU metrics" in caplog.text
+
+
+def test_fused_optimisers_only_for_parameters_on_a_gpu():
+    from archsearch.config.compose import compose
+    from archsearch.training.optim import _fused, make_optimizer
+
+    model = torch.nn.Linear(4, 2)
+    assert _fused(model) == {} and not make_optimizer(compose("config", []).optim, model).defaults.get("fused")
+    assert _fused(types.SimpleNamespace(parameters=lambda: [types.SimpleNamespace(device=torch.device("cuda", 0))])) \
+        == {"fused": True}
