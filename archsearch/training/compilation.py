@@ -8,8 +8,11 @@ a search measured 1.03x; BENCHMARKS.md, docs/engine.md). So ``auto`` decides by 
 and only where it can pay:
 
 1. a run is *short* when it trains fewer than :data:`MIN_IMAGES` images or its eager
-   training would take under :data:`MIN_SECONDS` at the rate the precision probe measured:
-   it stays eager without a probe (sweep trials on a proxy, tests, smoke runs);
+   training would take under :data:`MIN_SECONDS` (per device type) at the rate the precision
+   probe measured: it stays eager without a probe (sweep trials on a proxy, tests, smoke runs).
+   On a GPU the bar is a minute, not ten: a small network's eager step there is bound by
+   kernel launches, so compiling can win by a large factor, and a 20-epoch run takes well under
+   ten minutes eager; the probe then decides whether the run's images pay for the compile;
 2. otherwise the model is compiled and its training step timed against the eager one
    (10 steps each, interleaved so that the machine's drift hits both alike, on a fixed random
    batch; the weights, BatchNorm statistics and RNG are restored afterwards). Compiled wins
@@ -63,7 +66,8 @@ log = logging.getLogger("archsearch")
 
 MARGIN = 1.05  # compiled must be 5% faster: it rounds differently and pays its compile in every run
 MIN_IMAGES = 100_000  # fewer training images: auto does not consider compiling
-MIN_SECONDS = 600.0  # eager training shorter than this (estimated): auto does not consider compiling
+# eager training shorter than this (estimated, per device type): auto does not consider compiling
+MIN_SECONDS = {"cpu": 600.0, "cuda": 60.0}
 
 
 def compile_setting(value) -> str:
@@ -174,7 +178,7 @@ def choose_compile(setting, model, precision: Precision, spec_key: str, batch_si
     if precision.device.type not in ("cpu", "cuda"):
         return CompileChoice(False, "auto", f"not tried on {precision.device.type}"), model
     eager = precision.rates.get(precision.label)
-    if images < MIN_IMAGES or (eager and images / eager < MIN_SECONDS):
+    if images < MIN_IMAGES or (eager and images / eager < MIN_SECONDS[precision.device.type]):
         est = f", ~{images / eager / 60:.0f} min eager" if eager else ""
         return CompileChoice(False, "short run", f"{images:,} images{est}"), model
     key = cache_key(precision.device, spec_key, batch_size, f"compile {precision.label}")

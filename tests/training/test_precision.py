@@ -278,3 +278,23 @@ def test_the_compile_probe_leaves_the_model_as_it_was_and_training_compiles_once
     res = train(cfg, tmp_path / "out")  # 136 training images: 4 batches of 32 and one of 8 per epoch
     assert res.epochs == 2 and res.test_acc == res.test_acc
     assert dynamo_utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_compile_auto_on_a_gpu_probes_runs_longer_than_a_minute_eager(tmp_path, monkeypatch):
+    """A small network on a GPU trains 900,000 images in seconds eager: a run of a few minutes there
+    is long enough for the probe (on a CPU the bar is ten minutes)."""
+    import torch
+
+    monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Fake GPU")
+    calls = []
+
+    def fake_probe(model, precision, *a, **k):
+        calls.append(precision.label)
+        return "compiled-module", {"eager": 50_000.0, "compiled": 150_000.0}, 40.0
+
+    p = Precision(torch.device("cuda"), torch.bfloat16, True, "probe", {"bf16 channels_last": 50_000.0})
+    short, _ = choose_compile("auto", _tiny_model(), p, "k", 128, (3, 32, 32), 10, 900_000, probe_fn=fake_probe)
+    assert not short.compiled and short.source == "short run" and not calls  # 18 s eager
+    long, fn = choose_compile("auto", _tiny_model(), p, "k", 128, (3, 32, 32), 10, 9_000_000, probe_fn=fake_probe)
+    assert long.compiled and long.source == "probe" and fn == "compiled-module" and calls  # 180 s eager, 3x faster
