@@ -106,6 +106,14 @@ def part_breakdown(opts: dict, rows: list, notes: list) -> None:
         mark = " (auto's choice)" if chosen.label == label else ""
         rows.append((f"2a. model step alone, {label}{mark} (images/s)", f"fp32 NCHW: {spread(base)}", spread(rates),
                      f"{statistics.median(rates) / statistics.median(base):.2f}x"))
+    # the step alone at larger batches, at auto's choice: a small network's GPU step is launch-bound
+    sizes = [batch * 2 ** i for i in range(4 if device.type == "cuda" else 2)]
+    label = chosen.label
+    at = {b: [probe(build_model(spec), device, [(chosen.amp_short, chosen.channels_last)], b, spec.input_shape,
+                    spec.num_classes, steps=steps)[label] for _ in range(reps)] for b in sizes}
+    for b in sizes[1:]:
+        rows.append((f"2d. model step alone, {label}, batch {b} (images/s)", f"batch {batch}: {spread(at[batch])}",
+                     spread(at[b]), f"{statistics.median(at[b]) / statistics.median(at[batch]):.2f}x"))
     x, _ = bench_images({**opts, "images": min(int(opts.get("images", 4096)), 4096)})
     pipe = era_s9_pipeline([125.0, 123.0, 114.0])
     rates = []
@@ -123,33 +131,39 @@ def part_breakdown(opts: dict, rows: list, notes: list) -> None:
 
 def part_compile(opts: dict, rows: list, notes: list) -> None:
     """torch.compile: what it costs up front and what it gains per step (the probe of
-    ``trainer.compile=auto``, on a cold compile), so you know from how many images it pays off."""
-    import torch
-    import torch._inductor.config as inductor_config
-
+    ``trainer.compile=auto``, on a cold compile), so you know from how many images it pays off;
+    on a GPU also with CUDA graphs (``mode="reduce-overhead"``)."""
     device = bench_device(opts)
     batch = int(opts.get("batch", 128))
     spec, chosen, model = auto_model(device, batch, model_name(opts))
+    for mode in (None, "reduce-overhead") if device.type == "cuda" else (None,):
+        _compile_row(rows, model, spec, chosen, batch, mode, steps=10 if device.type == "cpu" else 50)
+    notes.append("part 2c: the compile probe of trainer.compile=auto (cold compile; then 10 steps each (50 on a GPU), "
+                 "eager and compiled interleaved, medians); break-even = compile time / per-image time saved. auto "
+                 "compiles a run when it is faster by 5% and the run's images save more than the compile costs.")
+
+
+def _compile_row(rows: list, model, spec, chosen, batch: int, mode: str | None, steps: int) -> None:
+    import torch
+    import torch._inductor.config as inductor_config
+
+    what = f"2c. torch.compile{f' mode={mode}' if mode else ''}, {chosen.label}"
     torch._dynamo.reset()
     cold = inductor_config.force_disable_caches
     inductor_config.force_disable_caches = True  # a cold compile, as on a machine that never compiled this model
     try:
-        _, rates, compile_s = probe_compile(model, chosen, batch, spec.input_shape, spec.num_classes,
-                                            steps=10 if device.type == "cpu" else 50)
-    except Exception as e:  # no C++ compiler, an op inductor cannot lower: the other parts still report
+        _, rates, compile_s = probe_compile(model, chosen, batch, spec.input_shape, spec.num_classes, steps=steps,
+                                            mode=mode)
+    except Exception as e:  # no C++ compiler, an op inductor cannot lower: the other rows still report
         first = (str(e).strip().splitlines() or [""])[0][:160]
-        rows.append((f"2c. torch.compile, {chosen.label}", "not measured", f"compiling failed: {type(e).__name__}",
-                     first))
+        rows.append((what, "not measured", f"compiling failed: {type(e).__name__}", first))
         return
     finally:
         inductor_config.force_disable_caches = cold
     eager, compiled = rates["eager"], rates["compiled"]
     gain = 1 / eager - 1 / compiled if eager and compiled else 0.0  # seconds saved per image
     breakeven = compile_s / gain if gain > 0 else float("inf")
-    rows.append((f"2c. torch.compile, {chosen.label} (model step, images/s)", f"eager: {eager:,.0f}",
+    rows.append((f"{what} (model step, images/s)", f"eager: {eager:,.0f}",
                  f"compiled: {compiled:,.0f} after {compile_s:.0f}s compiling",
                  f"{compiled / eager:.2f}x; pays off after "
                  + (f"{breakeven:,.0f} images" if math.isfinite(breakeven) else "never")))
-    notes.append("part 2c: the compile probe of trainer.compile=auto (cold compile; then 10 steps each, eager "
-                 "and compiled interleaved, medians); break-even = compile time / per-image time saved. auto "
-                 "compiles a run when it is faster by 5% and the run's images save more than the compile costs.")

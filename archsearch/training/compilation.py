@@ -103,19 +103,21 @@ class CompileChoice:
 
 
 def probe_compile(model, precision: Precision, batch_size: int, input_shape: tuple[int, int, int],
-                  num_classes: int, steps: int = 10, load: dict | None = None) -> tuple[Any, dict[str, float], float]:
+                  num_classes: int, steps: int = 10, load: dict | None = None,
+                  mode: str | None = None) -> tuple[Any, dict[str, float], float]:
     """Compile ``model`` and time its training step against the eager one -> (compiled module,
     {"eager": img/s, "compiled": img/s}, compile seconds). ``model`` (already on its device, in its
     memory format) keeps its weights, buffers and the global RNG state; no gradients are left.
     ``load``, when given, receives ``others``: the share of the CPU other processes took while the
-    steps were timed (the compile's own worker processes excluded: they run before)."""
+    steps were timed (the compile's own worker processes excluded: they run before). ``mode``:
+    torch.compile's (None: its default; ``reduce-overhead``: CUDA graphs, what the GPU check times)."""
     import torch
 
     device = precision.device
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if device.type == "cpu":  # "No CUDA runtime is found" on every CPU compile: not the user's concern
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    compiled = torch.compile(model)
+    compiled = torch.compile(model, mode=mode)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             eager, comp, times, compile_s = _time_steps(model, compiled, precision, batch_size, input_shape,
