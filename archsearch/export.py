@@ -1,4 +1,4 @@
-"""``python -m archsearch.export sweep=NAME [trial=best|N] name=NEWNAME [out=conf/model] [overwrite=true]``
+"""``python -m archsearch.export sweep=NAME [trial=best|N] name=NEWNAME [what=model|recipe] [out=conf/model] [overwrite=true]``
 
 Writes a sweep trial's architecture as a model file of its own, ``<out>/NEWNAME.yaml``, so
 that ``python -m archsearch.train model=NEWNAME`` trains it with any recipe.
@@ -21,6 +21,13 @@ kept unless ``overwrite=true``. The written file is checked as ``python -m archs
 model=NEWNAME`` would check it (with the budget overrides the sweep ran with); a file the
 validator refuses is removed again.
 
+``what=recipe`` writes the trial's training recipe instead, as ``<out>/NEWNAME.yaml`` in the
+``recipe`` group (``out`` default ``conf/recipe``): every ``optim``, ``sched``, ``trainer`` and
+``aug`` value of the trial's full-recipe config that differs from the defaults (its sampled
+values and what the sweep file set, e.g. ``optim.batch_scaling``), and the group options it
+chose; not the run's length, device or precision. ``python -m archsearch.train model=M
+recipe=NEWNAME`` then trains any network with it. The file is checked to compose.
+
 Exit codes: 0 written; 1 the validator refused it; 2 a user mistake (one line on stderr).
 """
 
@@ -41,6 +48,7 @@ from archsearch.config.paths import CONF_DIR, base_dir, config_file, search_dirs
 from archsearch.errors import ConfigError
 from archsearch.grammar.analysis import analyze
 from archsearch.search.proxy_rank import proxy_vs_full
+from archsearch.search.recipe_file import recipe_diff, recipe_yaml
 from archsearch.search.results import open_study, proxy_val_acc, retrained
 from archsearch.search.selection import (
     complete_trials,
@@ -54,7 +62,8 @@ from archsearch.validate import run as validate_run
 
 __all__ = ["best_trial", "main", "model_node"]
 
-OWN = ("trial", "name", "out", "overwrite")
+OWN = ("trial", "name", "out", "overwrite", "what")
+WHAT = ("model", "recipe")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
 
 
@@ -163,14 +172,18 @@ def _first_difference(a, b, path: str = "model") -> str | None:
 # ------------------------------------------------------------------ the command
 def _args(argv: Sequence[str]):
     mine, rest = cli.split_args(argv, OWN)
+    what = mine.get("what", "model")
+    if what not in WHAT:
+        raise ConfigError(f"what: unknown value {what!r}; choose one of {', '.join(WHAT)}")
     name = mine.get("name", "")
     if not _NAME.fullmatch(name):
-        raise ConfigError(f"name: the new model's name, e.g. name=res_best (letters, digits, _ and -); got {name!r}")
-    out = Path(mine.get("out") or CONF_DIR / "model").expanduser()
-    if out.name != "model":
-        raise ConfigError(f"out: must be a model/ folder of a config search path (conf/model, or <your conf>/model "
+        raise ConfigError(f"name: the new {what}'s name, e.g. name={'res_best' if what == 'model' else 'fast20'} "
+                          f"(letters, digits, _ and -); got {name!r}")
+    out = Path(mine.get("out") or CONF_DIR / what).expanduser()
+    if out.name != what:
+        raise ConfigError(f"out: must be a {what}/ folder of a config search path (conf/{what}, or <your conf>/{what} "
                           f"with hydra.searchpath=[file://<your conf>]); got {out}")
-    return mine.get("trial", "best"), name, out, cli.boolean("overwrite", mine.get("overwrite", "false")), rest
+    return what, mine.get("trial", "best"), name, out, cli.boolean("overwrite", mine.get("overwrite", "false")), rest
 
 
 def _compose_trial(study, trial, user: Sequence[str]):
@@ -184,14 +197,14 @@ def _compose_trial(study, trial, user: Sequence[str]):
     return ovs, cfg, base_file
 
 
-def _check_target(path: Path, name: str, overwrite: bool, overrides: Sequence[str]) -> None:
+def _check_target(path: Path, name: str, overwrite: bool, overrides: Sequence[str], group: str = "model") -> None:
     if path.exists() and not overwrite:
         raise ConfigError(f"overwrite: {path} exists; choose another name= or pass overwrite=true to replace it")
     # another folder of the search path with the name (the target's own folder is the overwrite above)
-    others = [d for d in search_dirs(overrides) if (d / "model").resolve() != path.parent.resolve()]
-    other = config_file("model", name, others) if others else None
+    others = [d for d in search_dirs(overrides) if (d / group).resolve() != path.parent.resolve()]
+    other = config_file(group, name, others) if others else None
     if other is not None:
-        raise ConfigError(f"name: a model {name!r} already exists ({other}); choose another name")
+        raise ConfigError(f"name: a {group} {name!r} already exists ({other}); choose another name")
 
 
 def _validate_or_remove(path: Path, name: str, overrides: Sequence[str]) -> tuple[int, str]:
@@ -207,10 +220,49 @@ def _validate_or_remove(path: Path, name: str, overrides: Sequence[str]) -> tupl
     return code, text
 
 
+def _export_recipe(study, url: str, trial, name: str, out: Path, overwrite: bool, rest) -> tuple[int, str]:
+    """``what=recipe``: the trial's recipe as ``<out>/NAME.yaml`` (archsearch.search.recipe_file)."""
+    ovs = run_overrides(study, trial, rest, seed=None)
+    cfg = compose_with_hydra("config", ovs)
+    path = out / f"{name}.yaml"
+    _check_target(path, name, overwrite, ovs, group="recipe")
+    choices, values = recipe_diff(cfg)
+    lines = [f"# Exported by python -m archsearch.export what=recipe from trial {trial.number} of study "
+             f"{study.study_name!r}", f"#   storage: {_relative_to_base(url)}",
+             f"# proxy (the sweep's training): val_acc {_fmt_acc(proxy_val_acc(trial))}"]
+    for seed, rec in sorted(retrained(study).get(trial.number, {}).items()):
+        lines.append(f"# full recipe (archsearch.retrain), seed {seed}: val_acc {_fmt_acc(rec.get('val_acc'))}, "
+                     f"test_acc single view {_fmt_acc(rec.get('test_acc_single_view'))} ({rec.get('epochs')} epochs, "
+                     f"model {cfg.model.name})")
+    lines.append(f"# train with it: python -m archsearch.train model=NAME recipe={name}")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(recipe_yaml("\n".join(lines) + "\n", choices, values))
+    sp = _searchpath_for(out, "recipe")
+    try:  # the file must compose, as `train recipe=NAME` will, to the trial's values
+        back = compose_with_hydra("config", [*sp, f"recipe={name}"])
+        wrong = [k for k, v in values.items() if OmegaConf.select(back, k) != v]
+        if wrong:
+            raise ConfigError(f"{wrong[0]}: the written recipe composes to {OmegaConf.select(back, wrong[0])!r}, "
+                              f"not the trial's {values[wrong[0]]!r}; nothing written")
+    except ConfigError:
+        path.unlink()
+        raise
+    keys = [*(f"{g}={c}" for g, c in choices.items()), *(f"{k}={v}" for k, v in values.items())]
+    return 0, (f"wrote {path}\n{name}: the recipe of trial {trial.number} of study {study.study_name!r} "
+               f"({_proxy_text(trial)}): {' '.join(keys) or '(the defaults)'}; train with it: "
+               f"python -m archsearch.train model=NAME recipe={name} {' '.join(repr(s) for s in sp)}".rstrip())
+
+
+def _searchpath_for(out: Path, group: str) -> list[str]:
+    return [] if out.parent.resolve() == CONF_DIR.resolve() else [f"hydra.searchpath=[file://{out.parent.resolve()}]"]
+
+
 def _export(argv: Sequence[str]) -> tuple[int, str]:
-    which, name, out, overwrite, rest = _args(argv)
+    what, which, name, out, overwrite, rest = _args(argv)
     _, study, url = open_study(rest)
     trial = _pick(study, which)
+    if what == "recipe":
+        return _export_recipe(study, url, trial, name, out, overwrite, rest)
     ovs, cfg, base_file = _compose_trial(study, trial, rest)
     path = out / f"{name}.yaml"
     _check_target(path, name, overwrite, ovs)

@@ -88,6 +88,8 @@ EXPORT_MISTAKES = [
     (["sweep=smoke", "name=x", "trial=1"], "error: trial: trial 1 of study 'smoke' is PRUNED, not COMPLETE"),
     (["sweep=smoke", "name=dilated_sep", "out=conf/model"], "error: name: a model 'dilated_sep' already exists"),
     (["sweep=smoke", "name=x", "overwrite=yes"], "error: overwrite: must be true or false; got 'yes'"),
+    (["sweep=smoke", "name=x", "what=both"], "error: what: unknown value 'both'; choose one of model, recipe"),
+    (["sweep=smoke", "name=x", "what=recipe", "out=conf/model"], "error: out: must be a recipe/ folder"),
 ]
 
 
