@@ -11,7 +11,9 @@ the study's ``retrain.t<trial>.s<seed>`` attributes), it also prints the proxy-v
 per seed and their means) and how well the proxy ranks them: Kendall's tau-b and Spearman's
 rho over the retrained trials (at least 3), beside the same for two proxies that cost no
 training (the parameter count and the MACs: a trained proxy should rank better than they do);
-written to ``proxy_vs_full.csv`` and the ``rank`` entry of ``summary.json``.
+written to ``proxy_vs_full.csv`` and the ``rank`` entry of ``summary.json``; and each retrained
+run's time to accuracy (the epoch and wall minutes at which validation first reached 80%, 85%
+and 90%, from its MLflow metrics), written to ``time_to_accuracy.csv`` and ``summary.json``.
 
 ``full_from=STUDY`` takes the full-recipe records from another study of the same candidates
 (swept under another proxy or proxy seed with the same sampler seed), matched by sampled
@@ -62,6 +64,7 @@ from archsearch.search.proxy_rank import (
     rank_lines,
 )
 from archsearch.search.results import load_named, open_study, retrained, score_column
+from archsearch.search.time_to_accuracy import print_time_to_accuracy, time_to_accuracy
 from archsearch.tracking import make_tracker
 
 __all__ = ["main"]
@@ -96,6 +99,19 @@ def _report_retrained(study, out: Path, summary: dict, full_study=None,
     csv = out / "proxy_vs_full.csv"
     table.to_csv(csv, index=False)
     return [csv, full_plot(table, out / "full_vs_params.png", study.study_name, budget_params)]
+
+
+def _report_time(study, out: Path, summary: dict, runs: dict[str, dict[str, float]]) -> list[Path]:
+    """Print and write when each retrained run's validation first reached 80%, 85% and 90%."""
+    table = time_to_accuracy(study, runs)
+    if not len(table):
+        return []
+    print("\ntime to accuracy (retrained runs; when validation first reached each level, wall time up to it):")
+    print_time_to_accuracy(table)
+    summary["time_to_accuracy"] = json.loads(table.to_json(orient="records"))
+    csv = out / "time_to_accuracy.csv"
+    table.to_csv(csv, index=False)
+    return [csv]
 
 
 def _min_tau(value: str | None) -> float:
@@ -153,6 +169,7 @@ def _report(argv: list[str]) -> int:
     print(line)
     summary: dict = {"study": name, "storage": url, "summary": line, "rank": None}
     files += _report_retrained(study, out, summary, full_study, OmegaConf.select(cfg, "budget.max_params"))
+    files += _report_time(study, out, summary, tracker.child_metrics(parent) if parent else {})
     if others is not None:
         table, pick = proxy_choice(full_study or study, [study, *others], min_tau)
         for line in choice_lines(table, pick, min_tau):

@@ -9,11 +9,13 @@ import re
 import shutil
 import warnings
 
+import optuna
 import pytest
 from studies import add_trial, journal_study, run_main
 
 from archsearch.config.paths import CONF_DIR
 from archsearch.search.proxy_rank import proxy_cost, proxy_vs_full, rank_agreement
+from archsearch.search.time_to_accuracy import print_time_to_accuracy, time_to_accuracy
 
 
 # ------------------------------------------------------------------ the report's table on a built study
@@ -257,3 +259,23 @@ def test_the_pareto_plot_draws_rejected_candidates_apart_never_at_an_accuracy(sm
         assert "rejected (1)" in [t.get_text() for t in strip.get_legend().get_texts()]
     finally:
         plt.close(fig)
+
+
+def test_time_to_accuracy_shows_when_each_retrained_run_reached_each_level(capsys):
+    """report's time-to-accuracy table: per retrained (trial, seed), the epoch and wall minutes at which
+    validation first reached 80/85/90% (the run's MLflow metrics), '-' for a level never reached."""
+    st = optuna.create_study(direction="maximize")
+    st.set_user_attr("retrain.t4.s1", {"val_acc": 0.861, "test_acc_single_view": 0.855, "epochs": 20,
+                                       "seconds": 1500.0, "run_id": "r41"})
+    st.set_user_attr("retrain.t4.s0", {"val_acc": 0.83, "test_acc_single_view": 0.829, "epochs": 20,
+                                       "seconds": 1380.0, "run_id": "r40"})
+    runs = {"r40": {"epoch_to_val80": 15, "seconds_to_val80": 1035.0},
+            "r41": {"epoch_to_val80": 12, "seconds_to_val80": 900.0, "epoch_to_val85": 19, "seconds_to_val85": 1425.0}}
+    table = time_to_accuracy(st, runs)
+    assert list(zip(table.trial, table.seed)) == [(4, 0), (4, 1)]
+    assert table.min_to_val85[1] == 23.75 and table.epoch_to_val85.isna()[0] and table.epoch_to_val90.isna().all()
+    print_time_to_accuracy(table)
+    lines = capsys.readouterr().out.splitlines()
+    assert "val 80%" in lines[0] and "val 85%" in lines[0] and "val 90%" in lines[0]
+    assert "epoch 15, 17.2 min" in lines[1] and "83.00%" in lines[1] and "23.0 min" in lines[1]
+    assert "epoch 12, 15.0 min" in lines[2] and "epoch 19, 23.8 min" in lines[2] and lines[2].split()[-3] == "-"

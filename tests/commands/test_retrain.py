@@ -70,6 +70,11 @@ def test_retrain_top_trials_full_recipe_mlflow_and_study_records(swept, monkeypa
     csv = (rep / "proxy_vs_full.csv").read_text().splitlines()
     assert csv[0].startswith("trial,params,rf,macs,proxy_val_acc,full_val_acc,full_test_s0,full_test_s1") and len(csv) == 4
     assert all(row.split(",")[3].isdigit() for row in csv[1:])  # each trial's MACs, as the sweep recorded them
+    # and when each retrained run reached 80/85/90% validation (one epoch of synthetic data: none did)
+    assert "time to accuracy (retrained runs" in out
+    assert [(r["trial"], r["seed"]) for r in summary["time_to_accuracy"]] == sorted([(n, 0) for n in top] + [(top[0], 1)])
+    assert all(0 < r["minutes"] < 10 and r["epoch_to_val85"] is None for r in summary["time_to_accuracy"])
+    assert len((rep / "time_to_accuracy.csv").read_text().splitlines()) == 5
 
 
 # ------------------------------------------------------------------ which trials
