@@ -160,7 +160,8 @@ def _report(argv: list[str]) -> int:
     name, base = study.study_name, base_dir()
     tracker = make_tracker(OmegaConf.to_container(cfg.tracking, resolve=True), base)
     parent = study.user_attrs.get("mlflow_parent_run_id") if tracker.enabled else None
-    df = leaderboard(study, tracker if tracker.enabled else None, parent)
+    runs = tracker.child_metrics(parent) if parent else {}  # read once: the leaderboard and the time table
+    df = leaderboard(study, runs=runs)
     out = base / "outputs" / "reports" / name
     files = write_outputs(df, out, name, OmegaConf.select(cfg, "budget.max_params"),
                           y=score_column(study) or "val_acc")
@@ -169,7 +170,7 @@ def _report(argv: list[str]) -> int:
     print(line)
     summary: dict = {"study": name, "storage": url, "summary": line, "rank": None}
     files += _report_retrained(study, out, summary, full_study, OmegaConf.select(cfg, "budget.max_params"))
-    files += _report_time(study, out, summary, tracker.child_metrics(parent) if parent else {})
+    files += _report_time(study, out, summary, runs)
     if others is not None:
         table, pick = proxy_choice(full_study or study, [study, *others], min_tau)
         for line in choice_lines(table, pick, min_tau):
