@@ -237,7 +237,7 @@ def _export_recipe(study, url: str, trial, name: str, out: Path, overwrite: bool
     lines.append(f"# train with it: python -m archsearch.train model=NAME recipe={name}")
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(recipe_yaml("\n".join(lines) + "\n", choices, values))
-    sp = _searchpath_for(out, "recipe")
+    sp = _searchpath_for(out)
     try:  # the file must compose, as `train recipe=NAME` will, to the trial's values
         back = compose_with_hydra("config", [*sp, f"recipe={name}"])
         wrong = [k for k, v in values.items() if OmegaConf.select(back, k) != v]
@@ -253,7 +253,7 @@ def _export_recipe(study, url: str, trial, name: str, out: Path, overwrite: bool
                f"python -m archsearch.train model=NAME recipe={name} {' '.join(repr(s) for s in sp)}".rstrip())
 
 
-def _searchpath_for(out: Path, group: str) -> list[str]:
+def _searchpath_for(out: Path) -> list[str]:
     return [] if out.parent.resolve() == CONF_DIR.resolve() else [f"hydra.searchpath=[file://{out.parent.resolve()}]"]
 
 
