@@ -6,9 +6,11 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 from helpers import TINY_MODEL, cfg_for, runs
 
 from archsearch.config.compose import compose, spec_from_cfg
+from archsearch.config.paths import available, config_file
 from archsearch.training.augment import split_flip
 from archsearch.training.batches import BatchAug, EpochBatches
 from archsearch.training.job import train
@@ -116,3 +118,23 @@ def test_a_worker_forked_after_the_sample_grid_does_not_hang(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "done dilated_sep" in p.stderr + p.stdout
+
+
+def _leaves(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+@pytest.mark.parametrize("name", available("recipe"))
+def test_every_shipped_recipe_trains_with_the_values_its_file_says(name):
+    from omegaconf import OmegaConf
+
+    written = yaml.safe_load(config_file("recipe", name).read_text()) or {}
+    cfg = compose("config", [f"recipe={name}"])
+    for key, value in _leaves(written):
+        assert OmegaConf.select(cfg, key) == value, f"recipe={name}: {key} is {OmegaConf.select(cfg, key)!r}, the file says {value!r}"
+    if name == "default":
+        assert OmegaConf.to_container(cfg) == OmegaConf.to_container(compose("config", []))
