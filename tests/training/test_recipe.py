@@ -135,6 +135,7 @@ def test_every_shipped_recipe_trains_with_the_values_its_file_says(name):
     written = yaml.safe_load(config_file("recipe", name).read_text()) or {}
     cfg = compose("config", [f"recipe={name}"])
     for key, value in _leaves(written):
-        assert OmegaConf.select(cfg, key) == value, f"recipe={name}: {key} is {OmegaConf.select(cfg, key)!r}, the file says {value!r}"
+        got = OmegaConf.select(cfg, key)
+        assert got == value, f"recipe={name}: {key} is {got!r}, the file says {value!r}"
     if name == "default":
         assert OmegaConf.to_container(cfg) == OmegaConf.to_container(compose("config", []))
