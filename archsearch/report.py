@@ -161,7 +161,7 @@ def _report(argv: list[str]) -> int:
     tracker = make_tracker(OmegaConf.to_container(cfg.tracking, resolve=True), base)
     parent = study.user_attrs.get("mlflow_parent_run_id") if tracker.enabled else None
     runs = tracker.child_metrics(parent) if parent else {}  # read once: the leaderboard and the time table
-    df = leaderboard(study, runs=runs)
+    df = leaderboard(study, runs)
     out = base / "outputs" / "reports" / name
     files = write_outputs(df, out, name, OmegaConf.select(cfg, "budget.max_params"),
                           y=score_column(study) or "val_acc")

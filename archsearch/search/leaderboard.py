@@ -16,13 +16,11 @@ from archsearch.search.results import COLUMNS, score_column, score_order
 from archsearch.search.study import TRAINED
 
 
-def leaderboard(study, tracker=None, parent_run_id: str | None = None,
-                runs: dict[str, dict[str, float]] | None = None):
+def leaderboard(study, runs: dict[str, dict[str, float]] | None = None):
     """One row per finished trial, best validation accuracy first (a study scored without training:
-    best objective first; its val_acc is empty). ``runs``: the child runs' metrics if the caller has
-    them already (else read from ``tracker`` under ``parent_run_id``)."""
-    if runs is None:  # the trials' MLflow runs: what only the job measured
-        runs = tracker.child_metrics(parent_run_id) if tracker is not None and parent_run_id else {}
+    best objective first; its val_acc is empty). ``runs``: the trials' MLflow runs' metrics
+    (``Tracker.child_metrics``), what only the job measured; none without tracking."""
+    runs = runs or {}
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.RUNNING or t.state == TrialState.WAITING:

@@ -302,7 +302,7 @@ class SweeperImpl:
         (closed FINISHED), the summary line on stderr."""
         s = self.sweep_study
         c = count_states(s.study)
-        df = leaderboard(s.study, s.tracker if s.tracker.enabled else None, s.parent)
+        df = leaderboard(s.study, s.tracker.child_metrics(s.parent) if s.tracker.enabled and s.parent else None)
         files = write_outputs(df, s.sweep_dir, s.study.study_name, budget_params=self._budget_params())
         line = summary_line(s.study, df)
         if s.parent and s.tracker.enabled:
