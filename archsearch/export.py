@@ -12,6 +12,8 @@ applied; params and receptive field (archsearch's analysis of the file); the tri
 validation accuracy; the full-recipe accuracies per seed if the trial was retrained
 (``python -m archsearch.retrain``); and the trial's other sampled values (``trained with:
 optim.lr=...``, not part of a model file). YAML comments of the original file are not kept.
+A ``model.*`` override given here makes a network the sweep did not train: the header lists it
+as changed at export and says the proxy and full-recipe figures are the trial's network's.
 
 ``trial=best`` (the default): the trial with the best full-recipe validation accuracy (mean
 over seeds) among retrained trials if any were retrained, else the best proxy trial.
@@ -128,14 +130,23 @@ def _proxy_text(trial) -> str:
     return f"scored without training by {scored}" if scored else f"proxy val_acc {_fmt_acc(proxy_val_acc(trial))}"
 
 
-def _header(study, url: str, trial, base_file: Path, model_ovs: list[str], analysis) -> str:
+def _trials_network(trial) -> str:
+    swept = trial.user_attrs.get("model.params")
+    return f"trial {trial.number}'s network" + (f" ({int(swept):,} params)" if swept is not None else "")
+
+
+def _header(study, url: str, trial, base_file: Path, model_ovs: list[str], changed: list[str], analysis) -> str:
     def block(label: str, items: Sequence[str]) -> list[str]:
         return textwrap.wrap(f"{label} {' '.join(items)}", 100, initial_indent="# ", subsequent_indent="#   ")
 
     lines = [f"# Exported by python -m archsearch.export from trial {trial.number} of study {study.study_name!r}",
              f"#   storage: {_relative_to_base(url)}", f"#   based on: {_relative_to_base(str(base_file))}"]
-    lines += block("model settings applied:", model_ovs or ["(none)"])
+    lines += block("model settings applied:", [o for o in model_ovs if o not in changed] or ["(none)"])
+    if changed:
+        lines += block("changed at export (this network was not trained by the sweep):", changed)
     lines.append(f"# {analysis.params:,} params, RF {analysis.rf}, {analysis.macs:,} MACs (archsearch's analysis of this file)")
+    if changed:
+        lines.append(f"# the figures below are of {_trials_network(trial)}, not of this file's:")
     lines.append(f"# proxy: {_proxy_text(trial)}" if trial.user_attrs.get("scored")
                  else f"# proxy (the sweep's training): val_acc {_fmt_acc(proxy_val_acc(trial))}")
     recs = retrained(study).get(trial.number, {})
@@ -267,6 +278,7 @@ def _export(argv: Sequence[str]) -> tuple[int, str]:
     path = out / f"{name}.yaml"
     _check_target(path, name, overwrite, ovs)
     model_ovs = [o for o in ovs if override_key(o).startswith("model.")]
+    changed = [o for o in rest if override_key(o).startswith("model.")]
     node = model_node(base_file, model_ovs)
     composed = OmegaConf.to_container(cfg.model, resolve=True)
     node.name = composed["name"]
@@ -277,7 +289,7 @@ def _export(argv: Sequence[str]) -> tuple[int, str]:
                           "(set by the sweep file itself?); export cannot rebuild it")
     node.name = name
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(_header(study, url, trial, base_file, model_ovs, analysis) + OmegaConf.to_yaml(node))
+    path.write_text(_header(study, url, trial, base_file, model_ovs, changed, analysis) + OmegaConf.to_yaml(node))
     code, text = _validate_or_remove(path, name, ovs)
     if code:
         return code, f"error: the validator refused the exported model; nothing written:\n{text}"
@@ -285,9 +297,13 @@ def _export(argv: Sequence[str]) -> tuple[int, str]:
     seeds = f"{len(full)} seed{'s' if len(full) > 1 else ''}"
     full_text = f", full-recipe val_acc {sum(full) / len(full):.4f} ({seeds})" if full else ""
     sp = " ".join(f"'{s}'" for s in _searchpath(out, ovs))
-    note = "".join(f"\n{n}" for n in shape_note(trial, analysis.params))
+    # A network changed here on purpose is not the sweep's: no hint to pass the sweep's overrides again.
+    note = "" if changed else "".join(f"\n{n}" for n in shape_note(trial, analysis.params))
+    scores = f"{_proxy_text(trial)}{full_text}"
+    if changed:
+        scores = f"changed at export ({' '.join(changed)}); {_trials_network(trial)}: {scores}"
     return 0, (f"wrote {path}\n{name}: trial {trial.number} of study {study.study_name!r}, {analysis.params:,} params, "
-               f"RF {analysis.rf}, {_proxy_text(trial)}{full_text}; "
+               f"RF {analysis.rf}, {scores}; "
                f"{text.strip().splitlines()[-1]}; train it: python -m archsearch.train model={name} {sp}".rstrip() + note)
 
 

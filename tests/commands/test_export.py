@@ -68,6 +68,30 @@ def test_export_keeps_knobs_and_replaces_nested_paths(tmp_path, monkeypatch, cap
     assert run_validate("model=res_best", f"hydra.searchpath=[file://{tmp_path / 'conf'}]")[0] == 0
 
 
+def test_a_model_changed_at_export_does_not_carry_the_trials_figures_as_its_own(tmp_path, monkeypatch, capsys):
+    """A model.* override on the export command makes another network: its header says the trial's
+    proxy and full-recipe figures are the trial's network's, and no hint to re-pass the sweep's overrides."""
+    monkeypatch.chdir(tmp_path)
+    st = journal_study(tmp_path, "arch_residual")
+    params = {"model.w1": 24, "model.w2": 48, "model.w3": 64, "model.depth": 2, "optim.lr": 0.1}
+    swept = analyze(load_spec("res_dilated", [f"{k}={v}" for k, v in params.items() if k.startswith("model.")]))
+    add_trial(st, params, value=0.61, **{"model.params": swept.params})
+    st.set_user_attr("retrain.t0.s0", {"val_acc": 0.8, "test_acc_single_view": 0.79, "epochs": 20, "run_id": "r0"})
+    out = tmp_path / "conf" / "model"
+    code, stdout, err = run_main("export", capsys, "sweep=arch_residual", "name=res_thin", f"out={out}", "model.w3=32")
+    assert code == 0, err
+    text = (out / "res_thin.yaml").read_text()
+    mine = analyze(load_spec("res_dilated", [*(f"{k}={v}" for k, v in params.items() if k.startswith("model.")),
+                                             "model.w3=32"]))
+    assert mine.params < swept.params and OmegaConf.load(out / "res_thin.yaml").w3 == 32
+    lines = text.splitlines()
+    changed = lines.index("# changed at export (this network was not trained by the sweep): model.w3=32")
+    figures = lines.index(f"# the figures below are of trial 0's network ({swept.params:,} params), not of this file's:")
+    assert changed < figures < next(i for i, x in enumerate(lines) if x.startswith("# full recipe (archsearch.retrain)"))
+    assert f"# {mine.params:,} params, RF {mine.rf}," in text
+    assert "changed at export (model.w3=32); trial 0's network" in stdout and "note:" not in stdout
+
+
 def test_best_trial_prefers_the_full_recipe_when_retrained(tmp_path):
     st = journal_study(tmp_path)
     for i, v in enumerate((0.9, 0.8, 0.7)):
