@@ -20,7 +20,7 @@ over seeds) among retrained trials if any were retrained, else the best proxy tr
 ``out`` must be a ``model/`` folder of a config search path: ``conf/model`` (the default), or
 ``<your conf>/model``, used as ``hydra.searchpath=[file://<your conf>]``. An existing file is
 kept unless ``overwrite=true``. The written file is checked as ``python -m archsearch.validate
-model=NEWNAME`` would check it (with the budget overrides the sweep ran with); a file the
+model=NEWNAME`` would check it (under the budget the sweep ran with: its file's and command's); a file the
 validator refuses is removed again.
 
 ``what=recipe`` writes the trial's training recipe instead, as ``<out>/NEWNAME.yaml`` in the
@@ -218,9 +218,16 @@ def _check_target(path: Path, name: str, overwrite: bool, overrides: Sequence[st
         raise ConfigError(f"name: a {group} {name!r} already exists ({other}); choose another name")
 
 
-def _validate_or_remove(path: Path, name: str, overrides: Sequence[str]) -> tuple[int, str]:
-    """``python -m archsearch.validate model=NAME``, in process, with the sweep's budget overrides."""
-    budget = [o for o in overrides if override_key(o) == "budget" or override_key(o).startswith("budget.")]
+def _budget_overrides(budget) -> list[str]:
+    """The trial's composed budget as overrides: what the sweep file and its command set, so a file
+    exported from a sweep under a tighter budget (e.g. ``budget.max_params: 100000``) is held to it."""
+    def text(v) -> str:
+        return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+    return [f"budget.{k}={text(v)}" for k, v in OmegaConf.to_container(budget, resolve=True).items()]
+
+
+def _validate_or_remove(path: Path, name: str, overrides: Sequence[str], budget: Sequence[str]) -> tuple[int, str]:
+    """``python -m archsearch.validate model=NAME``, in process, under the trial's budget."""
     try:
         code, text = validate_run([f"model={name}", *_searchpath(path.parent, overrides), *budget])
     except Exception:
@@ -290,7 +297,7 @@ def _export(argv: Sequence[str]) -> tuple[int, str]:
     node.name = name
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(_header(study, url, trial, base_file, model_ovs, changed, analysis) + OmegaConf.to_yaml(node))
-    code, text = _validate_or_remove(path, name, ovs)
+    code, text = _validate_or_remove(path, name, ovs, _budget_overrides(cfg.budget))
     if code:
         return code, f"error: the validator refused the exported model; nothing written:\n{text}"
     full = [r.get("val_acc") for r in retrained(study).get(trial.number, {}).values() if r.get("val_acc") is not None]

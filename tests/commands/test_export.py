@@ -92,6 +92,19 @@ def test_a_model_changed_at_export_does_not_carry_the_trials_figures_as_its_own(
     assert "changed at export (model.w3=32); trial 0's network" in stdout and "note:" not in stdout
 
 
+def test_export_holds_the_file_to_the_budget_its_sweep_file_set(tmp_path, monkeypatch, capsys):
+    """arch_macs_100k caps params at 100,000 in its sweep file: a network changed at export past the cap
+    (but under the default 200,000) is refused, exit 1, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    st = journal_study(tmp_path, "arch_macs_100k")
+    add_trial(st, {"model.w1": 24, "model.w2": 32, "model.w3": 64, "model.depth": 2}, value=4.6e7)
+    out = tmp_path / "conf" / "model"
+    code, stdout, err = run_main("export", capsys, "sweep=arch_macs_100k", "name=small", f"out={out}")
+    assert code == 0 and "within budget (params <= 100,000" in stdout, err
+    code, stdout, err = run_main("export", capsys, "sweep=arch_macs_100k", "name=wider", f"out={out}", "model.w3=128")
+    assert code == 1 and "exceed max_params 100,000" in err and not (out / "wider.yaml").exists(), err
+
+
 def test_best_trial_prefers_the_full_recipe_when_retrained(tmp_path):
     st = journal_study(tmp_path)
     for i, v in enumerate((0.9, 0.8, 0.7)):
