@@ -59,7 +59,7 @@ from archsearch.search.selection import (
     sampled_overrides,
     shape_note,
 )
-from archsearch.search.study import override_key
+from archsearch.search.study import override_key, override_value
 from archsearch.validate import run as validate_run
 
 __all__ = ["best_trial", "main", "model_node"]
@@ -221,9 +221,7 @@ def _check_target(path: Path, name: str, overwrite: bool, overrides: Sequence[st
 def _budget_overrides(budget) -> list[str]:
     """The trial's composed budget as overrides: what the sweep file and its command set, so a file
     exported from a sweep under a tighter budget (e.g. ``budget.max_params: 100000``) is held to it."""
-    def text(v) -> str:
-        return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
-    return [f"budget.{k}={text(v)}" for k, v in OmegaConf.to_container(budget, resolve=True).items()]
+    return [f"budget.{k}={override_value(v)}" for k, v in OmegaConf.to_container(budget, resolve=True).items()]
 
 
 def _validate_or_remove(path: Path, name: str, overrides: Sequence[str], budget: Sequence[str]) -> tuple[int, str]:
