@@ -46,3 +46,19 @@ def test_a_broken_link_fails_the_build(tmp_path):
     page.write_text(page.read_text().replace("[the missing page](nowhere.md)", "[code](../archsearch/gone.py)"))
     r = _build(tmp_path, work / "mkdocs.yml")
     assert r.returncode != 0 and "gone.py" in r.stderr
+
+
+def test_the_results_files_models_are_shipped_with_the_params_they_state():
+    """docs/search-results.json's winners and time-to-85% entry name models a user can train
+    (``model=NAME``), and the parameter counts stated are those networks' (not stale)."""
+    import json
+
+    from archsearch import analyze, load_spec
+    from archsearch.config.paths import available
+
+    results = json.loads((ROOT / "docs" / "search-results.json").read_text())
+    entries = [*results["winners"], results["time_to_85"]]
+    assert {e["model"] for e in entries} <= set(available("model"))
+    for e in entries:
+        a = analyze(load_spec(e["model"]))
+        assert (a.params, a.rf) == (e["params"], e["rf"]), e["model"]
