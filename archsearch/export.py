@@ -135,6 +135,12 @@ def _trials_network(trial) -> str:
     return f"trial {trial.number}'s network" + (f" ({int(swept):,} params)" if swept is not None else "")
 
 
+def _is_swept(trial, analysis) -> bool:
+    """Whether this is the network the sweep trained: its params, RF and MACs as the trial recorded them."""
+    recorded = [trial.user_attrs.get(f"model.{k}") for k in ("params", "rf", "macs")]
+    return None not in recorded and recorded == [analysis.params, analysis.rf, analysis.macs]
+
+
 def _header(study, url: str, trial, base_file: Path, model_ovs: list[str], changed: list[str], analysis) -> str:
     def block(label: str, items: Sequence[str]) -> list[str]:
         return textwrap.wrap(f"{label} {' '.join(items)}", 100, initial_indent="# ", subsequent_indent="#   ")
@@ -283,11 +289,13 @@ def _export(argv: Sequence[str]) -> tuple[int, str]:
     path = out / f"{name}.yaml"
     _check_target(path, name, overwrite, ovs)
     model_ovs = [o for o in ovs if override_key(o).startswith("model.")]
-    changed = [o for o in rest if override_key(o).startswith("model.")]
     node = model_node(base_file, model_ovs)
     composed = OmegaConf.to_container(cfg.model, resolve=True)
     node.name = composed["name"]
     analysis, resolved = _analyze(node)
+    # model.* overrides given here change the network, unless they rebuild the one the sweep trained
+    # (a study's command overrides passed again, as shape_note asks for)
+    changed = [] if _is_swept(trial, analysis) else [o for o in rest if override_key(o).startswith("model.")]
     diff = _first_difference(composed, resolved)
     if diff:
         raise ConfigError(f"{diff}: the trial's composed model differs from {base_file} with its model overrides "

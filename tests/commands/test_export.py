@@ -92,6 +92,23 @@ def test_a_model_changed_at_export_does_not_carry_the_trials_figures_as_its_own(
     assert "changed at export (model.w3=32); trial 0's network" in stdout and "note:" not in stdout
 
 
+def test_model_overrides_that_rebuild_the_swept_network_are_not_a_change(tmp_path, monkeypatch, capsys):
+    """A study whose sweep command's model.w3=64 was not recorded: passing it again at export (as the
+    note asks) rebuilds the trained network, so the header keeps the trial's figures as this file's."""
+    monkeypatch.chdir(tmp_path)
+    st = journal_study(tmp_path, "arch_residual")
+    params = {"model.w1": 24, "model.w2": 48, "model.depth": 2, "optim.lr": 0.1}
+    swept = analyze(load_spec("res_dilated", ["model.w1=24", "model.w2=48", "model.depth=2", "model.w3=64"]))
+    add_trial(st, params, value=0.61, **{"model.params": swept.params, "model.rf": swept.rf, "model.macs": swept.macs})
+    out = tmp_path / "conf" / "model"
+    code, stdout, err = run_main("export", capsys, "sweep=arch_residual", "name=res_w64", f"out={out}", "model.w3=64")
+    assert code == 0, err
+    text = (out / "res_w64.yaml").read_text()
+    assert f"# {swept.params:,} params, RF {swept.rf}," in text and "model.w3=64" in text
+    assert "changed at export" not in text and "the figures below" not in text
+    assert "changed at export" not in stdout and "note:" not in stdout
+
+
 def test_export_holds_the_file_to_the_budget_its_sweep_file_set(tmp_path, monkeypatch, capsys):
     """arch_macs_100k caps params at 100,000 in its sweep file: a network changed at export past the cap
     (but under the default 200,000) is refused, exit 1, nothing written."""
