@@ -1,4 +1,4 @@
-"""``python -m archsearch.bench [parts=train,breakdown,validator,sweep,memory] [key=value ...]``
+"""``python -m archsearch.bench [parts=train,breakdown,probe,validator,sweep,memory] [key=value ...]``
 
 Side-by-side measurements in one process, on one machine, on the same data; each figure is
 the median of several repetitions after a warm-up, with its spread (min-max). Writes the
@@ -9,10 +9,10 @@ The GPU check, on a machine with one: ``python -m archsearch.bench device=cuda``
 nothing downloaded; parts train, breakdown, compile, workers, slots, system_metrics).
 
 Options (key=value):
-  parts        comma list of: train, breakdown, compile, validator, sweep, concurrency, memory, workers, slots, system_metrics (default: all)
+  parts        comma list of: train, breakdown, compile, probe, validator, sweep, concurrency, memory, workers, slots, system_metrics (default: all)
                (with device=cuda... and no parts: the GPU check's parts)
   device       auto (default: a GPU if there is one) | cpu | cuda | cuda:N: what the parts train on
-  model        the network of parts train, breakdown, compile (default dilated_sep; any conf/model name)
+  model        the network of parts train, breakdown, compile, probe (default dilated_sep; any conf/model name)
   data         synthetic (default) | folder;  data.root=PATH for folder (e.g. the CIFAR-10 copy)
   images       training images per measured epoch (default 4096; 32768 on a GPU)
   reps         measured repetitions after one warm-up (default 3)
@@ -137,7 +137,7 @@ def markdown(argv: Sequence[str], opts: dict[str, str], rows: list, notes: list)
         "Written by `python -m archsearch.bench " + " ".join(argv) + "`. Each cell: median (min-max) of the "
         "measured repetitions after a warm-up; every comparison ran side by side in one invocation.", "",
         f"- machine: {describe_machine()}", f"- parts ran on: {bench_device(opts)}", f"- data: {data}",
-        f"- model (parts train, breakdown, compile): {model_name(opts)}", "",
+        f"- model (parts train, breakdown, compile, probe): {model_name(opts)}", "",
         *table, "", *[f"- {n}" for n in notes], ""])
 
 

@@ -1,6 +1,6 @@
 """The parts that measure training: archsearch's real training path end to end against the
 reference loop (rows 1, 1b and 1c, the reference's own time to 85%), the model step alone per precision/layout and the augmentation
-rate (2a, 2b), and what torch.compile costs and gains (2c)."""
+rate (2a, 2b), what torch.compile costs and gains (2c), and what the precision probe costs (2e)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from archsearch.training.batches import worker_count
 from archsearch.training.compilation import choose_compile, probe_compile
 from archsearch.training.data import Splits, channel_stats
 from archsearch.training.job import train
-from archsearch.training.precision import candidates, probe
+from archsearch.training.precision import DROP, candidates, probe
 
-__all__ = ["part_breakdown", "part_compile", "part_train"]
+__all__ = ["part_breakdown", "part_compile", "part_probe", "part_train"]
 
 # The reference's own time to 85%: the seed's log (ERA-V1 S9) first shows 85% test accuracy (85.03%)
 # after epoch 43 of its 50,000-image training set; row 1c projects that many images at row 1's rates
@@ -104,7 +104,7 @@ def part_breakdown(opts: dict, rows: list, notes: list) -> None:
     steps = 8 if device.type == "cpu" else 50
     spec = load_spec(model_name(opts))
     cands = candidates(device, "auto", None)
-    runs = [probe(build_model(spec), device, cands, batch, spec.input_shape, spec.num_classes, steps=steps)
+    runs = [probe(build_model(spec), device, cands, batch, spec.input_shape, spec.num_classes, steps=steps, drop=None)
             for _ in range(reps)]
     base = [r["fp32 NCHW"] for r in runs]
     chosen = auto_model(device, batch, model_name(opts))[1]
@@ -136,6 +136,32 @@ def part_breakdown(opts: dict, rows: list, notes: list) -> None:
     rows.append(("2b. era_s9 augmentation, one worker (images/s)", "", spread(rates), ""))
     notes.append("part 2: the full-pipeline figure is part 1's archsearch column; the difference to 2a "
                  "is the data pipeline's share (loading, augmentation, host-to-device copy).")
+
+
+def part_probe(opts: dict, rows: list, notes: list) -> None:
+    """What ``trainer.amp=auto``'s probe costs a run that meets a network it has not timed yet (each
+    architecture of a search): every candidate timed to the end against the probe as it runs, which
+    drops a candidate that cannot win; the two alternate, ``reps`` times each."""
+    device = bench_device(opts)
+    reps, batch = int(opts.get("reps", 3)), int(opts.get("batch", 128))
+    spec = load_spec(model_name(opts))
+    cands = candidates(device, "auto", None)
+    model = build_model(spec)
+    secs: dict = {None: [], DROP: []}
+    fastest: dict = {None: set(), DROP: set()}
+    for _ in range(reps):
+        for drop in (None, DROP):
+            t0 = time.perf_counter()
+            rates = probe(model, device, cands, batch, spec.input_shape, spec.num_classes, drop=drop)
+            secs[drop].append(time.perf_counter() - t0)
+            fastest[drop].add(max(rates, key=rates.get))
+    rows.append((f"2e. the precision probe of trainer.amp=auto, {len(cands)} candidates, batch {batch} (s)",
+                 f"every candidate timed to the end: {spread(secs[None], digits=1)}",
+                 f"dropping what cannot win: {spread(secs[DROP], digits=1)}",
+                 f"{statistics.median(secs[None]) / statistics.median(secs[DROP]):.2f}x"))
+    notes.append(f"part 2e: the probe a run pays once per network (then cached): one warm-up and 3 timed steps per "
+                 f"candidate, or fewer for one {DROP:g}x slower than the fastest after a round; fastest candidate "
+                 f"timing all: {', '.join(sorted(fastest[None]))}; dropping: {', '.join(sorted(fastest[DROP]))}.")
 
 
 def part_compile(opts: dict, rows: list, notes: list) -> None:

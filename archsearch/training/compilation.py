@@ -44,10 +44,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from archsearch.errors import ConfigError
-from archsearch.training.precision import (
+from archsearch.training.precision import Precision, Stepper
+from archsearch.training.probe_cache import (
     OtherLoad,
-    Precision,
-    Stepper,
     busy_limit,
     busy_note,
     cache_key,

@@ -7,32 +7,34 @@ half the fp32 rate). Candidates, each NCHW and channels_last: on a CPU fp32 and 
 on CUDA fp32, fp16 with a gradient scaler, and bf16 where the GPU has it in hardware. The
 fastest candidate whose loss and gradients stay finite wins (one that raises loses); fp32 NCHW
 is always a candidate, so ``auto`` never picks something slower than it (up to timing noise).
-The choice is cached per machine, torch version, device, thread count, spec hash and batch
-size (``$ARCHSEARCH_CACHE_DIR``, default ``~/.cache/archsearch``, file ``precision.json``),
-unless other work shared the CPU or the GPU while it was timed.
+A candidate three times slower than the fastest after a round of timed steps is timed no further
+(on a CPU without native bf16 a bf16 step can cost 20 fp32 steps). The choice is cached per
+machine, torch version, device, thread count, spec hash and batch size, unless other work shared
+the CPU or the GPU while it was timed (:mod:`archsearch.training.probe_cache`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import fcntl
-import json
 import logging
-import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from archsearch.errors import ConfigError
+from archsearch.training.probe_cache import (
+    OtherLoad,
+    busy_limit,
+    busy_note,
+    cache_key,
+    read_entry,
+    write_entry,
+)
 
 log = logging.getLogger("archsearch")
 
-__all__ = ["BUSY", "OtherLoad", "Precision", "busy_note", "cache_key", "cache_path", "choose_precision", "machine_id",
-           "pick_amp", "pick_device", "probe", "read_entry", "write_entry"]
+__all__ = ["DROP", "Precision", "Stepper", "candidates", "choose_precision", "pick_amp", "pick_device", "probe"]
 
 # torch is imported in the functions that use it: archsearch.train imports the training modules at
 # its top and refuses a mistyped knob before torch is loaded, and `from archsearch import fit` loads
@@ -194,71 +196,14 @@ class Stepper:
         return dt
 
 
-def _cpu_seconds() -> tuple[float, float] | None:
-    """(CPU seconds the machine has been busy, of this process, all threads); None without ``/proc/stat``."""
-    try:
-        vals = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    busy = sum(vals[:8]) - vals[3] - (vals[4] if len(vals) > 4 else 0)  # all but idle and iowait (guest is in user)
-    t = os.times()
-    return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system
-
-
-class OtherLoad:
-    """How much of the CPU this process's threads would use other processes took, from construction
-    to :meth:`share`: a probe timed on a busy machine measures the contention, so it is not cached
-    (:data:`BUSY`). Cores beyond this process's threads are free for others (a sweep's parallel trials)."""
-
-    def __init__(self, threads: int | None = None):
-        import torch
-
-        self.threads = threads or torch.get_num_threads()
-        self.t0, self.c0 = time.perf_counter(), _cpu_seconds()
-
-    def share(self) -> float | None:
-        """Other processes' CPU beyond the cores left free, as a share of this process's (0-1); or None."""
-        c1, wall = _cpu_seconds(), time.perf_counter() - self.t0
-        if self.c0 is None or c1 is None or wall <= 0:
-            return None
-        cpus = os.cpu_count() or 1
-        mine = min(self.threads, cpus)
-        others = ((c1[0] - self.c0[0]) - (c1[1] - self.c0[1])) / wall  # cores' worth, on average
-        return min(1.0, max(0.0, others - (cpus - mine)) / mine)
-
-
-BUSY = 0.25  # other processes took more than this share of a run's cores while its probe timed: not cached
-
-
-def busy_limit() -> float:
-    """The share above which a probe's result is not cached: ``$ARCHSEARCH_PROBE_BUSY`` (0-1; 1 caches
-    whatever the load), default :data:`BUSY`. Read before a probe runs, so a bad value costs no probe."""
-    raw = os.environ.get("ARCHSEARCH_PROBE_BUSY")
-    try:
-        limit = float(raw) if raw else BUSY
-    except ValueError:
-        limit = float("nan")
-    if not 0.0 <= limit <= 1.0:
-        raise ConfigError(f"ARCHSEARCH_PROBE_BUSY: must be a number from 0 to 1, got {raw!r}")
-    return limit
-
-
-def busy_note(share: float | None, limit: float, device=None) -> str:
-    """'' for a quiet machine (other processes took at most ``limit`` of the run's cores, and the
-    run has its GPU to itself), else why a probe's result was not cached."""
-    shared = int(os.environ.get("ARCHSEARCH_GPU_SHARED_BY") or 1) if getattr(device, "type", "") == "cuda" else 1
-    if shared > 1:
-        return f"the GPU is shared by {shared} trials (trials_per_device): not cached, the next run probes again"
-    if share is None or share <= limit:
-        return ""
-    return (f"the machine was busy while it timed (other processes took {share:.0%} of this run's cores): "
-            "not cached, the next run probes again")
+DROP = 3.0  # a candidate whose fastest timed step is this many times the fastest candidate's gets no more steps
 
 
 def probe(model, device, candidates: list[tuple[str, bool]], batch_size: int, input_shape: tuple[int, int, int],
-          num_classes: int, steps: int = 3, load: dict | None = None) -> dict[str, float]:
+          num_classes: int, steps: int = 3, load: dict | None = None, drop: float | None = DROP) -> dict[str, float]:
     """Training-step images/s of each candidate (median of ``steps`` timed steps after one
-    warm-up, candidates interleaved so drift hits all alike); non-finite candidates get 0.
+    warm-up, candidates interleaved so drift hits all alike; one ``drop`` times slower than the
+    fastest after a round is timed no further, None times all to the end); non-finite candidates get 0.
     Leaves ``model`` and the global RNG untouched. ``load``, when given, receives ``others``: the
     share of the CPU other processes took while the steps were timed (:class:`OtherLoad`)."""
     import torch
@@ -271,13 +216,26 @@ def probe(model, device, candidates: list[tuple[str, bool]], batch_size: int, in
         for a, cl in candidates:  # warm-up: oneDNN / cuDNN pick their kernels here
             _guarded(steppers, times, _label(a, cl), lambda a=a, cl=cl: Stepper(model, device, a, cl, batch, num_classes))
         watch = OtherLoad()
+        active = list(steppers)
         for _ in range(steps):
-            for k in list(steppers):
+            for k in active:
                 _guarded(steppers, times, k, lambda k=k: steppers[k])
+            active = _still_in(active, steppers, times, drop)
         if load is not None:
             load["others"] = watch.share()
     return {k: (batch_size / sorted(t)[len(t) // 2] if k in steppers and steppers[k].finite else 0.0)
             for k, t in times.items()}
+
+
+def _still_in(active: list[str], steppers: dict, times: dict[str, list[float]], drop: float | None) -> list[str]:
+    """The candidates that may still win: one ``drop`` times slower than the fastest cannot, and on a CPU
+    without native bf16 each of its steps costs 10-20 fp32 steps, so it is timed no further (its rate
+    stays the median of the steps it had)."""
+    timed = {k: min(times[k]) for k in active if k in steppers and times[k]}
+    if not timed or drop is None:
+        return [k for k in active if k in steppers]
+    best = min(timed.values())
+    return [k for k in active if k in steppers and timed.get(k, 0.0) <= drop * best]
 
 
 def _guarded(steppers: dict, times: dict, label: str, make) -> None:
@@ -293,56 +251,6 @@ def _guarded(steppers: dict, times: dict, label: str, make) -> None:
     steppers[label] = s
 
 
-# ------------------------------------------------------------------ the cache
-def cache_path() -> Path:
-    base = os.environ.get("ARCHSEARCH_CACHE_DIR") or Path.home() / ".cache" / "archsearch"
-    return Path(base) / "precision.json"
-
-
-def machine_id(device) -> str:
-    """The hardware a probe's result holds for: CPU model and bf16/AMX flags, or the GPU's name."""
-    import torch
-
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    model, flags, named = platform.machine(), "", False
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not named:
-                model, named = line.split(":", 1)[1].strip(), True
-            elif line.startswith("flags") and not flags:
-                have = set(line.split(":", 1)[1].split())
-                flags = "+".join(f for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f in have)
-    # oneDNN / ATen limited to a lower instruction set (e.g. to reproduce a CPU without bf16) time differently
-    limits = ",".join(f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k))
-    return f"cpu:{model}:{flags}:{os.cpu_count()}:{limits}"
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as fh:  # closing the file releases the lock
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
-
-
-def _read_cache(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}  # absent or damaged: probe again and rewrite it
-
-
-def _write_cache(path: Path, key: str, entry: dict) -> None:
-    with contextlib.suppress(OSError), _locked(path):
-        data = _read_cache(path)
-        data[key] = entry
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------ the choice
 MARGIN = 1.03  # a candidate must beat the first (fp32 NCHW under auto) by 3%: timing noise is not a reason
 
@@ -351,24 +259,6 @@ def _fastest(cands: list[tuple[str, bool]], rates: dict[str, float]) -> tuple[st
     base = cands[0]
     best = max(cands, key=lambda c: rates.get(_label(*c), 0.0))
     return best if rates.get(_label(*best), 0.0) > MARGIN * rates.get(_label(*base), 0.0) else base
-
-
-def cache_key(device, spec_key: str, batch_size: int, what: str) -> str:
-    """What a probe's result holds for: machine, torch, device, threads, spec, batch size, and what was timed."""
-    import torch
-
-    return "|".join([machine_id(device), f"torch {torch.__version__}", str(device), f"threads {torch.get_num_threads()}",
-                     spec_key, f"batch {batch_size}", what])
-
-
-def read_entry(key: str) -> dict | None:
-    """The cached probe result for ``key`` (None: not probed here yet)."""
-    entry = _read_cache(cache_path()).get(key)
-    return entry if isinstance(entry, dict) else None
-
-
-def write_entry(key: str, entry: dict) -> None:
-    _write_cache(cache_path(), key, entry)
 
 
 def choose_precision(tcfg, device, model, spec_key: str, batch_size: int, input_shape: tuple[int, int, int],

@@ -17,18 +17,19 @@ def bench_table(tmp_path, parts: str) -> str:
     text = out.read_text()
     ratios = [float(r.replace(",", "")) for r in re.findall(r"\| \**([\d.,]+)x", text)]
     assert ratios and all(r > 0 for r in ratios)
-    assert "torch" in text and "machine:" in text and "model (parts train, breakdown, compile): compact" in text
+    assert "torch" in text and "machine:" in text and "model (parts train, breakdown, compile, probe): compact" in text
     return text
 
 
 # every part but compile (minutes of C++ builds: the real bench), in two halves that run side by side
 def test_bench_model_parts_write_the_table(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    text = bench_table(tmp_path, "train,breakdown,validator,memory")
+    text = bench_table(tmp_path, "train,breakdown,probe,validator,memory")
     assert "trainer.compile=false: auto for a run of 1,000 images chose eager (short run" in text
     for part in ("1. training, end to end", "1b. a run of 1,000 images, projected",
                  "1c. the reference's own 85%: its 43 epochs of 50,000 images", "2a. model step alone", "2b. era_s9 augmentation",
                  "2d. model step alone, ", ", batch 64 (images/s) | batch 32: ",
+                 "2e. the precision probe of trainer.amp=auto, 4 candidates, batch 32 (s) | every candidate timed",
                  "3. validator: dilated_sep", "3. validator: long30 (30 layers)", "5. peak memory"):
         assert part in text
 

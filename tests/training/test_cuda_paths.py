@@ -11,7 +11,8 @@ from archsearch.errors import ConfigError
 from archsearch.search.pool import gpu_entries, plan_slots, visible_gpus
 from archsearch.training import checkpoint
 from archsearch.training.engine import TrainState
-from archsearch.training.precision import Stepper, busy_note, candidates, pick_device, probe
+from archsearch.training.precision import Stepper, candidates, pick_device, probe
+from archsearch.training.probe_cache import busy_note
 
 
 class FakeEngine:

@@ -15,7 +15,8 @@ from archsearch.config.compose import compose
 from archsearch.errors import ConfigError
 from archsearch.training.compilation import choose_compile, probe_compile
 from archsearch.training.job import train
-from archsearch.training.precision import OtherLoad, Precision, choose_precision, probe
+from archsearch.training.precision import Precision, choose_precision, probe
+from archsearch.training.probe_cache import OtherLoad
 
 # torch is imported in the tests that use it: pytest imports every test module to collect it, and
 # collecting stays quick
@@ -68,6 +69,33 @@ def test_auto_never_picks_slower_than_fp32_nchw_nor_a_non_finite_candidate(tmp_p
     assert p.amp is None and p.channels_last is True
     assert "fp32 channels_last 140" in p.describe() and p.tags()["precision.source"] == "probe"
     assert "bf16 channels_last not finite (loss or gradients)" in p.describe()  # says why it lost, not "0 img/s"
+
+
+def test_the_probe_stops_timing_a_candidate_that_cannot_win(monkeypatch):
+    """On a CPU without native bf16 a bf16 step costs 10-20 fp32 steps (measured on an AVX2 EPYC): a
+    candidate three times slower than the fastest after a round gets no more steps, yet keeps its rate;
+    one within that factor (bf16 at half fp32's rate, as emulated on AVX-512) is timed to the end."""
+    import torch
+
+    from archsearch.training import precision
+
+    seconds = {("fp32", False): 1.0, ("fp32", True): 0.8, ("bf16", False): 15.0, ("bf16", True): 1.9}
+    steps_taken: dict = {}
+
+    class FakeStepper:
+        finite = True
+
+        def __init__(self, model, device, amp, cl, *a, **k):
+            self.key = (amp, cl)
+
+        def step(self):
+            steps_taken[self.key] = steps_taken.get(self.key, 0) + 1
+            return seconds[self.key]
+
+    monkeypatch.setattr(precision, "Stepper", FakeStepper)
+    rates = probe(None, torch.device("cpu"), list(seconds), 16, (3, 32, 32), 10, steps=3)
+    assert steps_taken == {("fp32", False): 4, ("fp32", True): 4, ("bf16", False): 2, ("bf16", True): 4}
+    assert rates == {"fp32 NCHW": 16.0, "fp32 channels_last": 20.0, "bf16 NCHW": 16 / 15.0, "bf16 channels_last": 16 / 1.9}
 
 
 def test_the_choice_is_cached_per_spec_and_set_values_skip_the_probe(tmp_path, monkeypatch):
