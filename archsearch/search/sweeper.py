@@ -3,7 +3,7 @@ imports this module only when a sweep runs).
 
 One loop per worker process, on Optuna's ask/tell API:
 
-    ask -> suggest the search space -> compose the job config -> budget gate
+    ask -> suggest the search space -> the config the budget gate reads -> budget gate
       rejected: tell PRUNED (no epoch reported) + a positive "budget" constraint, an
                 MLflow child run in state REJECTED; nothing is launched
       accepted: launch the job (it reports val accuracy each epoch to the storage and
@@ -34,6 +34,7 @@ from optuna.trial import TrialState
 
 from archsearch.config.gate import verdict
 from archsearch.errors import SpecError, SweepConfigError
+from archsearch.search.gate_config import GateConfigs
 from archsearch.search.launch import TrialJobs, as_result, write_job
 from archsearch.search.leaderboard import leaderboard, summary_line, write_outputs
 from archsearch.search.pool import Pool
@@ -74,6 +75,7 @@ class SweeperImpl:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         self.sweep_study = s = open_sweep_study(self.conf, self.jobs.config, arguments)
+        self.gate_configs = GateConfigs(self.jobs.compose, s.base)
         pool = self.jobs.pool(self.conf)
         c = count_states(s.study)
         log.info("study %s (%s): %d/%d trained trials so far, %d rejected; storage %s%s%s", s.name,
@@ -154,10 +156,15 @@ class SweeperImpl:
         overrides += ref.overrides(override_value)
         analysis, reasons, cfg, amount = None, [], None, 0.0
         try:
-            cfg = self.jobs.compose(overrides)
+            # the gate reads the base config with the sampled values applied (no Hydra composition, when
+            # they are plain values); a candidate that trains gets Hydra's own composition for its job
+            fast = self.gate_configs.get(sampled)
+            cfg = fast if fast is not None else self.jobs.compose(overrides)
             _, analysis, violations = verdict(cfg)
             reasons = [v.message for v in violations]
             amount = sum(v.amount for v in violations)
+            if fast is not None and not reasons and not s.scored:
+                cfg = self.jobs.compose(overrides)
         except SpecError as e:
             reasons, amount = [str(e)], 1.0
         except Exception as e:  # an override that cannot be composed
