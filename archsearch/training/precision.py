@@ -28,6 +28,7 @@ from archsearch.training.probe_cache import (
     busy_limit,
     busy_note,
     cache_key,
+    cpu_flags,
     read_entry,
     write_entry,
 )
@@ -261,12 +262,24 @@ def _fastest(cands: list[tuple[str, bool]], rates: dict[str, float]) -> tuple[st
     return best if rates.get(_label(*best), 0.0) > MARGIN * rates.get(_label(*base), 0.0) else base
 
 
+def _warn_emulated_bf16() -> None:
+    """An explicit ``trainer.amp=bf16`` is kept, but on an x86 CPU without bf16 instructions it is
+    measured at 0.05-0.5x the fp32 rate (docs/engine.md): say so before the run spends hours."""
+    flags = cpu_flags()
+    if flags is not None and not flags & {"avx512_bf16", "amx_bf16"}:
+        log.warning("trainer.amp=bf16 on a CPU without bf16 instructions (no avx512_bf16 or amx_bf16): bf16 is "
+                    "emulated there and has trained at 0.05-0.5x the fp32 rate; trainer.amp=auto times it and "
+                    "takes the faster")
+
+
 def choose_precision(tcfg, device, model, spec_key: str, batch_size: int, input_shape: tuple[int, int, int],
                      num_classes: int, probe_fn: Callable[..., dict[str, float]] = probe) -> Precision:
     """``trainer.amp`` / ``trainer.channels_last`` -> :class:`Precision`; probes (or reads the
     cache) for whatever is ``auto``."""
     amp_setting, layout = str(tcfg.amp), _layout(tcfg.channels_last)
     pick_amp(amp_setting)  # validates
+    if amp_setting == "bf16" and device.type == "cpu":
+        _warn_emulated_bf16()
     cands = candidates(device, amp_setting, layout)
     if len(cands) == 1:
         a, cl = cands[0]

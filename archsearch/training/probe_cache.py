@@ -16,8 +16,8 @@ from pathlib import Path
 
 from archsearch.errors import ConfigError
 
-__all__ = ["BUSY", "OtherLoad", "busy_limit", "busy_note", "cache_key", "cache_path", "machine_id", "read_entry",
-           "write_entry"]
+__all__ = ["BUSY", "OtherLoad", "busy_limit", "busy_note", "cache_key", "cache_path", "cpu_flags", "machine_id",
+           "read_entry", "write_entry"]
 
 
 # ------------------------------------------------------------------ the machine's other load
@@ -105,6 +105,15 @@ def machine_id(device) -> str:
     # oneDNN / ATen limited to a lower instruction set (e.g. to reproduce a CPU without bf16) time differently
     limits = ",".join(f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k))
     return f"cpu:{model}:{flags}:{os.cpu_count()}:{limits}"
+
+
+def cpu_flags() -> set[str] | None:
+    """The x86 CPU's instruction-set flags (``/proc/cpuinfo``); None where there is no such line."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return None
 
 
 @contextlib.contextmanager

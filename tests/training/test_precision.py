@@ -98,6 +98,27 @@ def test_the_probe_stops_timing_a_candidate_that_cannot_win(monkeypatch):
     assert rates == {"fp32 NCHW": 16.0, "fp32 channels_last": 20.0, "bf16 NCHW": 16 / 15.0, "bf16 channels_last": 16 / 1.9}
 
 
+@pytest.mark.parametrize("flags, warned", [(set(), True), ({"avx2", "fma"}, True), ({"avx512_bf16"}, False),
+                                           ({"amx_bf16", "avx512f"}, False), (None, False)])
+def test_an_explicit_bf16_is_kept_but_a_cpu_without_bf16_instructions_gets_a_warning(flags, warned, monkeypatch,
+                                                                                       caplog):
+    """On an AVX2 EPYC bf16 trained at a twentieth of fp32's rate: the user's bf16 stays (their word),
+    and the log says what it costs there; no flags line (not x86) is no reason to warn."""
+    import torch
+
+    from archsearch.training import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    with caplog.at_level("WARNING", logger="archsearch"):
+        p = _choose({"amp": "bf16", "channels_last": "true"}, {}, [])
+    assert p.amp == torch.bfloat16 and p.channels_last is True and p.source == "set"
+    assert ("trainer.amp=bf16 on a CPU without bf16 instructions" in caplog.text) is warned
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="archsearch"):
+        _choose({"amp": "off", "channels_last": "true"}, {}, [])
+    assert "bf16" not in caplog.text
+
+
 def test_the_choice_is_cached_per_spec_and_set_values_skip_the_probe(tmp_path, monkeypatch):
     import torch
 
