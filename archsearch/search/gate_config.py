@@ -6,8 +6,9 @@ only in their sampled overrides, and when all of those are plain values (``model
 config group choice such as ``model=res_dilated``, nor ``+``/``~``/``++`` or a package), the
 defaults list is the same for every candidate. So the sweep's own overrides are composed once,
 and each candidate's values are applied to a copy of the sections the gate reads (``model`` and
-``budget``), as Hydra's last step does: the same sections, in a fraction of the time. Anything else, or any error on the way,
-answers None and the caller composes through Hydra, which then gives its own verdict or message.
+``budget``), as Hydra's last step does: the same sections, in a fraction of the time. Anything
+else, or any error on the way, answers None and the caller composes through Hydra, which then
+gives its own verdict or message.
 
 Only the gate reads these configs: a candidate that trains is composed through Hydra for its
 job (its ``hydra`` node, run directory and recorded overrides are Hydra's business).
@@ -34,7 +35,7 @@ class GateConfigs:
         self._full: DictConfig | None = None
         self._groups: set[str] = set()
         self._parser = OverridesParser.create()
-        self.fast = self.composed = 0  # how many candidates took each way (the sweep's log says so)
+        self.fast = self.composed = 0  # how many candidates took each way
 
     def get(self, sampled: list[str]) -> DictConfig | None:
         """The gate's config for the base overrides plus ``sampled``; None: compose through Hydra."""
