@@ -6,6 +6,8 @@ import datetime as _dt
 import os
 import platform
 
+from archsearch.training.probe_cache import NATIVE_BF16, cpu_flags
+
 __all__ = ["describe_machine"]
 
 
@@ -23,11 +25,8 @@ def describe_machine() -> str:
     except OSError:
         pass
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    try:
-        flags = set(next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        flags = set()
-    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    flags = cpu_flags() or set()
+    native = [f for f in NATIVE_BF16 if f in flags]
     bf16 = f"native bf16 ({', '.join(native)})" if native else "no native bf16"
     limits = [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k)]
     if limits:

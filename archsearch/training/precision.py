@@ -24,6 +24,7 @@ from typing import Any
 
 from archsearch.errors import ConfigError
 from archsearch.training.probe_cache import (
+    NATIVE_BF16,
     OtherLoad,
     busy_limit,
     busy_note,
@@ -266,7 +267,7 @@ def _warn_emulated_bf16() -> None:
     """An explicit ``trainer.amp=bf16`` is kept, but on an x86 CPU without bf16 instructions it is
     measured at 0.05-0.5x the fp32 rate (docs/engine.md): say so before the run spends hours."""
     flags = cpu_flags()
-    if flags is not None and not flags & {"avx512_bf16", "amx_bf16"}:
+    if flags is not None and not flags & set(NATIVE_BF16):
         log.warning("trainer.amp=bf16 on a CPU without bf16 instructions (no avx512_bf16 or amx_bf16): bf16 is "
                     "emulated there and has trained at 0.05-0.5x the fp32 rate; trainer.amp=auto times it and "
                     "takes the faster")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from archsearch.errors import ConfigError
 
-__all__ = ["BUSY", "OtherLoad", "busy_limit", "busy_note", "cache_key", "cache_path", "cpu_flags", "machine_id",
-           "read_entry", "write_entry"]
+__all__ = ["BUSY", "NATIVE_BF16", "OtherLoad", "busy_limit", "busy_note", "cache_key", "cache_path", "cpu_flags",
+           "machine_id", "read_entry", "write_entry"]
 
 
 # ------------------------------------------------------------------ the machine's other load
@@ -94,17 +94,18 @@ def machine_id(device) -> str:
 
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
-    model, flags, named = platform.machine(), "", False
+    model = platform.machine()
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not named:
-                model, named = line.split(":", 1)[1].strip(), True
-            elif line.startswith("flags") and not flags:
-                have = set(line.split(":", 1)[1].split())
-                flags = "+".join(f for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f in have)
+        model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("model name")), model)
+    have = cpu_flags() or set()
+    flags = "+".join(f for f in (*NATIVE_BF16, "avx512f", "avx2") if f in have)
     # oneDNN / ATen limited to a lower instruction set (e.g. to reproduce a CPU without bf16) time differently
     limits = ",".join(f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k))
     return f"cpu:{model}:{flags}:{os.cpu_count()}:{limits}"
+
+
+NATIVE_BF16 = ("avx512_bf16", "amx_bf16")  # the x86 flags of bf16 in hardware (without them oneDNN emulates it)
 
 
 def cpu_flags() -> set[str] | None:
