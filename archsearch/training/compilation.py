@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from archsearch.errors import ConfigError
+from archsearch.training.kernel_check import checked
 from archsearch.training.precision import Precision, Stepper
 from archsearch.training.probe_cache import (
     OtherLoad,
@@ -166,15 +167,21 @@ def _pays(images: int, rates: dict[str, float], compile_s: float) -> bool:
 def choose_compile(setting, model, precision: Precision, spec_key: str, batch_size: int,
                    input_shape: tuple[int, int, int], num_classes: int, images: int,
                    probe_fn: Callable[..., tuple[Any, dict[str, float], float]] = probe_compile,
-                   ) -> tuple[CompileChoice, Any]:
+                   check: bool = True) -> tuple[CompileChoice, Any]:
     """``trainer.compile`` for a run that trains ``images`` images -> (choice, the module its
-    training steps call: ``model`` itself or its compiled wrapper)."""
+    training steps call: ``model`` itself or its compiled wrapper). ``check`` (``trainer.kernel_check``):
+    compiled kernels that compute a layer wrong here are refused when set, not tried under auto."""
     import torch
 
     mode = compile_setting(setting)
     if mode == "false":
         return CompileChoice(False), model
+    fault = (lambda: checked(model, precision.device, precision.amp_short, precision.channels_last, spec_key,
+                             batch_size, input_shape, compiled=True)) if check else (lambda: None)
     if mode == "true":
+        if f := fault():
+            raise ConfigError(f"trainer.compile=true: {f.describe()} (a kernel fault of this torch build); set "
+                              "trainer.compile=false or auto, or trainer.kernel_check=false to compile anyway")
         return CompileChoice(True), torch.compile(model)
     if precision.device.type not in ("cpu", "cuda"):
         return CompileChoice(False, "auto", f"not tried on {precision.device.type}"), model
@@ -182,6 +189,9 @@ def choose_compile(setting, model, precision: Precision, spec_key: str, batch_si
     if images < MIN_IMAGES or (eager and images / eager < MIN_SECONDS[precision.device.type]):
         est = f", ~{images / eager / 60:.0f} min eager" if eager else ""
         return CompileChoice(False, "short run", f"{images:,} images{est}"), model
+    if f := fault():
+        log.warning("trainer.compile=auto: training eager: %s", f.describe())
+        return CompileChoice(False, "check", f.describe()), model
     key = cache_key(precision.device, spec_key, batch_size, f"compile {precision.label}")
     entry = read_entry(key)
     if entry and isinstance(entry.get("rates"), dict) and entry.get("compile_s") is not None:

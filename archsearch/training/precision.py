@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from archsearch.errors import ConfigError
+from archsearch.training.kernel_check import checked, kernel_check_setting
 from archsearch.training.probe_cache import (
     NATIVE_BF16,
     OtherLoad,
@@ -103,6 +104,7 @@ class Precision:
     source: str = "set"
     rates: dict[str, float] = field(default_factory=dict)
     note: str = ""  # e.g. why the probe's result was not cached
+    faults: dict[str, str] = field(default_factory=dict)  # candidates not timed: they compute a layer wrong here
 
     @property
     def amp_name(self) -> str:
@@ -124,7 +126,8 @@ class Precision:
         if not self.rates:
             return f"{what} (set)"
         probe = ", ".join(f"{k} {v:,.0f}" if v else f"{k} not finite (loss or gradients)"
-                          for k, v in sorted(self.rates.items(), key=lambda kv: -kv[1]))
+                          for k, v in sorted(self.rates.items(), key=lambda kv: -kv[1]) if k not in self.faults)
+        probe += "".join(f"; not timed: {f}" for f in self.faults.values())
         return f"{what} ({self.source}: training-step img/s {probe}{'; ' + self.note if self.note else ''})"
 
     def tags(self) -> dict[str, str]:
@@ -276,28 +279,54 @@ def _warn_emulated_bf16() -> None:
 def choose_precision(tcfg, device, model, spec_key: str, batch_size: int, input_shape: tuple[int, int, int],
                      num_classes: int, probe_fn: Callable[..., dict[str, float]] = probe) -> Precision:
     """``trainer.amp`` / ``trainer.channels_last`` -> :class:`Precision`; probes (or reads the
-    cache) for whatever is ``auto``."""
+    cache) for whatever is ``auto``. With ``trainer.kernel_check`` (the default) a candidate that
+    computes a layer wrong on this machine is not timed, and one set by hand is refused."""
     amp_setting, layout = str(tcfg.amp), _layout(tcfg.channels_last)
     pick_amp(amp_setting)  # validates
+    check = kernel_check_setting(tcfg)
     if amp_setting == "bf16" and device.type == "cpu":
         _warn_emulated_bf16()
     cands = candidates(device, amp_setting, layout)
     if len(cands) == 1:
         a, cl = cands[0]
+        fault = checked(model, device, a, cl, spec_key, batch_size, input_shape) if check else None
+        if fault:
+            raise ConfigError(f"trainer.amp={amp_setting} trainer.channels_last={str(cl).lower()}: {fault.describe()} "
+                              f"(a kernel fault of this torch build); set {_instead(a, cl)}, or "
+                              "trainer.kernel_check=false to train on it anyway")
         return Precision(device, _dtype(a), cl)
-    key = cache_key(device, spec_key, batch_size, ",".join(_label(a, cl) for a, cl in cands))
+    key = cache_key(device, spec_key, batch_size, ",".join(_label(a, cl) for a, cl in cands)
+                    + (" (kernels checked)" if check else ""))
     entry = read_entry(key)
     source, busy = "cache", ""
     if not entry or not isinstance(entry.get("rates"), dict):
+        faults = {_label(a, cl): f.describe() for a, cl in cands
+                  if check and (f := checked(model, device, a, cl, spec_key, batch_size, input_shape))}
+        ok = [c for c in cands if _label(*c) not in faults]
+        if not ok:
+            raise ConfigError(f"trainer.amp={amp_setting}: every candidate computes a layer wrong on this machine "
+                              f"({'; '.join(faults.values())}); set trainer.amp=off, or trainer.kernel_check=false "
+                              "to train on it anyway")
         load: dict = {}
         limit = busy_limit()
-        rates = probe_fn(model, device, cands, batch_size, input_shape, num_classes, load=load)
-        entry, source = {"rates": rates, "when": time.strftime("%Y-%m-%d %H:%M:%S")}, "probe"
+        rates = probe_fn(model, device, ok, batch_size, input_shape, num_classes, load=load)
+        rates.update({k: 0.0 for k in faults})
+        entry, source = {"rates": rates, "faults": faults, "when": time.strftime("%Y-%m-%d %H:%M:%S")}, "probe"
         busy = busy_note(load.get("others"), limit, device)
         if busy:
             log.warning("trainer.amp/channels_last=auto: %s", busy)
         else:
             write_entry(key, entry)
     rates = {str(k): float(v) for k, v in entry["rates"].items()}
-    a, cl = _fastest(cands, rates)
-    return Precision(device, _dtype(a), cl, source, rates, busy)
+    faults = {str(k): str(v) for k, v in (entry.get("faults") or {}).items()}
+    for f in faults.values():
+        log.warning("trainer.amp/channels_last=auto: not used: %s", f)
+    a, cl = _fastest([c for c in cands if _label(*c) not in faults], rates)
+    return Precision(device, _dtype(a), cl, source, rates, busy, faults)
+
+
+def _instead(amp: str, cl: bool) -> str:
+    """What a refused explicit precision could be instead (auto checks and times each)."""
+    other = ["trainer.channels_last=false"] if cl else []
+    other += ["trainer.amp=off"] if amp != "fp32" else []
+    return " or ".join(other + ["trainer.amp=auto trainer.channels_last=auto (they choose among the right ones)"])

@@ -24,6 +24,7 @@ from archsearch.training.augment import build_pipeline, split_flip
 from archsearch.training.compilation import choose_compile, compile_setting
 from archsearch.training.engine import Engine
 from archsearch.training.evaluate import parse_tta
+from archsearch.training.kernel_check import kernel_check_setting
 from archsearch.training.mixing import MixSpec, parse_mix
 from archsearch.training.optim import effective_lr, parse_ema, parse_norm_knobs
 from archsearch.training.precision import choose_precision, pick_device
@@ -87,6 +88,7 @@ def parse_knobs(cfg) -> Knobs:
     cool, ema_decay, tta = cooldown_epochs(acfg, int(tcfg.epochs)), parse_ema(tcfg), parse_tta(tcfg)
     check_recipe(tcfg)
     compile_setting(tcfg.get("compile", "false"))
+    kernel_check_setting(tcfg)
     parse_norm_knobs(cfg.optim)
     flip = str(acfg.get("flip") or "random")
     train_spec, alt_train = split_flip(acfg.get("train"), flip, "aug.train")
@@ -147,7 +149,8 @@ def setup_run(cfg, spec: ModelSpec, analysis: Analysis, k: Knobs, out_dir, data,
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     compiled = choose_compile(tcfg.get("compile", "false"), model, precision, sh, int(tcfg.batch_size),
-                              spec.input_shape, spec.num_classes, images=epochs * len(data.x_train))
+                              spec.input_shape, spec.num_classes, images=epochs * len(data.x_train),
+                              check=kernel_check_setting(tcfg))
     engine = Engine(cfg=cfg, model=model, data=data, precision=precision, pipelines=(pipeline, cool_pipeline),
                     epochs=epochs, cooldown_epochs=k.cool, ema_decay=k.ema_decay,
                     alternate_flip=(k.alt_train, k.alt_cool and bool(k.cool)), compiled=compiled, mix=k.mix)

@@ -130,7 +130,8 @@ def test_the_choice_is_cached_per_spec_and_set_values_skip_the_probe(tmp_path, m
     assert len(calls) == 1 and first.source == "probe" and again.source == "cache"
     assert again.amp == torch.bfloat16 and again.channels_last is False
     entry = json.loads((tmp_path / "precision.json").read_text())
-    assert len(entry) == 1 and "torch " + torch.__version__ in next(iter(entry))
+    choices = [k for k in entry if "|kernels " not in k]  # beside it: each candidate's kernel check (test_kernel_check)
+    assert len(choices) == 1 and "torch " + torch.__version__ in choices[0] and len(entry) == 4
     # amp fixed: only the layout is timed; both fixed: no probe at all
     _choose({"amp": "off", "channels_last": "auto"}, {"fp32 NCHW": 1.0, "fp32 channels_last": 2.0}, calls)
     assert calls[-1] == [("fp32", False), ("fp32", True)]
@@ -167,7 +168,8 @@ def test_a_probe_timed_on_a_busy_machine_is_used_but_not_cached(tmp_path, monkey
     first, again = choose(), choose()
     assert len(calls) == 2 and first.source == again.source == "probe" and first.amp == torch.bfloat16
     assert "busy while it timed (other processes took 90% of this run's cores): not cached" in first.describe()
-    assert not (tmp_path / "precision.json").exists()
+    cached = json.loads((tmp_path / "precision.json").read_text())  # only the kernel checks' verdicts: load-free
+    assert all("|kernels " in k for k in cached)
 
     def busy_compile(model, precision, *a, load=None, **k):
         calls.append(precision.label)
@@ -176,9 +178,10 @@ def test_a_probe_timed_on_a_busy_machine_is_used_but_not_cached(tmp_path, monkey
 
     p = Precision(torch.device("cpu"), None, True, "probe", {"fp32 channels_last": 100.0})
     for _ in range(2):
-        choice, fn = choose_compile("auto", _tiny_model(), p, "k", 16, (3, 32, 32), 10, 900_000, probe_fn=busy_compile)
+        choice, fn = choose_compile("auto", _tiny_model(), p, "k", 16, (3, 32, 32), 10, 900_000,
+                                    probe_fn=busy_compile, check=False)
         assert choice.compiled and choice.source == "probe" and "not cached" in choice.describe()
-    assert len(calls) == 4 and not (tmp_path / "precision.json").exists()
+    assert len(calls) == 4 and json.loads((tmp_path / "precision.json").read_text()) == cached
 
     monkeypatch.setenv("ARCHSEARCH_PROBE_BUSY", "1")
     choose()
@@ -188,7 +191,8 @@ def test_a_probe_timed_on_a_busy_machine_is_used_but_not_cached(tmp_path, monkey
         choose_precision(OmegaConf.create({"amp": "auto", "channels_last": "auto"}), torch.device("cpu"),
                          _tiny_model(), "other", 16, (3, 32, 32), 10, probe_fn=busy_probe)
     with pytest.raises(ConfigError, match="ARCHSEARCH_PROBE_BUSY"):
-        choose_compile("auto", _tiny_model(), p, "other", 16, (3, 32, 32), 10, 900_000, probe_fn=busy_compile)
+        choose_compile("auto", _tiny_model(), p, "other", 16, (3, 32, 32), 10, 900_000, probe_fn=busy_compile,
+                       check=False)
     assert len(calls) == 5  # refused before either probe ran: a bad value costs no probe
 
 
@@ -227,7 +231,7 @@ def _compile(setting, images, rates=None, calls=None, eager_rate=100.0, spec_key
 
     p = Precision(torch.device("cpu"), None, True, "probe", {"fp32 channels_last": eager_rate})
     model = _tiny_model()
-    choice, fn = choose_compile(setting, model, p, spec_key, 16, (3, 32, 32), 10, images, probe_fn=fake_probe)
+    choice, fn = choose_compile(setting, model, p, spec_key, 16, (3, 32, 32), 10, images, probe_fn=fake_probe, check=False)
     return choice, ("model" if fn is model else fn)
 
 
@@ -277,7 +281,7 @@ def test_compile_auto_trains_eager_and_says_why_when_compiling_fails(tmp_path, m
     p = Precision(torch.device("cpu"), None, True, "probe", {"fp32 channels_last": 100.0})
     model = _tiny_model()
     for source in ("probe", "cache"):
-        choice, fn = choose_compile("auto", model, p, "k", 16, (3, 32, 32), 10, 900_000, probe_fn=broken)
+        choice, fn = choose_compile("auto", model, p, "k", 16, (3, 32, 32), 10, 900_000, probe_fn=broken, check=False)
         assert not choice.compiled and fn is model and choice.source == source
         assert "RuntimeError: InvalidCxxCompiler: No working C++ compiler found" in choice.describe()
         assert "more detail" not in choice.describe()
@@ -323,7 +327,8 @@ def test_the_compile_probe_leaves_the_model_as_it_was_and_training_compiles_once
     cfg = compose("config", ["data=synthetic", "data.n_train=200", "data.n_test=64", "data.val_size=64",
                              "model.wide=8", "model.narrow=8", "trainer.batch_size=32", "trainer.epochs=2",
                              "trainer.compile=true", "trainer.amp=off", "trainer.channels_last=false",
-                             "trainer.progress=false", "tracking=none", "trainer.tta=none"])
+                             "trainer.progress=false", "tracking=none", "trainer.tta=none",
+                             "trainer.kernel_check=false"])  # the check compiles a graph of its own
     res = train(cfg, tmp_path / "out")  # 136 training images: 4 batches of 32 and one of 8 per epoch
     assert res.epochs == 2 and res.test_acc == res.test_acc
     assert dynamo_utils.counters["stats"]["unique_graphs"] == 1
@@ -343,7 +348,7 @@ def test_compile_auto_on_a_gpu_probes_runs_longer_than_a_minute_eager(tmp_path, 
         return "compiled-module", {"eager": 50_000.0, "compiled": 150_000.0}, 40.0
 
     p = Precision(torch.device("cuda"), torch.bfloat16, True, "probe", {"bf16 channels_last": 50_000.0})
-    short, _ = choose_compile("auto", _tiny_model(), p, "k", 128, (3, 32, 32), 10, 900_000, probe_fn=fake_probe)
+    short, _ = choose_compile("auto", _tiny_model(), p, "k", 128, (3, 32, 32), 10, 900_000, probe_fn=fake_probe, check=False)
     assert not short.compiled and short.source == "short run" and not calls  # 18 s eager
-    long, fn = choose_compile("auto", _tiny_model(), p, "k", 128, (3, 32, 32), 10, 9_000_000, probe_fn=fake_probe)
+    long, fn = choose_compile("auto", _tiny_model(), p, "k", 128, (3, 32, 32), 10, 9_000_000, probe_fn=fake_probe, check=False)
     assert long.compiled and long.source == "probe" and fn == "compiled-module" and calls  # 180 s eager, 3x faster

@@ -46,6 +46,7 @@ def test_cli_multirun_with_cfg_is_one_line(tmp_path):
     ("trainer.ema=1.5", "error: trainer.ema: the per-step decay must be a number in (0, 1)"),
     ("trainer.tta=rotate", "error: trainer.tta: unknown test-time augmentation 'rotate'; choose one of none, flip, flip_shift"),
     ("aug.cooldown_fraction=1.5", "error: aug.cooldown_fraction: must be a number in [0, 1)"),
+    ("trainer.kernel_check=maybe", "error: trainer.kernel_check: must be true or false; got 'maybe'"),
 ])
 def test_cli_bad_ema_tta_cooldown_is_one_line_before_any_data(tmp_path, override, message):
     p = subprocess.run([sys.executable, "-m", "archsearch.train", override, "data.root=/nonexistent"],
