@@ -170,7 +170,7 @@ def choose_compile(setting, model, precision: Precision, spec_key: str, batch_si
                    check: bool = True) -> tuple[CompileChoice, Any]:
     """``trainer.compile`` for a run that trains ``images`` images -> (choice, the module its
     training steps call: ``model`` itself or its compiled wrapper). ``check`` (``trainer.kernel_check``):
-    compiled kernels that compute a layer wrong here are refused when set, not tried under auto."""
+    compiled kernels that compute a layer wrong here are refused when set, not used under auto."""
     import torch
 
     mode = compile_setting(setting)
@@ -189,9 +189,6 @@ def choose_compile(setting, model, precision: Precision, spec_key: str, batch_si
     if images < MIN_IMAGES or (eager and images / eager < MIN_SECONDS[precision.device.type]):
         est = f", ~{images / eager / 60:.0f} min eager" if eager else ""
         return CompileChoice(False, "short run", f"{images:,} images{est}"), model
-    if f := fault():
-        log.warning("trainer.compile=auto: training eager: %s", f.describe())
-        return CompileChoice(False, "check", f.describe()), model
     key = cache_key(precision.device, spec_key, batch_size, f"compile {precision.label}")
     entry = read_entry(key)
     if entry and isinstance(entry.get("rates"), dict) and entry.get("compile_s") is not None:
@@ -199,7 +196,7 @@ def choose_compile(setting, model, precision: Precision, spec_key: str, batch_si
         secs = float(entry["compile_s"])
         pays = _pays(images, rates, secs)
         choice = CompileChoice(pays, "cache", _why(rates, secs, images), rates, secs)
-        return choice, (torch.compile(model) if pays else model)
+        return _unless_faulty(choice, (lambda: torch.compile(model)) if pays else (lambda: model), model, fault)
     if entry and entry.get("error"):
         return CompileChoice(False, "cache", f"compiling failed here before: {entry['error']}"), model
     load: dict = {}
@@ -218,7 +215,18 @@ def choose_compile(setting, model, precision: Precision, spec_key: str, batch_si
         write_entry(key, {"rates": rates, "compile_s": round(secs, 2), "when": time.strftime("%Y-%m-%d %H:%M:%S")})
     pays = _pays(images, rates, 0.0)  # the probe has paid the compile: only the step rates matter now
     why = _why(rates, secs, images) + (f"; {busy}" if busy else "")
-    return CompileChoice(pays, "probe", why, rates, secs), (compiled if pays else model)
+    return _unless_faulty(CompileChoice(pays, "probe", why, rates, secs), lambda: compiled if pays else model,
+                          model, fault)
+
+
+def _unless_faulty(choice: CompileChoice, module: Callable[[], Any], model, fault: Callable[[], Any]):
+    """``choice`` and its module, or eager if compiling would win but its kernels compute a layer wrong
+    (checked only then: the check compiles too)."""
+    f = fault() if choice.compiled else None
+    if f is None:
+        return choice, module()
+    log.warning("trainer.compile=auto: training eager: %s", f.describe())
+    return CompileChoice(False, "check", f"{choice.why}; but {f.describe()}", choice.rates, choice.compile_s), model
 
 
 def _why(rates: dict[str, float], compile_s: float, images: int) -> str:

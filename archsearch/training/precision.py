@@ -104,7 +104,7 @@ class Precision:
     source: str = "set"
     rates: dict[str, float] = field(default_factory=dict)
     note: str = ""  # e.g. why the probe's result was not cached
-    faults: dict[str, str] = field(default_factory=dict)  # candidates not timed: they compute a layer wrong here
+    faults: dict[str, str] = field(default_factory=dict)  # candidates not used: they compute a layer wrong here
 
     @property
     def amp_name(self) -> str:
@@ -127,7 +127,7 @@ class Precision:
             return f"{what} (set)"
         probe = ", ".join(f"{k} {v:,.0f}" if v else f"{k} not finite (loss or gradients)"
                           for k, v in sorted(self.rates.items(), key=lambda kv: -kv[1]) if k not in self.faults)
-        probe += "".join(f"; not timed: {f}" for f in self.faults.values())
+        probe += "".join(f"; not used: {f}" for f in self.faults.values())
         return f"{what} ({self.source}: training-step img/s {probe}{'; ' + self.note if self.note else ''})"
 
     def tags(self) -> dict[str, str]:
@@ -279,8 +279,9 @@ def _warn_emulated_bf16() -> None:
 def choose_precision(tcfg, device, model, spec_key: str, batch_size: int, input_shape: tuple[int, int, int],
                      num_classes: int, probe_fn: Callable[..., dict[str, float]] = probe) -> Precision:
     """``trainer.amp`` / ``trainer.channels_last`` -> :class:`Precision`; probes (or reads the
-    cache) for whatever is ``auto``. With ``trainer.kernel_check`` (the default) a candidate that
-    computes a layer wrong on this machine is not timed, and one set by hand is refused."""
+    cache) for whatever is ``auto``. With ``trainer.kernel_check`` (the default) the fastest candidate
+    is checked, and passed over if it computes a layer wrong on this machine (then the next fastest,
+    and so on); one set by hand is refused."""
     amp_setting, layout = str(tcfg.amp), _layout(tcfg.channels_last)
     pick_amp(amp_setting)  # validates
     check = kernel_check_setting(tcfg)
@@ -300,28 +301,28 @@ def choose_precision(tcfg, device, model, spec_key: str, batch_size: int, input_
     entry = read_entry(key)
     source, busy = "cache", ""
     if not entry or not isinstance(entry.get("rates"), dict):
-        faults = {_label(a, cl): f.describe() for a, cl in cands
-                  if check and (f := checked(model, device, a, cl, spec_key, batch_size, input_shape))}
-        ok = [c for c in cands if _label(*c) not in faults]
-        if not ok:
-            raise ConfigError(f"trainer.amp={amp_setting}: every candidate computes a layer wrong on this machine "
-                              f"({'; '.join(faults.values())}); set trainer.amp=off, or trainer.kernel_check=false "
-                              "to train on it anyway")
         load: dict = {}
         limit = busy_limit()
-        rates = probe_fn(model, device, ok, batch_size, input_shape, num_classes, load=load)
-        rates.update({k: 0.0 for k in faults})
-        entry, source = {"rates": rates, "faults": faults, "when": time.strftime("%Y-%m-%d %H:%M:%S")}, "probe"
+        rates = probe_fn(model, device, cands, batch_size, input_shape, num_classes, load=load)
+        entry, source = {"rates": rates, "when": time.strftime("%Y-%m-%d %H:%M:%S")}, "probe"
         busy = busy_note(load.get("others"), limit, device)
         if busy:
             log.warning("trainer.amp/channels_last=auto: %s", busy)
-        else:
-            write_entry(key, entry)
     rates = {str(k): float(v) for k, v in entry["rates"].items()}
     faults = {str(k): str(v) for k, v in (entry.get("faults") or {}).items()}
+    left = [c for c in cands if _label(*c) not in faults]
+    while check and left and (f := checked(model, device, *_fastest(left, rates), spec_key, batch_size, input_shape)):
+        faults[f.label] = f.describe()  # the fastest computes a layer wrong: the next fastest, checked in turn
+        left = [c for c in left if _label(*c) != f.label]
+    if not left:
+        raise ConfigError(f"trainer.amp={amp_setting}: every candidate computes a layer wrong on this machine "
+                          f"({'; '.join(faults.values())}); set trainer.amp=off, or trainer.kernel_check=false "
+                          "to train on it anyway")
+    if source == "probe" and not busy:
+        write_entry(key, {**entry, "faults": faults})
     for f in faults.values():
         log.warning("trainer.amp/channels_last=auto: not used: %s", f)
-    a, cl = _fastest([c for c in cands if _label(*c) not in faults], rates)
+    a, cl = _fastest(left, rates)
     return Precision(device, _dtype(a), cl, source, rates, busy, faults)
 
 

@@ -84,12 +84,16 @@ def _choose(tcfg, tmp_path, monkeypatch, calls=None):
                             probe_fn=fake_probe)
 
 
-def test_auto_does_not_time_or_pick_a_faulty_candidate(faulty_dilated_bf16_cl, tmp_path, monkeypatch):
+def test_auto_passes_over_a_faulty_fastest_candidate_to_the_next_fastest(faulty_dilated_bf16_cl, tmp_path,
+                                                                         monkeypatch):
+    import json
+
     calls: list = []
     p = _choose({"amp": "auto", "channels_last": "auto"}, tmp_path, monkeypatch, calls)
-    assert ("bf16", True) not in calls[0] and len(calls[0]) == 3
-    assert (p.amp_short, p.channels_last) == ("bf16", False)  # the fastest of the right ones
-    assert "not timed: bf16 channels_last computes layer model.layers[" in p.describe()
+    assert (p.amp_short, p.channels_last) == ("bf16", False)  # bf16 channels_last was faster, and is wrong
+    assert "not used: bf16 channels_last computes layer model.layers[" in p.describe()
+    checked = [k.rsplit("|", 1)[1] for k in json.loads((tmp_path / "precision.json").read_text()) if "|kernels " in k]
+    assert sorted(checked) == ["kernels bf16 NCHW", "kernels bf16 channels_last"]  # the slower ones need no check
     again = _choose({"amp": "auto", "channels_last": "auto"}, tmp_path, monkeypatch, calls)
     assert again.source == "cache" and again.faults == p.faults and len(calls) == 1
 
@@ -107,7 +111,7 @@ def test_a_faulty_explicit_precision_is_refused_in_one_line_unless_the_check_is_
         _choose({"amp": "bf16", "channels_last": True, "kernel_check": "maybe"}, tmp_path, monkeypatch)
 
 
-def test_faulty_compiled_kernels_are_refused_when_set_and_skipped_by_auto(tmp_path, monkeypatch):
+def test_faulty_compiled_kernels_are_refused_when_set_and_not_used_by_auto(tmp_path, monkeypatch):
     import torch
 
     monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path))
@@ -117,8 +121,16 @@ def test_faulty_compiled_kernels_are_refused_when_set_and_skipped_by_auto(tmp_pa
     model, precision = _model(), Precision(torch.device("cpu"), torch.bfloat16, False, rates={"bf16 NCHW": 1.0})
     with pytest.raises(ConfigError, match=r"^trainer.compile=true: bf16 NCHW, compiled computes .* not finite"):
         choose_compile("true", model, precision, "k", 32, (3, 32, 32), 10, images=10**6)
-    choice, module = choose_compile("auto", model, precision, "k", 32, (3, 32, 32), 10, images=10**6)
-    assert (choice.compiled, choice.source, module) == (False, "check", model)
-    assert all(k == {"compiled": True} for k in seen)
+
+    def timed(compiled_rate):
+        return lambda *a, **k: ("compiled-module", {"eager": 100.0, "compiled": compiled_rate}, 1.0)
+
+    choice, module = choose_compile("auto", model, precision, "k", 32, (3, 32, 32), 10, images=10**6,
+                                    probe_fn=timed(200.0))
+    assert (choice.compiled, choice.source, module) == (False, "check", model) and "but bf16 NCHW" in choice.why
+    assert seen == [{"compiled": True}, {"compiled": True}]
+    choice, module = choose_compile("auto", model, precision, "k2", 32, (3, 32, 32), 10, images=10**6,
+                                    probe_fn=timed(90.0))
+    assert not choice.compiled and choice.source == "probe" and len(seen) == 2  # eager wins: nothing to check
     choice, _ = choose_compile("true", model, precision, "k", 32, (3, 32, 32), 10, images=10**6, check=False)
-    assert choice.compiled
+    assert choice.compiled and len(seen) == 2
