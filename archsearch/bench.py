@@ -9,17 +9,18 @@ The GPU check, on a machine with one: ``python -m archsearch.bench device=cuda``
 nothing downloaded; parts train, breakdown, compile, workers, slots, system_metrics).
 
 Options (key=value):
-  parts        comma list of: train, breakdown, compile, probe, validator, sweep, concurrency, memory, workers, slots, system_metrics (default: all)
+  parts        comma list of: train, breakdown, compile, probe, kernels, validator, sweep, concurrency, memory, workers, slots, system_metrics (default: all)
                (with device=cuda... and no parts: the GPU check's parts)
   device       auto (default: a GPU if there is one) | cpu | cuda | cuda:N: what the parts train on
-  model        the network of parts train, breakdown, compile, probe (default dilated_sep; any conf/model name)
+  model        the network of parts train, breakdown, compile, probe, kernels (default dilated_sep; any conf/model name)
   data         synthetic (default) | folder;  data.root=PATH for folder (e.g. the CIFAR-10 copy)
   images       training images per measured epoch (default 4096; 32768 on a GPU)
   reps         measured repetitions after one warm-up (default 3)
   batch        batch size for both loops (default 128)
   workers      DataLoader workers for both loops in part train (default auto, as training uses)
   compile      part train: auto (default: what trainer.compile=auto picks for a run of run_images images,
-               probing compiled vs eager if that run is long enough) | true | false
+               probing compiled vs eager if that run is long enough) | true | false;
+               part kernels: false leaves out the compiled check
   run_images   part train: the run that auto decides for, and row 1b projects (default 900000: 20 epochs
                of CIFAR-10's 45,000 training images)
   trials       sweep part: trials in the overhead sweep (default 200)
@@ -137,7 +138,7 @@ def markdown(argv: Sequence[str], opts: dict[str, str], rows: list, notes: list)
         "Written by `python -m archsearch.bench " + " ".join(argv) + "`. Each cell: median (min-max) of the "
         "measured repetitions after a warm-up; every comparison ran side by side in one invocation.", "",
         f"- machine: {describe_machine()}", f"- parts ran on: {bench_device(opts)}", f"- data: {data}",
-        f"- model (parts train, breakdown, compile, probe): {model_name(opts)}", "",
+        f"- model (parts train, breakdown, compile, probe, kernels): {model_name(opts)}", "",
         *table, "", *[f"- {n}" for n in notes], ""])
 
 

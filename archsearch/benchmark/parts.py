@@ -9,7 +9,13 @@ from collections.abc import Callable
 from archsearch.benchmark.device_parts import part_slots, part_system_metrics, part_workers
 from archsearch.benchmark.memory import part_memory
 from archsearch.benchmark.search_parts import part_concurrency, part_sweep, part_validator
-from archsearch.benchmark.training_parts import part_breakdown, part_compile, part_probe, part_train
+from archsearch.benchmark.training_parts import (
+    part_breakdown,
+    part_compile,
+    part_kernels,
+    part_probe,
+    part_train,
+)
 
 __all__ = ["GPU_PARTS", "PARTS", "Part"]
 
@@ -20,6 +26,7 @@ PARTS: dict[str, Part] = {
     "breakdown": part_breakdown,
     "compile": part_compile,
     "probe": part_probe,
+    "kernels": part_kernels,
     "validator": part_validator,
     "sweep": part_sweep,
     "concurrency": part_concurrency,

@@ -1,6 +1,7 @@
 """The parts that measure training: archsearch's real training path end to end against the
 reference loop (rows 1, 1b and 1c, the reference's own time to 85%), the model step alone per precision/layout and the augmentation
-rate (2a, 2b), what torch.compile costs and gains (2c), and what the precision probe costs (2e)."""
+rate (2a, 2b), what torch.compile costs and gains (2c), what the precision probe costs (2e) and what the kernel
+check adds to it (2f)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from archsearch.training.batches import worker_count
 from archsearch.training.compilation import choose_compile, probe_compile
 from archsearch.training.data import Splits, channel_stats
 from archsearch.training.job import train
+from archsearch.training.kernel_check import check_kernels, distinct_layers
 from archsearch.training.precision import DROP, candidates, probe
 
-__all__ = ["part_breakdown", "part_compile", "part_probe", "part_train"]
+__all__ = ["part_breakdown", "part_compile", "part_kernels", "part_probe", "part_train"]
 
 # The reference's own time to 85%: the seed's log (ERA-V1 S9) first shows 85% test accuracy (85.03%)
 # after epoch 43 of its 50,000-image training set; row 1c projects that many images at row 1's rates
@@ -162,6 +164,36 @@ def part_probe(opts: dict, rows: list, notes: list) -> None:
     notes.append(f"part 2e: the probe a run pays once per network (then cached): one warm-up and 3 timed steps per "
                  f"candidate, or fewer for one {DROP:g}x slower than the fastest after a round; fastest candidate "
                  f"timing all: {', '.join(sorted(fastest[None]))}; dropping: {', '.join(sorted(fastest[DROP]))}.")
+
+
+def part_kernels(opts: dict, rows: list, notes: list) -> None:
+    """What ``trainer.kernel_check`` adds to a run that meets a new network: each candidate's check
+    (eager, and compiled in auto's choice unless ``compile=false``) against one probe of
+    ``trainer.amp=auto``, and its verdict."""
+    device = bench_device(opts)
+    reps, batch = int(opts.get("reps", 3)), int(opts.get("batch", 128))
+    spec, chosen, model = auto_model(device, batch, model_name(opts))
+    cands = candidates(device, "auto", None)
+    probe_s = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        probe(model, device, cands, batch, spec.input_shape, spec.num_classes)
+        probe_s.append(time.perf_counter() - t0)
+    n = len(distinct_layers(model, spec.input_shape))
+    runs = [(a, cl, False) for a, cl in cands[1:]]
+    runs += [(chosen.amp_short, chosen.channels_last, True)] if str(opts.get("compile", "auto")) != "false" else []
+    for amp, cl, compiled in runs:
+        secs, verdict = [], "right"
+        for _ in range(1 if compiled else reps):  # a compiled check compiles: once is its cost
+            t0 = time.perf_counter()
+            fault = check_kernels(model, device, amp, cl, batch, spec.input_shape, compiled=compiled)
+            secs.append(time.perf_counter() - t0)
+            verdict = fault.describe() if fault else verdict
+        label = f"{amp} {'channels_last' if cl else 'NCHW'}{', compiled' if compiled else ''}"
+        rows.append((f"2f. kernel check, {label}, {n} distinct layers (s)", f"the probe: {spread(probe_s, digits=1)}",
+                     f"{spread(secs, digits=1)}: {verdict}", f"{statistics.median(secs) / statistics.median(probe_s):.2f}x"))
+    notes.append("part 2f: a run checks only the candidate it would use (the probe's fastest; the next if that is "
+                 "wrong), and the compiled kernels only when compiling wins; verdicts are cached with the probe's.")
 
 
 def part_compile(opts: dict, rows: list, notes: list) -> None:

@@ -17,7 +17,7 @@ def bench_table(tmp_path, parts: str) -> str:
     text = out.read_text()
     ratios = [float(r.replace(",", "")) for r in re.findall(r"\| \**([\d.,]+)x", text)]
     assert ratios and all(r > 0 for r in ratios)
-    assert "torch" in text and "machine:" in text and "model (parts train, breakdown, compile, probe): compact" in text
+    assert "torch" in text and "machine:" in text and "model (parts train, breakdown, compile, probe, kernels): compact" in text
     return text
 
 
@@ -89,6 +89,15 @@ def test_bench_refuses_an_unknown_option_before_measuring(capsys):
     out = capsys.readouterr()
     assert out.err == f"error: unknown option 'nosuchkey'; valid options: {', '.join(OPTIONS)}\n"
     assert "bench:" not in out.err and not out.out  # no part ran, nothing written
+
+
+def test_the_kernel_check_part_times_each_candidate_against_the_probe(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "B.md"
+    assert main(["parts=kernels", *SMALL, "compile=false", f"out={out}"]) == 0
+    rows = [r for r in out.read_text().splitlines() if r.startswith("| 2f. kernel check, ")]
+    assert [r.split(",")[1].strip() for r in rows] == ["fp32 channels_last", "bf16 NCHW", "bf16 channels_last"]
+    assert all(" distinct layers (s) | the probe: " in r and re.search(r"\| [\d.]+x \|$", r) for r in rows)
 
 
 def test_the_help_lists_every_part_and_option():
