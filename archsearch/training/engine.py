@@ -155,8 +155,10 @@ class Engine:
     def _progress(self, bar, steps_done: int, epoch: int, loss_sum: float, correct: int, seen: int,
                   elapsed: float) -> None:
         if not math.isfinite(loss_sum):
+            low = f", or train in fp32 (trainer.amp=off; {self.precision.amp_short} in use)" if self.precision.amp else ""
             raise NonFiniteLoss(f"training loss became {loss_sum} in epoch {epoch + 1} (step {steps_done}); "
-                                f"lower optim.lr (set to {self.cfg.optim.lr}; {self.lr:g} in use) or check the data")
+                                f"lower optim.lr (set to {self.cfg.optim.lr}; {self.lr:g} in use){low} "
+                                "or check the data")
         bar.update(steps_done - bar.n)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                         img_s=f"{seen / max(elapsed, 1e-9):.0f}")

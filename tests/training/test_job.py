@@ -93,10 +93,13 @@ def test_over_budget_spec_loads_no_data(tmp_path, monkeypatch, no_mlflow_record)
     assert no_mlflow_record()
 
 
-def test_non_finite_loss_fails_the_run(tmp_path):
-    with pytest.raises(NonFiniteLoss, match="lower optim.lr"):
+@pytest.mark.parametrize("amp, hint", [("off", "or check the data"),
+                                       ("bf16", "or train in fp32 (trainer.amp=off; bf16 in use) or check the data")])
+def test_non_finite_loss_fails_the_run(tmp_path, amp, hint):
+    with pytest.raises(NonFiniteLoss, match="lower optim.lr") as e:
         train(cfg_for(tmp_path, *TINY_MODEL, "trainer.epochs=1", "optim.lr=1e12", "sched=constant", "trainer.log_every=1",
-                      "trainer.amp=off"), tmp_path / "out")
+                      f"trainer.amp={amp}"), tmp_path / "out")
+    assert str(e.value).endswith(hint) and ("trainer.amp=off" in str(e.value)) == (amp == "bf16")
     df = runs(tmp_path)
     assert df.status[0] == "FAILED" and "NonFiniteLoss" in df["tags.error"][0]
 
