@@ -6,7 +6,7 @@ table, with machine, device, torch version and date, to ``BENCHMARKS.md``. A par
 gets a row saying so, and the others still run and are written.
 
 The GPU check, on a machine with one: ``python -m archsearch.bench device=cuda`` (synthetic data,
-nothing downloaded; parts train, breakdown, compile, workers, slots, system_metrics).
+nothing downloaded; parts train, breakdown, compile, kernels, workers, slots, system_metrics).
 
 Options (key=value):
   parts        comma list of: train, breakdown, compile, probe, kernels, validator, sweep, concurrency, memory, workers, slots, system_metrics (default: all)

@@ -37,4 +37,4 @@ PARTS: dict[str, Part] = {
 }
 
 # what `python -m archsearch.bench device=cuda` runs by default: the GPU check (docs/benchmarks.md)
-GPU_PARTS = ("train", "breakdown", "compile", "workers", "slots", "system_metrics")
+GPU_PARTS = ("train", "breakdown", "compile", "kernels", "workers", "slots", "system_metrics")
