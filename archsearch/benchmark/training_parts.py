@@ -20,7 +20,7 @@ from archsearch.training.batches import worker_count
 from archsearch.training.compilation import choose_compile, probe_compile
 from archsearch.training.data import Splits, channel_stats
 from archsearch.training.job import train
-from archsearch.training.kernel_check import check_kernels, distinct_layers
+from archsearch.training.kernel_check import candidate_label, check_kernels, distinct_layers
 from archsearch.training.precision import DROP, candidates, probe
 
 __all__ = ["part_breakdown", "part_compile", "part_kernels", "part_probe", "part_train"]
@@ -189,7 +189,7 @@ def part_kernels(opts: dict, rows: list, notes: list) -> None:
             fault = check_kernels(model, device, amp, cl, batch, spec.input_shape, compiled=compiled)
             secs.append(time.perf_counter() - t0)
             verdict = fault.describe() if fault else verdict
-        label = f"{amp} {'channels_last' if cl else 'NCHW'}{', compiled' if compiled else ''}"
+        label = candidate_label(amp, cl, compiled)
         rows.append((f"2f. kernel check, {label}, {n} distinct layers (s)", f"the probe: {spread(probe_s, digits=1)}",
                      f"{spread(secs, digits=1)}: {verdict}", f"{statistics.median(secs) / statistics.median(probe_s):.2f}x"))
     notes.append("part 2f: a run checks only the candidate it would use (the probe's fastest; the next if that is "

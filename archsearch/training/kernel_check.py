@@ -27,10 +27,23 @@ from typing import Any
 from archsearch.errors import ConfigError
 from archsearch.training.probe_cache import cache_key, read_entry, write_entry
 
-__all__ = ["TOL", "Fault", "check_kernels", "checked", "distinct_layers", "kernel_check_setting"]
+__all__ = ["TOL", "Fault", "autocast_dtype", "candidate_label", "check_kernels", "checked", "distinct_layers",
+           "kernel_check_setting"]
 
 TOL = 0.05  # largest |difference| / largest |fp32 value| a layer may show (bf16 rounding: ~0.003)
-_DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
+_DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}  # the probe's names -> torch dtype names
+
+
+def autocast_dtype(name: str):
+    """``fp32`` / ``bf16`` / ``fp16`` -> the autocast dtype (None for fp32)."""
+    import torch
+
+    return getattr(torch, _DTYPES[name]) if _DTYPES[name] else None
+
+
+def candidate_label(amp: str, cl: bool, compiled: bool = False) -> str:
+    """How the probe, the check and the logs name a candidate: ``bf16 channels_last``, ``fp32 NCHW, compiled``."""
+    return f"{amp} {'channels_last' if cl else 'NCHW'}" + (", compiled" if compiled else "")
 
 
 @dataclass(frozen=True)
@@ -168,13 +181,13 @@ def check_kernels(model, device, amp: str, cl: bool, batch_size: int, input_shap
     within). Leaves ``model`` and the global RNG untouched."""
     import torch
 
-    label = f"{amp} {'channels_last' if cl else 'NCHW'}" + (", compiled" if compiled else "")
+    label = candidate_label(amp, cl, compiled)
     if amp == "fp32" and not cl and not compiled:
         return None  # the reference itself
     layers = distinct_layers(model, input_shape)
     if not layers:
         return None
-    dtype = getattr(torch, _DTYPES[amp]) if _DTYPES[amp] else None
+    dtype = autocast_dtype(amp)
     rnd = (lambda t: t.to(dtype).float()) if dtype is not None else (lambda t: t)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         g = torch.Generator().manual_seed(0)
@@ -214,7 +227,7 @@ def checked(model, device, amp: str, cl: bool, spec_key: str, batch_size: int, i
     size (the precision probe's cache); a check that raises is a fault (that kernel would raise in training)."""
     if amp == "fp32" and not cl and not compiled:
         return None  # the reference itself
-    label = f"{amp} {'channels_last' if cl else 'NCHW'}" + (", compiled" if compiled else "")
+    label = candidate_label(amp, cl, compiled)
     key = cache_key(device, spec_key, batch_size, f"kernels {label}")
     entry = read_entry(key)
     if entry and isinstance(entry.get("fault"), dict):

@@ -23,7 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from archsearch.errors import ConfigError
-from archsearch.training.kernel_check import checked, kernel_check_setting
+from archsearch.training.kernel_check import (
+    autocast_dtype,
+    candidate_label,
+    checked,
+    kernel_check_setting,
+)
 from archsearch.training.probe_cache import (
     NATIVE_BF16,
     OtherLoad,
@@ -45,14 +50,6 @@ __all__ = ["DROP", "Precision", "Stepper", "candidates", "choose_precision", "pi
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 LAYOUTS = ("auto", "true", "false")
-_DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}  # the probe's names -> torch dtype names
-
-
-def _dtype(name: str):
-    """``fp32`` / ``bf16`` / ``fp16`` -> the autocast dtype (None for fp32)."""
-    import torch
-
-    return getattr(torch, _DTYPES[name]) if _DTYPES[name] else None
 
 
 def pick_device(name: str):
@@ -81,7 +78,7 @@ def pick_amp(mode: str, device=None) -> Any:
 
     if mode not in AMP_MODES:
         raise ConfigError(f"trainer.amp: unknown mode {mode!r}; choose one of {', '.join(AMP_MODES)}")
-    return None if mode in ("auto", "off") else _dtype(mode)
+    return None if mode in ("auto", "off") else autocast_dtype(mode)
 
 
 def _layout(value) -> bool | None:
@@ -118,7 +115,7 @@ class Precision:
     @property
     def label(self) -> str:
         """As the probe names candidates: ``fp32 NCHW``, ``bf16 channels_last``, ..."""
-        return _label(self.amp_short, self.channels_last)
+        return candidate_label(self.amp_short, self.channels_last)
 
     def describe(self) -> str:
         layout = "channels_last" if self.channels_last else "NCHW"
@@ -149,10 +146,6 @@ def candidates(device, amp_setting: str, layout: bool | None) -> list[tuple[str,
     return [(a, cl) for a in amps for cl in layouts]
 
 
-def _label(amp: str, cl: bool) -> str:
-    return f"{amp} {'channels_last' if cl else 'NCHW'}"
-
-
 class Stepper:
     """One candidate's training step on its own copy of the model (``own_copy=False``: on ``model``
     itself, e.g. a compiled one), with a fixed random batch. ``finite``: with fp16's scaler an
@@ -165,7 +158,7 @@ class Stepper:
         self.model = (copy.deepcopy(model) if own_copy else model).to(device).to(memory_format=fmt).train()
         self.x = batch.to(device).contiguous(memory_format=fmt)
         self.y = torch.arange(len(batch), device=device) % num_classes
-        self.dtype = _dtype(amp)
+        self.dtype = autocast_dtype(amp)
         self.device = device
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
@@ -217,9 +210,9 @@ def probe(model, device, candidates: list[tuple[str, bool]], batch_size: int, in
         g = torch.Generator().manual_seed(0)
         batch = torch.randn(batch_size, *input_shape, generator=g)
         steppers: dict[str, Any] = {}
-        times: dict[str, list[float]] = {_label(a, cl): [] for a, cl in candidates}
+        times: dict[str, list[float]] = {candidate_label(a, cl): [] for a, cl in candidates}
         for a, cl in candidates:  # warm-up: oneDNN / cuDNN pick their kernels here
-            _guarded(steppers, times, _label(a, cl), lambda a=a, cl=cl: Stepper(model, device, a, cl, batch, num_classes))
+            _guarded(steppers, times, candidate_label(a, cl), lambda a=a, cl=cl: Stepper(model, device, a, cl, batch, num_classes))
         watch = OtherLoad()
         active = list(steppers)
         for _ in range(steps):
@@ -262,8 +255,8 @@ MARGIN = 1.03  # a candidate must beat the first (fp32 NCHW under auto) by 3%: t
 
 def _fastest(cands: list[tuple[str, bool]], rates: dict[str, float]) -> tuple[str, bool]:
     base = cands[0]
-    best = max(cands, key=lambda c: rates.get(_label(*c), 0.0))
-    return best if rates.get(_label(*best), 0.0) > MARGIN * rates.get(_label(*base), 0.0) else base
+    best = max(cands, key=lambda c: rates.get(candidate_label(*c), 0.0))
+    return best if rates.get(candidate_label(*best), 0.0) > MARGIN * rates.get(candidate_label(*base), 0.0) else base
 
 
 def _warn_emulated_bf16() -> None:
@@ -295,8 +288,8 @@ def choose_precision(tcfg, device, model, spec_key: str, batch_size: int, input_
             raise ConfigError(f"trainer.amp={amp_setting} trainer.channels_last={str(cl).lower()}: {fault.describe()} "
                               f"(a kernel fault of this torch build); set {_instead(a, cl)}, or "
                               "trainer.kernel_check=false to train on it anyway")
-        return Precision(device, _dtype(a), cl)
-    key = cache_key(device, spec_key, batch_size, ",".join(_label(a, cl) for a, cl in cands)
+        return Precision(device, autocast_dtype(a), cl)
+    key = cache_key(device, spec_key, batch_size, ",".join(candidate_label(a, cl) for a, cl in cands)
                     + (" (kernels checked)" if check else ""))
     entry = read_entry(key)
     source, busy = "cache", ""
@@ -310,10 +303,10 @@ def choose_precision(tcfg, device, model, spec_key: str, batch_size: int, input_
             log.warning("trainer.amp/channels_last=auto: %s", busy)
     rates = {str(k): float(v) for k, v in entry["rates"].items()}
     faults = {str(k): str(v) for k, v in (entry.get("faults") or {}).items()}
-    left = [c for c in cands if _label(*c) not in faults]
+    left = [c for c in cands if candidate_label(*c) not in faults]
     while check and left and (f := checked(model, device, *_fastest(left, rates), spec_key, batch_size, input_shape)):
         faults[f.label] = f.describe()  # the fastest computes a layer wrong: the next fastest, checked in turn
-        left = [c for c in left if _label(*c) != f.label]
+        left = [c for c in left if candidate_label(*c) != f.label]
     if not left:
         raise ConfigError(f"trainer.amp={amp_setting}: every candidate computes a layer wrong on this machine "
                           f"({'; '.join(faults.values())}); set trainer.amp=off, or trainer.kernel_check=false "
@@ -323,7 +316,7 @@ def choose_precision(tcfg, device, model, spec_key: str, batch_size: int, input_
     for f in faults.values():
         log.warning("trainer.amp/channels_last=auto: not used: %s", f)
     a, cl = _fastest(left, rates)
-    return Precision(device, _dtype(a), cl, source, rates, busy, faults)
+    return Precision(device, autocast_dtype(a), cl, source, rates, busy, faults)
 
 
 def _instead(amp: str, cl: bool) -> str:
