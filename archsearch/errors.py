@@ -6,7 +6,12 @@ one line that says what is wrong (the commands print it and exit with status 2),
 from __future__ import annotations
 
 __all__ = ["AugError", "BudgetError", "ConfigError", "DataError", "NonFiniteLoss", "OpError", "Pruned",
-           "SpecError", "StudyError", "SweepConfigError"]
+           "SpecError", "StudyError", "SweepConfigError", "first_line"]
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """``TypeName: the first line of the message`` (cut at ``limit``): a failure that is a verdict, not a crash."""
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:limit]}"
 
 
 class ConfigError(ValueError):

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from archsearch.errors import ConfigError
+from archsearch.errors import ConfigError, first_line
 from archsearch.training.kernel_check import checked
 from archsearch.training.precision import Precision, Stepper
 from archsearch.training.probe_cache import (
@@ -204,7 +204,7 @@ def choose_compile(setting, model, precision: Precision, spec_key: str, batch_si
     try:
         compiled, rates, secs = probe_fn(model, precision, batch_size, input_shape, num_classes, load=load)
     except Exception as e:  # no C++ compiler, an op inductor cannot lower, ...: the run trains eager, and says so
-        msg = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+        msg = first_line(e)
         log.warning("trainer.compile=auto: compiling failed (%s); training eager", msg)
         write_entry(key, {"error": msg, "when": time.strftime("%Y-%m-%d %H:%M:%S")})
         return CompileChoice(False, "probe", f"compiling failed: {msg}"), model

@@ -24,7 +24,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from archsearch.errors import ConfigError
+from archsearch.errors import ConfigError, first_line
 from archsearch.training.probe_cache import cache_key, read_entry, write_entry
 
 __all__ = ["TOL", "Fault", "autocast_dtype", "candidate_label", "check_kernels", "checked", "distinct_layers",
@@ -235,6 +235,6 @@ def checked(model, device, amp: str, cl: bool, spec_key: str, batch_size: int, i
     try:
         fault = check_kernels(model, device, amp, cl, batch_size, input_shape, compiled)
     except Exception as e:  # noqa: BLE001 - a candidate that cannot run is the verdict, not the run's failure
-        fault = Fault(label, "-", "-", "-", math.inf, f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}")
+        fault = Fault(label, "-", "-", "-", math.inf, first_line(e))
     write_entry(key, {"fault": asdict(fault) if fault else {}})
     return fault
