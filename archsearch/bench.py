@@ -9,10 +9,10 @@ The GPU check, on a machine with one: ``python -m archsearch.bench device=cuda``
 nothing downloaded; parts train, breakdown, compile, kernels, workers, slots, system_metrics).
 
 Options (key=value):
-  parts        comma list of: train, breakdown, compile, probe, kernels, validator, sweep, concurrency, memory, workers, slots, system_metrics (default: all)
+  parts        comma list of: train, breakdown, compile, probe, kernels, layers, validator, sweep, concurrency, memory, workers, slots, system_metrics (default: all)
                (with device=cuda... and no parts: the GPU check's parts)
   device       auto (default: a GPU if there is one) | cpu | cuda | cuda:N: what the parts train on
-  model        the network of parts train, breakdown, compile, probe, kernels (default dilated_sep; any conf/model name)
+  model        the network of parts train, breakdown, compile, probe, kernels, layers (default dilated_sep; any conf/model name)
   data         synthetic (default) | folder;  data.root=PATH for folder (e.g. the CIFAR-10 copy)
   images       training images per measured epoch (default 4096; 32768 on a GPU)
   reps         measured repetitions after one warm-up (default 3)
@@ -138,7 +138,7 @@ def markdown(argv: Sequence[str], opts: dict[str, str], rows: list, notes: list)
         "Written by `python -m archsearch.bench " + " ".join(argv) + "`. Each cell: median (min-max) of the "
         "measured repetitions after a warm-up; every comparison ran side by side in one invocation.", "",
         f"- machine: {describe_machine()}", f"- parts ran on: {bench_device(opts)}", f"- data: {data}",
-        f"- model (parts train, breakdown, compile, probe, kernels): {model_name(opts)}", "",
+        f"- model (parts train, breakdown, compile, probe, kernels, layers): {model_name(opts)}", "",
         *table, "", *[f"- {n}" for n in notes], ""])
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from archsearch.benchmark.device_parts import part_slots, part_system_metrics, part_workers
+from archsearch.benchmark.layer_parts import part_layers
 from archsearch.benchmark.memory import part_memory
 from archsearch.benchmark.search_parts import part_concurrency, part_sweep, part_validator
 from archsearch.benchmark.training_parts import (
@@ -27,6 +28,7 @@ PARTS: dict[str, Part] = {
     "compile": part_compile,
     "probe": part_probe,
     "kernels": part_kernels,
+    "layers": part_layers,
     "validator": part_validator,
     "sweep": part_sweep,
     "concurrency": part_concurrency,

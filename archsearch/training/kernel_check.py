@@ -27,8 +27,8 @@ from typing import Any
 from archsearch.errors import ConfigError, first_line
 from archsearch.training.probe_cache import cache_key, read_entry, write_entry
 
-__all__ = ["TOL", "Fault", "autocast_dtype", "candidate_label", "check_kernels", "checked", "distinct_layers",
-           "kernel_check_setting"]
+__all__ = ["TOL", "Fault", "autocast_dtype", "candidate_label", "check_kernels", "checked", "describe_layer",
+           "distinct_layers", "kernel_check_setting", "layer_census"]
 
 TOL = 0.05  # largest |difference| / largest |fp32 value| a layer may show (bf16 rounding: ~0.003)
 _DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}  # the probe's names -> torch dtype names
@@ -87,7 +87,8 @@ def _signature(m, shape: tuple[int, ...]) -> tuple:
     return ("linear", m.in_features, m.out_features, m.bias is not None, shape)
 
 
-def _what(m, shape: tuple[int, ...]) -> str:
+def describe_layer(m, shape: tuple[int, ...]) -> str:
+    """``conv 7x7 dilation 3 depthwise, 64->64 channels on 64x16x16``: a layer as the check and the bench name it."""
     import torch.nn as nn
 
     dims = "x".join(map(str, shape))
@@ -104,18 +105,23 @@ def _what(m, shape: tuple[int, ...]) -> str:
 def distinct_layers(model, input_shape: tuple[int, int, int]) -> list[tuple[str, Any, tuple[int, ...]]]:
     """(name, a copy of the module, its input shape without the batch) for each distinct convolution
     and linear layer, found by one fp32 forward of a copy of ``model`` on the CPU (``model`` is untouched)."""
+    return [(name, m, shape) for name, m, shape, _ in layer_census(model, input_shape)]
+
+
+def layer_census(model, input_shape: tuple[int, int, int]) -> list[tuple[str, Any, tuple[int, ...], int]]:
+    """:func:`distinct_layers` with how many layers of ``model`` each one stands for (name, module, shape, count)."""
     import torch
     import torch.nn as nn
 
     names = _names(model)
     probe = copy.deepcopy(model).float().cpu().eval()
-    seen: dict[tuple, tuple[str, Any, tuple[int, ...]]] = {}
+    seen: dict[tuple, list] = {}
     hooks = []
     for orig, mod in zip(model.modules(), probe.modules()):
         if isinstance(mod, (nn.Conv2d, nn.Linear)):
             def hook(m, args, _out, name=names.get(id(orig), "?")):
                 shape = tuple(args[0].shape[1:])
-                seen.setdefault(_signature(m, shape), (name, m, shape))
+                seen.setdefault(_signature(m, shape), [name, m, shape, 0])[3] += 1
             hooks.append(mod.register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -123,7 +129,7 @@ def distinct_layers(model, input_shape: tuple[int, int, int]) -> list[tuple[str,
     finally:
         for h in hooks:
             h.remove()
-    return [(name, copy.deepcopy(m), shape) for name, m, shape in seen.values()]  # copied without the hooks
+    return [(name, copy.deepcopy(m), shape, n) for name, m, shape, n in seen.values()]  # copied without the hooks
 
 
 def _zoo(layers):
@@ -206,7 +212,7 @@ def check_kernels(model, device, amp: str, cl: bool, batch_size: int, input_shap
         errs = {part: _error(c[part], rv) for part, rv in r.items()}
         part = max(errs, key=lambda k: errs[k])
         if errs[part] > tol:
-            faults.append(Fault(label, name, _what(m, shape), part, errs[part]))
+            faults.append(Fault(label, name, describe_layer(m, shape), part, errs[part]))
     if not faults:
         return None
     worst = max(faults, key=lambda f: f.error)

@@ -17,7 +17,7 @@ def bench_table(tmp_path, parts: str) -> str:
     text = out.read_text()
     ratios = [float(r.replace(",", "")) for r in re.findall(r"\| \**([\d.,]+)x", text)]
     assert ratios and all(r > 0 for r in ratios)
-    assert "torch" in text and "machine:" in text and "model (parts train, breakdown, compile, probe, kernels): compact" in text
+    assert "torch" in text and "machine:" in text and "model (parts train, breakdown, compile, probe, kernels, layers): compact" in text
     return text
 
 
@@ -98,6 +98,24 @@ def test_the_kernel_check_part_times_each_candidate_against_the_probe(tmp_path, 
     rows = [r for r in out.read_text().splitlines() if r.startswith("| 2f. kernel check, ")]
     assert [r.split(",")[1].strip() for r in rows] == ["fp32 channels_last", "bf16 NCHW", "bf16 channels_last"]
     assert all(" distinct layers (s) | the probe: " in r and re.search(r"\| [\d.]+x \|$", r) for r in rows)
+
+
+def test_the_layers_part_shows_where_the_time_goes_layer_by_layer(tmp_path, monkeypatch):
+    """Each distinct layer alone, named by its YAML path and what it is, repeats counted, its share of
+    the layers' time beside its share of the MACs: the depthwise branches' cost is seen."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "B.md"
+    assert main(["parts=layers", *SMALL, "model=res_branch", f"out={out}"]) == 0
+    text = out.read_text()
+    rows = [r for r in text.splitlines() if r.startswith("| 2g. layer model.stages.")]
+    assert len(rows) == 8  # res_branch has 15 distinct layers: the 8 that take the most time
+    assert any("conv 7x7 dilation 3 depthwise, 64->64 channels on 64x16x16" in r for r in rows)
+    assert "conv 3x3, 32->32 channels on 32x32x32 (x2 in the network)" in text  # the two convs of the 32x32 block
+    shares = [float(x) for r in rows for x in re.findall(r"; (\d+)% of the layers' time", r)]
+    assert len(shares) == 8 and shares == sorted(shares, reverse=True) and sum(shares) <= 101
+    assert all(re.search(r"\| fp32 NCHW: [\d.]+ \([\d.]+-[\d.]+\) \| .+: [\d.]+ .*% of the MACs \| [\d.]+x \|$", r)
+               for r in rows)
+    assert "part 2g: 15 distinct conv/linear layers of res_branch" in text
 
 
 def test_the_help_lists_every_part_and_option():
