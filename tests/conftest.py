@@ -27,6 +27,15 @@ def run_validate(capsys):
     return _run
 
 
+@pytest.fixture
+def bf16_cpu(monkeypatch):
+    """The precision choice as on an x86 CPU with bf16 instructions, whatever CPU runs the tests:
+    ``auto`` times the bf16 candidates (on one without, it times fp32 only)."""
+    from archsearch.training import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"sse2", "avx2", "avx512f", "avx512_bf16"})
+
+
 class Postgres:
     """A throwaway PostgreSQL server on loopback, really started (and restartable, for fault tests)."""
 

@@ -48,4 +48,4 @@ def auto_model(device, batch: int, name: str):
     precision = choose_precision(OmegaConf.create({"amp": "auto", "channels_last": "auto"}), device, model,
                                  spec_hash(spec), batch, spec.input_shape, spec.num_classes)
     fmt = torch.channels_last if precision.channels_last else torch.contiguous_format
-    return spec, precision, model.to(device).to(memory_format=fmt)
+    return spec, precision, model.to(device).to(memory_format=fmt)  # as built: each candidate sets up its own copy

@@ -19,6 +19,7 @@ from archsearch.training.kernel_check import (
     candidate_label,
     describe_layer,
     layer_census,
+    set_up_for,
 )
 
 __all__ = ["part_layers"]
@@ -43,7 +44,7 @@ def _time_layer(m, shape, batch: int, device, amp: str, cl: bool, reps: int) -> 
     import torch
 
     fmt = torch.channels_last if cl and len(shape) == 3 else torch.contiguous_format
-    layer = copy.deepcopy(m).to(device).to(memory_format=fmt).train()
+    layer = set_up_for(copy.deepcopy(m), amp).to(device).to(memory_format=fmt).train()
     x = torch.randn(batch, *shape, device=device).contiguous(memory_format=fmt).requires_grad_()
     dtype = autocast_dtype(amp)
 

@@ -19,9 +19,10 @@ from archsearch.grammar.spec import spec_hash
 from archsearch.training.batches import worker_count
 from archsearch.training.compilation import choose_compile, probe_compile
 from archsearch.training.data import Splits, channel_stats
+from archsearch.training.depthwise_fp32 import depthwise_convs
 from archsearch.training.job import train
 from archsearch.training.kernel_check import candidate_label, check_kernels, distinct_layers
-from archsearch.training.precision import DROP, candidates, probe
+from archsearch.training.precision import DROP, candidates, cpu_bf16, probe
 
 __all__ = ["part_breakdown", "part_compile", "part_kernels", "part_probe", "part_train"]
 
@@ -105,7 +106,7 @@ def part_breakdown(opts: dict, rows: list, notes: list) -> None:
     reps, batch = int(opts.get("reps", 3)), int(opts.get("batch", 128))
     steps = 8 if device.type == "cpu" else 50
     spec = load_spec(model_name(opts))
-    cands = candidates(device, "auto", None)
+    cands = candidates(device, "auto", None, depthwise_convs(build_model(spec)))
     runs = [probe(build_model(spec), device, cands, batch, spec.input_shape, spec.num_classes, steps=steps, drop=None)
             for _ in range(reps)]
     base = [r["fp32 NCHW"] for r in runs]
@@ -147,8 +148,8 @@ def part_probe(opts: dict, rows: list, notes: list) -> None:
     device = bench_device(opts)
     reps, batch = int(opts.get("reps", 3)), int(opts.get("batch", 128))
     spec = load_spec(model_name(opts))
-    cands = candidates(device, "auto", None)
     model = build_model(spec)
+    cands = candidates(device, "auto", None, depthwise_convs(model))
     secs: dict = {None: [], DROP: []}
     fastest: dict = {None: set(), DROP: set()}
     for _ in range(reps):
@@ -164,6 +165,30 @@ def part_probe(opts: dict, rows: list, notes: list) -> None:
     notes.append(f"part 2e: the probe a run pays once per network (then cached): one warm-up and 3 timed steps per "
                  f"candidate, or fewer for one {DROP:g}x slower than the fastest after a round; fastest candidate "
                  f"timing all: {', '.join(sorted(fastest[None]))}; dropping: {', '.join(sorted(fastest[DROP]))}.")
+    if device.type == "cpu" and not cpu_bf16():
+        _probe_without_bf16(model, spec, device, batch, reps, rows, notes)
+
+
+def _probe_without_bf16(model, spec, device, batch: int, reps: int, rows: list, notes: list) -> None:
+    """On an x86 CPU without bf16 instructions ``auto`` times fp32 only: its probe against one that also
+    timed the (emulated) bf16 candidates, both dropping what cannot win, alternated."""
+    ours = candidates(device, "auto", None, depthwise_convs(model))
+    every = candidates(device, "auto", None, depthwise_convs(model), bf16=True)
+    secs: dict = {"every": [], "ours": []}
+    picked: dict = {"every": set(), "ours": set()}
+    for _ in range(reps):
+        for k, cands in (("every", every), ("ours", ours)):
+            t0 = time.perf_counter()
+            rates = probe(model, device, cands, batch, spec.input_shape, spec.num_classes)
+            secs[k].append(time.perf_counter() - t0)
+            picked[k].add(max(rates, key=rates.get))
+    rows.append((f"2e. the precision probe on this CPU without bf16 instructions, batch {batch} (s)",
+                 f"bf16 timed too ({len(every)} candidates): {spread(secs['every'], digits=1)}",
+                 f"fp32 only ({len(ours)} candidates, auto's): {spread(secs['ours'], digits=1)}",
+                 f"{statistics.median(secs['every']) / statistics.median(secs['ours']):.2f}x"))
+    notes.append(f"part 2e: without bf16 instructions (emulated bf16) auto times fp32 only; the fastest candidate "
+                 f"with bf16 timed too: {', '.join(sorted(picked['every']))}; fp32 only: "
+                 f"{', '.join(sorted(picked['ours']))}.")
 
 
 def part_kernels(opts: dict, rows: list, notes: list) -> None:
@@ -173,7 +198,7 @@ def part_kernels(opts: dict, rows: list, notes: list) -> None:
     device = bench_device(opts)
     reps, batch = int(opts.get("reps", 3)), int(opts.get("batch", 128))
     spec, chosen, model = auto_model(device, batch, model_name(opts))
-    cands = candidates(device, "auto", None)
+    cands = candidates(device, "auto", None, depthwise_convs(model))
     probe_s = []
     for _ in range(reps):
         t0 = time.perf_counter()

@@ -25,20 +25,28 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from archsearch.errors import ConfigError, first_line
+from archsearch.training.depthwise_fp32 import DW_FP32, keep_depthwise_fp32
 from archsearch.training.probe_cache import cache_key, read_entry, write_entry
 
 __all__ = ["TOL", "Fault", "autocast_dtype", "candidate_label", "check_kernels", "checked", "describe_layer",
-           "distinct_layers", "kernel_check_setting", "layer_census"]
+           "distinct_layers", "kernel_check_setting", "layer_census", "set_up_for"]
 
 TOL = 0.05  # largest |difference| / largest |fp32 value| a layer may show (bf16 rounding: ~0.003)
-_DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}  # the probe's names -> torch dtype names
+# the probe's names -> torch dtype names (bf16-dw-fp32: bf16 autocast, depthwise convs in fp32)
+_DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16", DW_FP32: "bfloat16"}
 
 
 def autocast_dtype(name: str):
-    """``fp32`` / ``bf16`` / ``fp16`` -> the autocast dtype (None for fp32)."""
+    """``fp32`` / ``bf16`` / ``fp16`` / ``bf16-dw-fp32`` -> the autocast dtype (None for fp32)."""
     import torch
 
     return getattr(torch, _DTYPES[name]) if _DTYPES[name] else None
+
+
+def set_up_for(model, amp: str):
+    """``model`` as a candidate ``amp`` runs it: with its depthwise convs kept in fp32 for ``bf16-dw-fp32``,
+    as it is otherwise (in place; returns ``model``)."""
+    return keep_depthwise_fp32(model) if amp == DW_FP32 else model
 
 
 def candidate_label(amp: str, cl: bool, compiled: bool = False) -> str:
@@ -206,7 +214,7 @@ def check_kernels(model, device, amp: str, cl: bool, batch_size: int, input_shap
             shapes = [tuple(y.shape) for y in zoo(xs)]
         gs = [rnd(torch.randn(*s, generator=g)) for s in shapes]
         ref = _results(zoo, xs, gs, device, None, False, False)
-        got = _results(zoo, xs, gs, device, dtype, cl, compiled)
+        got = _results(set_up_for(copy.deepcopy(zoo), amp), xs, gs, device, dtype, cl, compiled)
     faults = []
     for (name, m, shape), r, c in zip(layers, ref, got):
         errs = {part: _error(c[part], rv) for part, rv in r.items()}

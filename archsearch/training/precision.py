@@ -1,14 +1,16 @@
 """Device and numeric precision: where the model runs, in which dtype, in which memory layout.
 
-``trainer.amp`` and ``trainer.channels_last`` may be set (``off``/``bf16``/``fp16``,
+``trainer.amp`` and ``trainer.channels_last`` may be set (``off``/``bf16``/``fp16``/``bf16-dw-fp32``,
 ``true``/``false``) or ``auto``: then a short timed probe of the model's real training step
 decides, on the machine the run is on (oneDNN reports bf16 on CPUs that only emulate it, at
-half the fp32 rate). Candidates, each NCHW and channels_last: on a CPU fp32 and bf16 autocast;
-on CUDA fp32, fp16 with a gradient scaler, and bf16 where the GPU has it in hardware. The
+half the fp32 rate). Candidates, each NCHW and channels_last: on a CPU fp32, and where the CPU
+has bf16 instructions (or is not x86) bf16 autocast and, for a network with depthwise convs,
+bf16 with those in fp32 (:mod:`archsearch.training.depthwise_fp32`); on an x86 CPU without them
+bf16 is emulated, 0.05-0.5x the fp32 rate where measured, and only fp32 is timed. On CUDA fp32,
+fp16 with a gradient scaler, and bf16 where the GPU has it in hardware. The
 fastest candidate whose loss and gradients stay finite wins (one that raises loses); fp32 NCHW
 is always a candidate, so ``auto`` never picks something slower than it (up to timing noise).
-A candidate three times slower than the fastest after a round of timed steps is timed no further
-(on a CPU without native bf16 a bf16 step can cost 20 fp32 steps). The choice is cached per
+A candidate three times slower than the fastest after a round of timed steps is timed no further. The choice is cached per
 machine, torch version, device, thread count, spec hash and batch size, unless other work shared
 the CPU or the GPU while it was timed (:mod:`archsearch.training.probe_cache`).
 """
@@ -23,11 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from archsearch.errors import ConfigError
+from archsearch.training.depthwise_fp32 import DW_FP32, depthwise_convs
 from archsearch.training.kernel_check import (
     autocast_dtype,
     candidate_label,
     checked,
     kernel_check_setting,
+    set_up_for,
 )
 from archsearch.training.probe_cache import (
     NATIVE_BF16,
@@ -42,13 +46,13 @@ from archsearch.training.probe_cache import (
 
 log = logging.getLogger("archsearch")
 
-__all__ = ["DROP", "Precision", "Stepper", "candidates", "choose_precision", "pick_amp", "pick_device", "probe"]
+__all__ = ["DROP", "Precision", "Stepper", "candidates", "cpu_bf16", "choose_precision", "pick_amp", "pick_device", "probe"]
 
 # torch is imported in the functions that use it: archsearch.train imports the training modules at
 # its top and refuses a mistyped knob before torch is loaded, and `from archsearch import fit` loads
 # torch only when called
 
-AMP_MODES = ("auto", "bf16", "fp16", "off")
+AMP_MODES = ("auto", "bf16", "fp16", DW_FP32, "off")
 LAYOUTS = ("auto", "true", "false")
 
 
@@ -102,15 +106,23 @@ class Precision:
     rates: dict[str, float] = field(default_factory=dict)
     note: str = ""  # e.g. why the probe's result was not cached
     faults: dict[str, str] = field(default_factory=dict)  # candidates not used: they compute a layer wrong here
+    depthwise_fp32: bool = False  # bf16-dw-fp32: the depthwise convs run in fp32 under the bf16 autocast
 
     @property
     def amp_name(self) -> str:
-        return str(self.amp).replace("torch.", "") if self.amp is not None else "off"
+        name = str(self.amp).replace("torch.", "") if self.amp is not None else "off"
+        return name + (", depthwise fp32" if self.depthwise_fp32 else "")
 
     @property
     def amp_short(self) -> str:
-        """``fp32`` / ``bf16`` / ``fp16``: as the probe names the candidates' autocast."""
+        """``fp32`` / ``bf16`` / ``fp16`` / ``bf16-dw-fp32``: as the probe names the candidates' autocast."""
+        if self.depthwise_fp32:
+            return DW_FP32
         return {"off": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(self.amp_name, self.amp_name)
+
+    def set_up(self, model):
+        """``model`` (in place) as this precision runs it: depthwise convs kept in fp32 for ``bf16-dw-fp32``."""
+        return set_up_for(model, self.amp_short)
 
     @property
     def label(self) -> str:
@@ -133,15 +145,29 @@ class Precision:
 
 
 # ------------------------------------------------------------------ the probe
-def candidates(device, amp_setting: str, layout: bool | None) -> list[tuple[str, bool]]:
+def cpu_bf16() -> bool:
+    """Whether ``auto`` times bf16 on this CPU: not on an x86 CPU whose flags lack ``avx512_bf16`` and
+    ``amx_bf16`` (oneDNN emulates bf16 there, measured at 0.05-0.5x the fp32 rate, docs/engine.md);
+    elsewhere (a CPU without an x86 flags line: an ARM one) it is timed."""
+    flags = cpu_flags()
+    return flags is None or bool(flags & set(NATIVE_BF16))
+
+
+def candidates(device, amp_setting: str, layout: bool | None, depthwise: int = 0,
+               bf16: bool | None = None) -> list[tuple[str, bool]]:
+    """(amp, channels_last) pairs to time; ``depthwise``: how many depthwise convs the model has (on a
+    CPU, ``bf16-dw-fp32`` is a candidate where there are any); ``bf16``: whether a CPU's bf16 candidates
+    are timed (None: :func:`cpu_bf16`)."""
     import torch
 
     if amp_setting != "auto":
         amps = ["fp32" if amp_setting == "off" else amp_setting]
     elif device.type == "cuda":  # bf16 in hardware (Ampere on): emulated (T4, RTX 20xx) convolutions fail in cuDNN
         amps = ["fp32", "fp16"] + (["bf16"] if torch.cuda.is_bf16_supported(including_emulation=False) else [])
+    elif device.type == "cpu" and (cpu_bf16() if bf16 is None else bf16):
+        amps = ["fp32", "bf16"] + ([DW_FP32] if depthwise else [])
     else:
-        amps = ["fp32", "bf16"] if device.type == "cpu" else ["fp32"]
+        amps = ["fp32"]
     layouts = [layout] if layout is not None else [False, True]
     return [(a, cl) for a in amps for cl in layouts]
 
@@ -155,7 +181,7 @@ class Stepper:
         import torch
 
         fmt = torch.channels_last if cl else torch.contiguous_format
-        self.model = (copy.deepcopy(model) if own_copy else model).to(device).to(memory_format=fmt).train()
+        self.model = set_up_for(copy.deepcopy(model) if own_copy else model, amp).to(device).to(memory_format=fmt).train()
         self.x = batch.to(device).contiguous(memory_format=fmt)
         self.y = torch.arange(len(batch), device=device) % num_classes
         self.dtype = autocast_dtype(amp)
@@ -259,14 +285,14 @@ def _fastest(cands: list[tuple[str, bool]], rates: dict[str, float]) -> tuple[st
     return best if rates.get(candidate_label(*best), 0.0) > MARGIN * rates.get(candidate_label(*base), 0.0) else base
 
 
-def _warn_emulated_bf16() -> None:
+def _warn_emulated_bf16(mode: str) -> None:
     """An explicit ``trainer.amp=bf16`` is kept, but on an x86 CPU without bf16 instructions it is
     measured at 0.05-0.5x the fp32 rate (docs/engine.md): say so before the run spends hours."""
     flags = cpu_flags()
     if flags is not None and not flags & set(NATIVE_BF16):
-        log.warning("trainer.amp=bf16 on a CPU without bf16 instructions (no avx512_bf16 or amx_bf16): bf16 is "
+        log.warning("trainer.amp=%s on a CPU without bf16 instructions (no avx512_bf16 or amx_bf16): bf16 is "
                     "emulated there and has trained at 0.05-0.5x the fp32 rate; trainer.amp=auto times it and "
-                    "takes the faster")
+                    "takes the faster", mode)
 
 
 def choose_precision(tcfg, device, model, spec_key: str, batch_size: int, input_shape: tuple[int, int, int],
@@ -278,9 +304,9 @@ def choose_precision(tcfg, device, model, spec_key: str, batch_size: int, input_
     amp_setting, layout = str(tcfg.amp), _layout(tcfg.channels_last)
     pick_amp(amp_setting)  # validates
     check = kernel_check_setting(tcfg)
-    if amp_setting == "bf16" and device.type == "cpu":
-        _warn_emulated_bf16()
-    cands = candidates(device, amp_setting, layout)
+    if amp_setting in ("bf16", DW_FP32) and device.type == "cpu":
+        _warn_emulated_bf16(amp_setting)
+    cands = candidates(device, amp_setting, layout, depthwise_convs(model))
     if len(cands) == 1:
         a, cl = cands[0]
         fault = checked(model, device, a, cl, spec_key, batch_size, input_shape) if check else None
@@ -288,7 +314,7 @@ def choose_precision(tcfg, device, model, spec_key: str, batch_size: int, input_
             raise ConfigError(f"trainer.amp={amp_setting} trainer.channels_last={str(cl).lower()}: {fault.describe()} "
                               f"(a kernel fault of this torch build); set {_instead(a, cl)}, or "
                               "trainer.kernel_check=false to train on it anyway")
-        return Precision(device, autocast_dtype(a), cl)
+        return Precision(device, autocast_dtype(a), cl, depthwise_fp32=a == DW_FP32)
     key = cache_key(device, spec_key, batch_size, ",".join(candidate_label(a, cl) for a, cl in cands)
                     + (" (kernels checked)" if check else ""))
     entry = read_entry(key)
@@ -316,7 +342,7 @@ def choose_precision(tcfg, device, model, spec_key: str, batch_size: int, input_
     for f in faults.values():
         log.warning("trainer.amp/channels_last=auto: not used: %s", f)
     a, cl = _fastest(left, rates)
-    return Precision(device, autocast_dtype(a), cl, source, rates, busy, faults)
+    return Precision(device, autocast_dtype(a), cl, source, rates, busy, faults, depthwise_fp32=a == DW_FP32)
 
 
 def _instead(amp: str, cl: bool) -> str:

@@ -145,7 +145,7 @@ def setup_run(cfg, spec: ModelSpec, analysis: Analysis, k: Knobs, out_dir, data,
     if applied:
         log.info("recipe: %s", applied)
     precision = choose_precision(tcfg, device, model, sh, int(tcfg.batch_size), spec.input_shape, spec.num_classes)
-    model = model.to(device)
+    model = precision.set_up(model).to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     compiled = choose_compile(tcfg.get("compile", "false"), model, precision, sh, int(tcfg.batch_size),

@@ -22,14 +22,14 @@ def bench_table(tmp_path, parts: str) -> str:
 
 
 # every part but compile (minutes of C++ builds: the real bench), in two halves that run side by side
-def test_bench_model_parts_write_the_table(tmp_path, monkeypatch):
+def test_bench_model_parts_write_the_table(tmp_path, monkeypatch, bf16_cpu):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     text = bench_table(tmp_path, "train,breakdown,probe,validator,memory")
     assert "trainer.compile=false: auto for a run of 1,000 images chose eager (short run" in text
     for part in ("1. training, end to end", "1b. a run of 1,000 images, projected",
                  "1c. the reference's own 85%: its 43 epochs of 50,000 images", "2a. model step alone", "2b. era_s9 augmentation",
                  "2d. model step alone, ", ", batch 64 (images/s) | batch 32: ",
-                 "2e. the precision probe of trainer.amp=auto, 4 candidates, batch 32 (s) | every candidate timed",
+                 "2e. the precision probe of trainer.amp=auto, 6 candidates, batch 32 (s) | every candidate timed",
                  "3. validator: dilated_sep", "3. validator: long30 (30 layers)", "5. peak memory"):
         assert part in text
 
@@ -91,12 +91,26 @@ def test_bench_refuses_an_unknown_option_before_measuring(capsys):
     assert "bench:" not in out.err and not out.out  # no part ran, nothing written
 
 
-def test_the_kernel_check_part_times_each_candidate_against_the_probe(tmp_path, monkeypatch):
+def test_the_probe_part_shows_what_leaving_emulated_bf16_out_saves(tmp_path, monkeypatch):
+    """On an x86 CPU without bf16 instructions auto times fp32 only: part probe times that probe
+    against one that also times the emulated bf16 candidates (compact has depthwise convs: 6 of them)."""
+    from archsearch.training import precision
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"sse2", "avx2", "fma"})
+    text = bench_table(tmp_path, "probe")
+    assert "2e. the precision probe of trainer.amp=auto, 2 candidates, batch 32 (s)" in text
+    assert re.search(r"\| 2e\. the precision probe on this CPU without bf16 instructions, batch 32 \(s\) \| bf16 timed "
+                     r"too \(6 candidates\): [\d.]+ .*\| fp32 only \(2 candidates, auto's\): [\d.]+ .*\| [\d.]+x \|", text)
+
+
+def test_the_kernel_check_part_times_each_candidate_against_the_probe(tmp_path, monkeypatch, bf16_cpu):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "B.md"
     assert main(["parts=kernels", *SMALL, "compile=false", f"out={out}"]) == 0
     rows = [r for r in out.read_text().splitlines() if r.startswith("| 2f. kernel check, ")]
-    assert [r.split(",")[1].strip() for r in rows] == ["fp32 channels_last", "bf16 NCHW", "bf16 channels_last"]
+    assert [r.split(",")[1].strip() for r in rows] == ["fp32 channels_last", "bf16 NCHW", "bf16 channels_last",
+                                                       "bf16-dw-fp32 NCHW", "bf16-dw-fp32 channels_last"]
     assert all(" distinct layers (s) | the probe: " in r and re.search(r"\| [\d.]+x \|$", r) for r in rows)
 
 

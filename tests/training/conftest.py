@@ -19,3 +19,4 @@ def no_mlflow_record(tmp_path):
                 r[0] == "archsearch" for r in con.execute("select name from experiments"))
 
     return check
+

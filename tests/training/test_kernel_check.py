@@ -77,15 +77,16 @@ def _choose(tcfg, tmp_path, monkeypatch, calls=None):
 
     def fake_probe(model, device, cands, *a, **k):
         calls.append(cands)
+        # bf16 fastest, then bf16 with the depthwise convs in fp32, then fp32; channels_last ahead of NCHW
         return {f"{a} {'channels_last' if cl else 'NCHW'}": 1000.0 * (1 + 2 * a.startswith("bf16") + cl)
-                for a, cl in cands}
+                * (0.9 if a == "bf16-dw-fp32" else 1.0) for a, cl in cands}
 
     return choose_precision(OmegaConf.create(tcfg), torch.device("cpu"), _model(), "k", 32, (3, 32, 32), 10,
                             probe_fn=fake_probe)
 
 
 def test_auto_passes_over_a_faulty_fastest_candidate_to_the_next_fastest(faulty_dilated_bf16_cl, tmp_path,
-                                                                         monkeypatch):
+                                                                         monkeypatch, bf16_cpu):
     import json
 
     calls: list = []
@@ -93,7 +94,10 @@ def test_auto_passes_over_a_faulty_fastest_candidate_to_the_next_fastest(faulty_
     assert (p.amp_short, p.channels_last) == ("bf16", False)  # bf16 channels_last was faster, and is wrong
     assert "not used: bf16 channels_last computes layer model.layers[" in p.describe()
     checked = [k.rsplit("|", 1)[1] for k in json.loads((tmp_path / "precision.json").read_text()) if "|kernels " in k]
-    assert sorted(checked) == ["kernels bf16 NCHW", "kernels bf16 channels_last"]  # the slower ones need no check
+    # the faulty dilated convs are full convs: bf16 with the depthwise ones in fp32 has them wrong too
+    assert "not used: bf16-dw-fp32 channels_last computes layer model.layers[" in p.describe()
+    assert sorted(checked) == ["kernels bf16 NCHW", "kernels bf16 channels_last",
+                               "kernels bf16-dw-fp32 channels_last"]  # the slower ones need no check
     again = _choose({"amp": "auto", "channels_last": "auto"}, tmp_path, monkeypatch, calls)
     assert again.source == "cache" and again.faults == p.faults and len(calls) == 1
 

@@ -37,7 +37,7 @@ def _choose(tcfg, rates=None, calls=None, spec_key="k"):
                             10, **({"probe_fn": fake_probe} if rates is not None else {}))
 
 
-def test_auto_times_every_candidate_and_takes_the_fastest_finite_one(tmp_path, monkeypatch):
+def test_auto_times_every_candidate_and_takes_the_fastest_finite_one(tmp_path, monkeypatch, bf16_cpu):
     import torch
 
     monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path))
@@ -52,12 +52,13 @@ def test_auto_times_every_candidate_and_takes_the_fastest_finite_one(tmp_path, m
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(rng, torch.get_rng_state())
     p = _choose({"amp": "auto", "channels_last": "auto"})
-    assert p.source == "probe" and set(p.rates) == set(rates)  # (cached unless other tests kept the CPU busy)
-    chosen = f"{'fp32' if p.amp is None else 'bf16'} {'channels_last' if p.channels_last else 'NCHW'}"
+    # dilated_sep has a depthwise conv: auto also times bf16 with it in fp32
+    assert p.source == "probe" and set(p.rates) == set(rates) | {"bf16-dw-fp32 NCHW", "bf16-dw-fp32 channels_last"}
+    chosen = p.label
     assert p.rates[chosen] >= p.rates["fp32 NCHW"]  # never slower than fp32 NCHW
 
 
-def test_auto_never_picks_slower_than_fp32_nchw_nor_a_non_finite_candidate(tmp_path, monkeypatch):
+def test_auto_never_picks_slower_than_fp32_nchw_nor_a_non_finite_candidate(tmp_path, monkeypatch, bf16_cpu):
     monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path))
     calls = []
     # bf16 channels_last would be fastest but gave non-finite gradients (rate 0); within 3% is noise
@@ -119,7 +120,30 @@ def test_an_explicit_bf16_is_kept_but_a_cpu_without_bf16_instructions_gets_a_war
     assert "bf16" not in caplog.text
 
 
-def test_the_choice_is_cached_per_spec_and_set_values_skip_the_probe(tmp_path, monkeypatch):
+@pytest.mark.parametrize("flags, bf16", [({"sse2", "avx2", "fma"}, False), ({"sse2", "avx512f"}, False),
+                                         ({"sse2", "avx512_bf16"}, True), ({"amx_bf16"}, True), (None, True)])
+def test_auto_times_bf16_only_where_the_cpu_has_bf16_instructions(flags, bf16, monkeypatch):
+    """On an AVX2 EPYC a bf16 step cost 13-19 s against 1 s in fp32, and the probe spent most of its
+    time on them: an x86 CPU without avx512_bf16 / amx_bf16 times fp32 only; a CPU without an x86
+    flags line (ARM) times bf16 too; a bf16 set by hand is kept either way."""
+    import torch
+
+    from archsearch.training import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    cpu = torch.device("cpu")
+    timed = {a for a, _ in precision.candidates(cpu, "auto", None, depthwise=3)}
+    assert timed == ({"fp32", "bf16", "bf16-dw-fp32"} if bf16 else {"fp32"})
+    assert precision.candidates(cpu, "bf16", True) == [("bf16", True)]
+    calls: list = []
+    p = _choose({"amp": "auto", "channels_last": "auto"}, {"fp32 NCHW": 1.0, "fp32 channels_last": 2.0,
+                                                           "bf16 NCHW": 9.0, "bf16 channels_last": 9.0}, calls,
+                spec_key=f"flags {sorted(flags or [])}")
+    assert [a for a, _ in calls[0]].count("bf16") == (2 if bf16 else 0)
+    assert p.amp_short == ("bf16" if bf16 else "fp32")
+
+
+def test_the_choice_is_cached_per_spec_and_set_values_skip_the_probe(tmp_path, monkeypatch, bf16_cpu):
     import torch
 
     monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path))
@@ -147,7 +171,7 @@ def test_a_damaged_cache_is_probed_again(tmp_path, monkeypatch):
     assert p.source == "probe" and json.loads((tmp_path / "precision.json").read_text())
 
 
-def test_a_probe_timed_on_a_busy_machine_is_used_but_not_cached(tmp_path, monkeypatch):
+def test_a_probe_timed_on_a_busy_machine_is_used_but_not_cached(tmp_path, monkeypatch, bf16_cpu):
     """Rates timed while other processes took the run's cores measure the contention: the run uses
     them and says so, the next run probes again; $ARCHSEARCH_PROBE_BUSY=1 caches whatever the load."""
     import torch
@@ -214,7 +238,7 @@ def test_other_load_sees_processes_that_take_the_cores():
 
 @pytest.mark.parametrize("key,value,message", [
     ("channels_last", "sometimes", "trainer.channels_last: must be one of auto, true, false"),
-    ("amp", "fp8", "trainer.amp: unknown mode 'fp8'; choose one of auto, bf16, fp16, off"),
+    ("amp", "fp8", "trainer.amp: unknown mode 'fp8'; choose one of auto, bf16, fp16, bf16-dw-fp32, off"),
 ])
 def test_bad_precision_settings_are_one_line(key, value, message):
     with pytest.raises(ConfigError, match=message):
