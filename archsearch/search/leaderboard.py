@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 from optuna.trial import TrialState
 
-from archsearch.search.results import COLUMNS, score_column, score_order
+from archsearch.search.results import COLUMNS, score_column, score_order, scored_by
+from archsearch.search.space import TIMED
 from archsearch.search.study import TRAINED
 
 
@@ -41,7 +42,8 @@ def leaderboard(study, runs: dict[str, dict[str, float]] | None = None):
             "trial": t.number, "state": state, "val_acc": val,
             "test_acc": runs.get(rid, {}).get("test_acc", float("nan")),
             "params": t.user_attrs.get("model.params"), "rf": t.user_attrs.get("model.rf"),
-            "macs": t.user_attrs.get("model.macs"), "epochs": len(iv),
+            "macs": t.user_attrs.get("model.macs"), "ms_per_image": t.user_attrs.get("model.ms_per_image"),
+            "epochs": len(iv),
             "epoch_to_val85": runs.get(rid, {}).get("epoch_to_val85", float("nan")), "duration_s": round(dur, 1),
             "sampled": json.dumps(t.params, sort_keys=True), "note": note, "run_id": rid,
         })
@@ -133,8 +135,15 @@ def summary_line(study, df) -> str:
     saved = int((max_epochs - pruned.epochs).clip(lower=0).sum()) if max_epochs and len(pruned) else 0
     ok = df[df.state == "COMPLETE"]
     if scored := score_column(study):  # scored without training: the leaderboard's order is the objective's
-        best = f"; best {scored} {int(ok.iloc[0][scored]):,} (trial {int(ok.iloc[0].trial)}) {ok.iloc[0].sampled}" \
-            if len(ok) else ""
+        v = ok.iloc[0][scored] if len(ok) else 0
+        shown = f"{v:.2f}" if scored in TIMED else f"{int(v):,}"
+        best = f"; best {scored} {shown} (trial {int(ok.iloc[0].trial)}) {ok.iloc[0].sampled}" if len(ok) else ""
+        if len(ok) and len(study.directions) > 1:  # several objectives: no single best, a front
+            first: dict[tuple, int] = {}  # a network sampled again is the same point: named by its first trial
+            for t in sorted(study.best_trials, key=lambda t: t.number):
+                first.setdefault(tuple(t.values), t.number)
+            objs = " and ".join(f"{o} ({d.name.lower()})" for o, d in zip(scored_by(study).split(","), study.directions))
+            best = f"; {len(first)} networks on the front of {objs}: trials {', '.join(map(str, sorted(first.values())))}"
         return (f"study {study.study_name}: {c.get('COMPLETE', 0)} scored without training, "
                 f"{c.get('REJECTED', 0)} rejected by the budget{best}")
     best = ""
@@ -181,6 +190,8 @@ def print_leaderboard(df) -> None:
         "val_acc": df.val_acc.map(lambda v: "" if v != v else f"{v:.4f}"),
         "test_acc": df.test_acc.map(lambda v: "" if v != v else f"{v:.4f}"),
         "params": df.params.map(_count), "rf": df.rf.map(_count), "macs": df.macs.map(_count),
+        **({"ms/img": df.ms_per_image.map(lambda v: "" if v is None or v != v else f"{v:.2f}")}
+           if df.ms_per_image.notna().any() else {}),
         "epochs": df.epochs, "to_85%": df.epoch_to_val85.map(_count), "time": df.duration_s.map(_duration)})
     lines = view.to_string(index=False).splitlines()
     width = max(len(x) for x in lines)

@@ -97,5 +97,5 @@ def proxy_val_acc(trial) -> float:
     return float(trial.values[0])
 
 
-COLUMNS = ["trial", "state", "val_acc", "test_acc", "params", "rf", "macs", "epochs", "epoch_to_val85", "duration_s",
-           "sampled", "note", "run_id"]
+COLUMNS = ["trial", "state", "val_acc", "test_acc", "params", "rf", "macs", "ms_per_image", "epochs", "epoch_to_val85",
+           "duration_s", "sampled", "note", "run_id"]

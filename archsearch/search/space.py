@@ -28,9 +28,10 @@ from omegaconf import OmegaConf
 from archsearch.errors import SweepConfigError
 from archsearch.search.study import override_key, override_value, split_sweep_args
 
-__all__ = ["DIRECTIONS", "MEASURED", "Dimension", "check_keys", "merge_space", "parse_space", "suggest"]
+__all__ = ["DIRECTIONS", "MEASURED", "TIMED", "Dimension", "check_keys", "merge_space", "parse_space", "suggest"]
 
 MEASURED = ("params", "macs", "rf")  # objectives taken from the analysis, not the job
+TIMED = ("ms_per_image",)  # objectives the sweeper times on its machine (archsearch.training.train_speed), no job
 DIRECTIONS = ("maximize", "minimize")
 _PRIMITIVE = (str, int, float, bool, type(None))  # what Optuna's categorical distribution stores as it is
 

@@ -22,7 +22,7 @@ from archsearch.errors import SweepConfigError
 from archsearch.search.recovery import Recovery
 from archsearch.search.results import scored_by
 from archsearch.search.samplers import make_sampler
-from archsearch.search.space import DIRECTIONS, MEASURED, Dimension, check_keys, merge_space
+from archsearch.search.space import DIRECTIONS, MEASURED, TIMED, Dimension, check_keys, merge_space
 from archsearch.search.study import (
     count_states,
     forget_storage,
@@ -113,8 +113,12 @@ def read_objectives(conf: DictConfig) -> tuple[list[str], list[str]]:
         if x not in DIRECTIONS:
             raise SweepConfigError(f"hydra.sweeper.direction: unknown direction {x!r}; choose one of maximize, minimize")
     for o in objs:
-        if o not in ("val_acc", *MEASURED):
-            raise SweepConfigError(f"hydra.sweeper.objectives: unknown objective {o!r}; choose from val_acc, params, macs, rf")
+        if o not in ("val_acc", *MEASURED, *TIMED):
+            raise SweepConfigError(f"hydra.sweeper.objectives: unknown objective {o!r}; choose from val_acc, params, "
+                                   "macs, rf, ms_per_image")
+    if "val_acc" in objs and set(objs) & set(TIMED):
+        raise SweepConfigError(f"hydra.sweeper.objectives: {objs}: ms_per_image scores candidates without training; "
+                               "combine it with params, macs or rf (a trained run logs its own speed)")
     if len(objs) != len(dirs):
         raise SweepConfigError(f"hydra.sweeper.objectives: {len(objs)} objective(s) {objs} for {len(dirs)} "
                                f"direction(s) {dirs}; name one objective per direction, e.g. "

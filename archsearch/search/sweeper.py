@@ -32,23 +32,31 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from archsearch.config.compose import spec_from_cfg
 from archsearch.config.gate import verdict
-from archsearch.errors import SpecError, SweepConfigError
+from archsearch.errors import SpecError, SweepConfigError, first_line
 from archsearch.search.gate_config import GateConfigs
 from archsearch.search.launch import TrialJobs, as_result, write_job
 from archsearch.search.leaderboard import leaderboard, summary_line, write_outputs
 from archsearch.search.pool import Pool
 from archsearch.search.recovery import Heartbeat, heartbeat_interval
 from archsearch.search.samplers import GridSweepSampler, make_sampler
-from archsearch.search.space import MEASURED, suggest
+from archsearch.search.space import MEASURED, TIMED, suggest
 from archsearch.search.study import count_states, draw_index, override_value, retrying, worker_id
 from archsearch.search.sweep_study import SweepStudy, open_sweep_study
 from archsearch.search.trial import TrialRef
 from archsearch.tracking import record_rejected, record_scored, trial_run_name
+from archsearch.training.train_speed import train_speed
 
 __all__ = ["SweeperImpl", "set_budget_constraint"]
 
 log = logging.getLogger("archsearch.sweep")
+
+
+def _figure(v: float) -> str:
+    """An objective for the log: counts with separators (macs=44,912,640), times to 2 places (ms_per_image=5.12),
+    as the report shows them."""
+    return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.2f}"
 
 
 def set_budget_constraint(trial, amount: float) -> None:
@@ -163,8 +171,8 @@ class SweeperImpl:
             _, analysis, violations = verdict(cfg)
             reasons = [v.message for v in violations]
             amount = sum(v.amount for v in violations)
-            if fast is not None and not reasons and not s.scored:
-                cfg = self.jobs.compose(overrides)
+            if fast is not None and not reasons and (not s.scored or set(s.objectives) & set(TIMED)):
+                cfg = self.jobs.compose(overrides)  # the job's config, or the trainer section a timing reads
         except SpecError as e:
             reasons, amount = [str(e)], 1.0
         except Exception as e:  # an override that cannot be composed
@@ -221,19 +229,33 @@ class SweeperImpl:
         """A candidate of a study whose objectives need no training: COMPLETE with the analysis's
         figures, an MLflow child run (FINISHED) beside the trained studies' ones; no job launched."""
         s = self.sweep_study
-        trial, values, _, _, analysis = cand
-        vals = [float(getattr(analysis, o)) for o in s.objectives]
+        trial, values, _, cfg, analysis = cand
+        figures = {f"model.{k}": getattr(analysis, k) for k in MEASURED}
+        tags = {"trial_number": trial.number, "study": s.name, "scored": s.scored}
+        if set(s.objectives) & set(TIMED):
+            try:
+                speed = train_speed(spec_from_cfg(cfg.model), cfg.trainer, int(cfg.trainer.batch_size))
+            except Exception as e:  # noqa: BLE001 - this candidate's step cannot be timed here: its verdict
+                why = first_line(e)
+                trial.set_user_attr("state", "FAIL")
+                trial.set_user_attr("error", f"timing its training step: {why}")
+                s.study.tell(trial, state=TrialState.FAIL)
+                log.warning("trial %d FAIL: timing its training step: %s", trial.number, why)
+                return
+            figures["model.ms_per_image"] = speed.ms_per_image
+            trial.set_user_attr("model.ms_per_image", speed.ms_per_image)
+            trial.set_user_attr("timed_in", speed.precision)
+            tags["timed_in"] = speed.precision
+        vals = [float(figures[f"model.{o}"]) for o in s.objectives]
         trial.set_user_attr("state", "COMPLETE")
         trial.set_user_attr("scored", s.scored)
         rid = record_scored(s.tracker, s.parent, trial_run_name(trial.number, "SCORED", params=analysis.params),
-                            {**values, **{f"model.{k}": getattr(analysis, k) for k in MEASURED}},
-                            {f"model.{k}": getattr(analysis, k) for k in MEASURED},
-                            {"trial_number": trial.number, "study": s.name, "scored": s.scored}, analysis=analysis)
+                            {**values, **figures}, figures, tags, analysis=analysis)
         if rid:
             trial.set_user_attr("mlflow_run_id", rid)
         s.study.tell(trial, vals)
         log.info("trial %d COMPLETE (scored, not trained): %s %s", trial.number,
-                 ", ".join(f"{o}={v:,.0f}" for o, v in zip(s.objectives, vals)), values)
+                 ", ".join(f"{o}={_figure(v)}" for o, v in zip(s.objectives, vals)), values)
 
     def _start(self, cand, pool: Pool | None) -> None:
         """Run the trial here (no pool: wait for it) or start it on a free slot of the pool."""

@@ -91,7 +91,7 @@ def test_top_takes_the_best_trial_of_each_architecture():
 
 # ------------------------------------------------------------------ user mistakes: one line, exit 2
 RETRAIN_MISTAKES = [
-    (["sweep=nope"], "error: sweep: no config 'nope'; available: arch_branch_100k, arch_dilated, arch_macs, arch_macs_100k, arch_residual, hparams, pareto, "
+    (["sweep=nope"], "error: sweep: no config 'nope'; available: arch_branch_100k, arch_branch_100k_timed, arch_dilated, arch_macs, arch_macs_100k, arch_residual, hparams, pareto, "
                      "proxy_rank, recipe, smoke"),
     (["sweep=hparams"], "error: sweep: no study 'hparams' in journal:"),
     (["sweep=smoke", "hydra.sweeper.study_name=empty"], "error: sweep: study 'empty' has no COMPLETE trial yet"),

@@ -38,3 +38,26 @@ def test_arch_branch_100k_scores_candidates_without_training(tmp_path):
     rejected = [line for line in log.splitlines() if "REJECTED (no job launched)" in line]
     assert all("exceed max_params 100,000" in r or "exceed max_macs 45,000,000" in r for r in rejected)
     assert "study arch_branch_100k: 6 scored without training" in log
+
+
+@pytest.mark.slow
+def test_the_timed_branch_search_scores_macs_and_this_machines_training_time(tmp_path):
+    """sweep=arch_branch_100k_timed: each candidate's training step timed here (ms_per_image), no
+    epoch trained; the summary names the front of the two objectives; report shows the times."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ARCHSEARCH_CACHE_DIR": str(tmp_path / "cache")}
+    p = subprocess.run([sys.executable, "-m", "archsearch.train", "-m", "sweep=arch_branch_100k_timed",
+                        "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.name=random", "hydra.sweeper.sampler.seed=3",
+                        "hydra.sweep.dir=multirun/t", "budget.max_params=60000"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    log = p.stdout + p.stderr
+    assert p.returncode == 0, log[-3000:]
+    assert "epoch 1/" not in log and "Traceback" not in log
+    scored = [line for line in log.splitlines() if "COMPLETE (scored, not trained): macs=" in line]
+    assert len(scored) == 3
+    times = [float(line.split("ms_per_image=")[1].split()[0]) for line in scored]
+    assert all(t > 0 for t in times)
+    assert "on the front of macs (maximize) and ms_per_image (minimize): trials " in log
+    r = subprocess.run([sys.executable, "-m", "archsearch.report", "sweep=arch_branch_100k_timed"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ms/img" in r.stdout and f"{times[0]:.2f}" in r.stdout
