@@ -73,7 +73,8 @@ def write_outputs(df, out_dir: str | Path, study_name: str, budget_params: int |
                   y: str = "val_acc") -> list[Path]:
     """leaderboard.csv and pareto.png: ``y`` (the best validation accuracy; a scored study's
     objective, e.g. ``macs``) against parameters, the budget line; the rejected candidates (never
-    trained, so no accuracy) as crosses on a strip of their own under the plot."""
+    trained, so no accuracy) as crosses on a strip of their own under the plot. A study timed on
+    its machine (``ms_per_image``) also gets macs-vs-time.png: MACs against time, and its front."""
     # matplotlib when a plot is drawn (pyplot takes half a second to load), with the file backend
     # chosen before pyplot loads
     import matplotlib
@@ -89,7 +90,13 @@ def write_outputs(df, out_dir: str | Path, study_name: str, budget_params: int |
     png = out / "pareto.png"
     fig.savefig(png, dpi=100)
     plt.close(fig)
-    return [csv, png]
+    files = [csv, png]
+    if df.ms_per_image.notna().any():
+        fig = time_figure(df, study_name)
+        files.append(out / "macs-vs-time.png")
+        fig.savefig(files[-1], dpi=100)
+        plt.close(fig)
+    return files
 
 
 def pareto_figure(df, study_name: str, budget_params: int | None = 200_000, y: str = "val_acc"):
@@ -198,3 +205,36 @@ def print_leaderboard(df) -> None:
     print(lines[0].ljust(width) + "  sampled")
     for line, sampled in zip(lines[1:], df.sampled):
         print(line.ljust(width) + "  " + str(sampled))
+
+
+def time_front(df):
+    """Rows not dominated in (more MACs, fewer ms per training image), among COMPLETE trials, one per network."""
+    ok = df[(df.state == "COMPLETE") & df.macs.notna() & df.ms_per_image.notna()].drop_duplicates("sampled")
+    front, best = [], -1.0
+    for i, r in ok.sort_values(["ms_per_image", "macs"], ascending=[True, False]).iterrows():
+        if r.macs > best:
+            front.append(i)
+            best = r.macs
+    return df.loc[front]
+
+
+def time_figure(df, study_name: str):
+    """A timed study's plot: MACs against the training time per image measured on the sweep's machine,
+    the front (the most MACs for each time) as a step line."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ok = df[(df.state == "COMPLETE") & df.macs.notna() & df.ms_per_image.notna()].drop_duplicates("sampled")
+    ax.scatter(ok.ms_per_image, ok.macs / 1e6, c="tab:blue", alpha=0.8, label=f"timed ({len(ok)} networks)")
+    front = time_front(df)
+    if len(front):
+        ax.step(front.ms_per_image, front.macs / 1e6, where="post", c="tab:green", label=f"front ({len(front)})")
+        for _, r in front.iterrows():
+            ax.annotate(str(int(r.trial)), (r.ms_per_image, r.macs / 1e6), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set_xlabel("ms per training image, measured on the sweep's machine")
+    ax.set_ylabel("MACs per image (millions)")
+    ax.set_title(f"study {study_name}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

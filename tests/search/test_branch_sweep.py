@@ -61,3 +61,4 @@ def test_the_timed_branch_search_scores_macs_and_this_machines_training_time(tmp
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ms/img" in r.stdout and f"{times[0]:.2f}" in r.stdout
+    assert (tmp_path / "outputs" / "reports" / "arch_branch_100k_timed" / "macs-vs-time.png").stat().st_size > 0
