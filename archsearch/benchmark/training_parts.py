@@ -150,14 +150,7 @@ def part_probe(opts: dict, rows: list, notes: list) -> None:
     spec = load_spec(model_name(opts))
     model = build_model(spec)
     cands = candidates(device, "auto", None, depthwise_convs(model))
-    secs: dict = {None: [], DROP: []}
-    fastest: dict = {None: set(), DROP: set()}
-    for _ in range(reps):
-        for drop in (None, DROP):
-            t0 = time.perf_counter()
-            rates = probe(model, device, cands, batch, spec.input_shape, spec.num_classes, drop=drop)
-            secs[drop].append(time.perf_counter() - t0)
-            fastest[drop].add(max(rates, key=rates.get))
+    secs, fastest = _timed_probes(model, spec, device, batch, reps, {None: (cands, None), DROP: (cands, DROP)})
     rows.append((f"2e. the precision probe of trainer.amp=auto, {len(cands)} candidates, batch {batch} (s)",
                  f"every candidate timed to the end: {spread(secs[None], digits=1)}",
                  f"dropping what cannot win: {spread(secs[DROP], digits=1)}",
@@ -169,19 +162,26 @@ def part_probe(opts: dict, rows: list, notes: list) -> None:
         _probe_without_bf16(model, spec, device, batch, reps, rows, notes)
 
 
+def _timed_probes(model, spec, device, batch: int, reps: int, ways: dict) -> tuple[dict, dict]:
+    """Each way of probing (key -> (candidates, drop)), alternated ``reps`` times -> (seconds per way,
+    the fastest candidates each way found)."""
+    secs: dict = {k: [] for k in ways}
+    fastest: dict = {k: set() for k in ways}
+    for _ in range(reps):
+        for k, (cands, drop) in ways.items():
+            t0 = time.perf_counter()
+            rates = probe(model, device, cands, batch, spec.input_shape, spec.num_classes, drop=drop)
+            secs[k].append(time.perf_counter() - t0)
+            fastest[k].add(max(rates, key=rates.get))
+    return secs, fastest
+
+
 def _probe_without_bf16(model, spec, device, batch: int, reps: int, rows: list, notes: list) -> None:
     """On an x86 CPU without bf16 instructions ``auto`` times fp32 only: its probe against one that also
     timed the (emulated) bf16 candidates, both dropping what cannot win, alternated."""
     ours = candidates(device, "auto", None, depthwise_convs(model))
     every = candidates(device, "auto", None, depthwise_convs(model), bf16=True)
-    secs: dict = {"every": [], "ours": []}
-    picked: dict = {"every": set(), "ours": set()}
-    for _ in range(reps):
-        for k, cands in (("every", every), ("ours", ours)):
-            t0 = time.perf_counter()
-            rates = probe(model, device, cands, batch, spec.input_shape, spec.num_classes)
-            secs[k].append(time.perf_counter() - t0)
-            picked[k].add(max(rates, key=rates.get))
+    secs, picked = _timed_probes(model, spec, device, batch, reps, {"every": (every, DROP), "ours": (ours, DROP)})
     rows.append((f"2e. the precision probe on this CPU without bf16 instructions, batch {batch} (s)",
                  f"bf16 timed too ({len(every)} candidates): {spread(secs['every'], digits=1)}",
                  f"fp32 only ({len(ours)} candidates, auto's): {spread(secs['ours'], digits=1)}",

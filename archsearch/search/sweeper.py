@@ -246,6 +246,9 @@ class SweeperImpl:
             trial.set_user_attr("model.ms_per_image", speed.ms_per_image)
             trial.set_user_attr("timed_in", speed.precision)
             tags["timed_in"] = speed.precision
+            if speed.busy:  # the figure is used (the sampler needs one) and marked
+                trial.set_user_attr("timing_note", speed.busy)
+                log.warning("trial %d: ms_per_image %.2f may be off: %s", trial.number, speed.ms_per_image, speed.busy)
         vals = [float(figures[f"model.{o}"]) for o in s.objectives]
         trial.set_user_attr("state", "COMPLETE")
         trial.set_user_attr("scored", s.scored)

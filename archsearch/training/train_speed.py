@@ -20,6 +20,7 @@ class TrainSpeed:
     ms_per_image: float  # milliseconds of one training step per image, forward + backward + update
     precision: str  # the candidate timed, e.g. "fp32 channels_last"
     source: str  # probe / cache / timed (a precision set by hand is timed on its own)
+    busy: str = ""  # why the figure may be off: other work shared the CPU or GPU while it was timed
 
 
 def train_speed(spec, tcfg, batch_size: int) -> TrainSpeed:
@@ -39,4 +40,4 @@ def train_speed(spec, tcfg, batch_size: int) -> TrainSpeed:
         source = "timed"
     if not rate:
         raise RuntimeError(f"{p.label}: the training step's loss or gradients were not finite")
-    return TrainSpeed(1000.0 / rate, p.label, source)
+    return TrainSpeed(1000.0 / rate, p.label, source, p.note)
