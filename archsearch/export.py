@@ -127,7 +127,11 @@ def _relative_to_base(text: str) -> str:
 
 def _proxy_text(trial) -> str:
     scored = trial.user_attrs.get("scored")
-    return f"scored without training by {scored}" if scored else f"proxy val_acc {_fmt_acc(proxy_val_acc(trial))}"
+    if not scored:
+        return f"proxy val_acc {_fmt_acc(proxy_val_acc(trial))}"
+    ms = trial.user_attrs.get("model.ms_per_image")
+    timed = f" ({ms:.2f} ms per training image in {trial.user_attrs.get('timed_in')}, timed by the sweep)" if ms else ""
+    return f"scored without training by {scored}{timed}"
 
 
 def _trials_network(trial) -> str:
