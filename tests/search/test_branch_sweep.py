@@ -64,8 +64,8 @@ def test_the_timed_branch_search_scores_macs_and_this_machines_training_time(tmp
     assert (tmp_path / "outputs" / "reports" / "arch_branch_100k_timed" / "macs-vs-time.png").stat().st_size > 0
     first = int(scored[0].split("trial ")[1].split()[0])
     e = subprocess.run([sys.executable, "-m", "archsearch.export", "sweep=arch_branch_100k_timed", f"trial={first}",
-                        "name=timed_pick", f"out={tmp_path / 'models'}"], cwd=tmp_path, capture_output=True, text=True,
+                        "name=timed_pick", f"out={tmp_path / 'models' / 'model'}"], cwd=tmp_path, capture_output=True, text=True,
                        timeout=300, env=env)
     assert e.returncode == 0, e.stderr[-2000:]
-    header = (tmp_path / "models" / "timed_pick.yaml").read_text()
+    header = (tmp_path / "models" / "model" / "timed_pick.yaml").read_text()
     assert f"# proxy: scored without training by macs,ms_per_image ({times[0]:.2f} ms per training image in " in header
