@@ -159,7 +159,7 @@ def part_probe(opts: dict, rows: list, notes: list) -> None:
                  f"candidate, or fewer for one {DROP:g}x slower than the fastest after a round; fastest candidate "
                  f"timing all: {', '.join(sorted(fastest[None]))}; dropping: {', '.join(sorted(fastest[DROP]))}.")
     if device.type == "cpu" and not cpu_bf16():
-        _probe_without_bf16(model, spec, device, batch, reps, rows, notes)
+        _probe_without_bf16(model, spec, device, batch, reps, cands, rows, notes)
 
 
 def _timed_probes(model, spec, device, batch: int, reps: int, ways: dict) -> tuple[dict, dict]:
@@ -176,10 +176,9 @@ def _timed_probes(model, spec, device, batch: int, reps: int, ways: dict) -> tup
     return secs, fastest
 
 
-def _probe_without_bf16(model, spec, device, batch: int, reps: int, rows: list, notes: list) -> None:
-    """On an x86 CPU without bf16 instructions ``auto`` times fp32 only: its probe against one that also
-    timed the (emulated) bf16 candidates, both dropping what cannot win, alternated."""
-    ours = candidates(device, "auto", None, depthwise_convs(model))
+def _probe_without_bf16(model, spec, device, batch: int, reps: int, ours: list, rows: list, notes: list) -> None:
+    """On an x86 CPU without bf16 instructions ``auto`` times fp32 only (``ours``, its candidates): its probe
+    against one that also timed the (emulated) bf16 candidates, both dropping what cannot win, alternated."""
     every = candidates(device, "auto", None, depthwise_convs(model), bf16=True)
     secs, picked = _timed_probes(model, spec, device, batch, reps, {"every": (every, DROP), "ours": (ours, DROP)})
     rows.append((f"2e. the precision probe on this CPU without bf16 instructions, batch {batch} (s)",

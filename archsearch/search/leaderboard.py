@@ -207,11 +207,15 @@ def print_leaderboard(df) -> None:
         print(line.ljust(width) + "  " + str(sampled))
 
 
+def _timed_networks(df):
+    """The COMPLETE trials with MACs and a time per image, one per network (its first trial)."""
+    return df[(df.state == "COMPLETE") & df.macs.notna() & df.ms_per_image.notna()].drop_duplicates("sampled")
+
+
 def time_front(df):
     """Rows not dominated in (more MACs, fewer ms per training image), among COMPLETE trials, one per network."""
-    ok = df[(df.state == "COMPLETE") & df.macs.notna() & df.ms_per_image.notna()].drop_duplicates("sampled")
     front, best = [], -1.0
-    for i, r in ok.sort_values(["ms_per_image", "macs"], ascending=[True, False]).iterrows():
+    for i, r in _timed_networks(df).sort_values(["ms_per_image", "macs"], ascending=[True, False]).iterrows():
         if r.macs > best:
             front.append(i)
             best = r.macs
@@ -224,7 +228,7 @@ def time_figure(df, study_name: str):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ok = df[(df.state == "COMPLETE") & df.macs.notna() & df.ms_per_image.notna()].drop_duplicates("sampled")
+    ok = _timed_networks(df)
     ax.scatter(ok.ms_per_image, ok.macs / 1e6, c="tab:blue", alpha=0.8, label=f"timed ({len(ok)} networks)")
     front = time_front(df)
     if len(front):

@@ -288,8 +288,7 @@ def _fastest(cands: list[tuple[str, bool]], rates: dict[str, float]) -> tuple[st
 def _warn_emulated_bf16(mode: str) -> None:
     """An explicit ``trainer.amp=bf16`` is kept, but on an x86 CPU without bf16 instructions it is
     measured at 0.05-0.5x the fp32 rate (docs/engine.md): say so before the run spends hours."""
-    flags = cpu_flags()
-    if flags is not None and not flags & set(NATIVE_BF16):
+    if not cpu_bf16():
         log.warning("trainer.amp=%s on a CPU without bf16 instructions (no avx512_bf16 or amx_bf16): bf16 is "
                     "emulated there and has trained at 0.05-0.5x the fp32 rate; trainer.amp=auto times it and "
                     "takes the faster", mode)
