@@ -146,7 +146,9 @@ def test_fit_from_a_notebook_is_the_cli_run(tmp_path, monkeypatch):
     assert row.run_id == res.run_id and row.status == "FINISHED"
     assert row["metrics.test_acc"] == pytest.approx(res.test_acc)
     # what the run computed in, and why, is on the run
-    assert row["tags.amp"] in ("off", "bfloat16") and row["tags.channels_last"] in ("true", "false")
+    # any mode auto may pick on a CPU: which one wins the probe depends on the machine
+    assert row["tags.amp"] in ("off", "bfloat16", "bfloat16, depthwise fp32")
+    assert row["tags.channels_last"] in ("true", "false")
     assert row["tags.precision.source"] in ("probe", "cache") and "img/s" in row["tags.precision.why"]
     assert row["tags.compile"] == "false" and row["tags.compile.why"].startswith("eager (short run: 672 images")
     assert list((tmp_path / "outputs" / "fit").glob("*/*/last.pt"))
