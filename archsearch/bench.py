@@ -2,8 +2,10 @@
 
 Side-by-side measurements in one process, on one machine, on the same data; each figure is
 the median of several repetitions after a warm-up, with its spread (min-max). Writes the
-table, with machine, device, torch version and date, to ``BENCHMARKS.md``. A part that fails
-gets a row saying so, and the others still run and are written.
+table, with machine, device, torch version and date, to a new file under ``outputs/bench/`` (or
+where ``out`` says). A part that fails gets a row saying so, and the others still run and are
+written. The repository's ``BENCHMARKS.md`` gathers such tables by hand, so a run never writes
+over it unless told to (``out=BENCHMARKS.md``).
 
 The GPU check, on a machine with one: ``python -m archsearch.bench device=cuda`` (synthetic data,
 nothing downloaded; parts train, breakdown, compile, kernels, workers, slots, system_metrics).
@@ -28,7 +30,8 @@ Options (key=value):
                as many validation and test images, up to 1000),
                conc_epochs epochs per trial (default 2)
   mem_images   memory part: training images (default 50000, CIFAR-10's size); mem_workers (default 2)
-  out          where to write the table (default BENCHMARKS.md; out=- prints only)
+  out          where to write the table (default outputs/bench/DATE_TIME.md, a new file each run;
+               out=FILE replaces FILE, whose folder must exist; out=- prints only)
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from archsearch.benchmark.machine import describe_machine
 from archsearch.benchmark.parts import GPU_PARTS, PARTS
 from archsearch.config.paths import available
 from archsearch.errors import ConfigError
+from archsearch.files import write_whole
 from archsearch.training.compilation import compile_setting
 
 __all__ = ["OPTIONS", "main"]
@@ -63,6 +67,7 @@ def _bench(argv: list[str]) -> int:
     opts = parse_options(argv)
     parts = chosen_parts(opts)
     check_options(opts)
+    out = output_path(opts)
     logging.disable(logging.INFO)
     rows: list = []
     notes: list = []
@@ -79,11 +84,26 @@ def _bench(argv: list[str]) -> int:
         print(f"bench: {p} done in {time.time() - t0:.0f}s: {rows[-1] if rows else ''}", file=sys.stderr, flush=True)
     text = markdown(argv, opts, rows, notes)
     print(text)
-    out = opts.get("out", "BENCHMARKS.md")
-    if out != "-":
-        Path(out).write_text(text)
+    if out is not None:
+        write_whole(out, text)
         print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def output_path(opts: dict[str, str]) -> Path | None:
+    """Option ``out`` -> the file the table goes to (None for ``out=-``), checked before anything is
+    measured: a folder that is not there would otherwise lose a run of minutes at its end."""
+    out = opts.get("out")
+    if out == "-":
+        return None
+    if out is None:
+        return Path("outputs") / "bench" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}.md"
+    path = Path(out).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"out: {out} is a folder; give a file name (e.g. out={path / 'bench.md'}) or out=- to print only")
+    if not path.parent.is_dir():
+        raise ConfigError(f"out: folder {path.parent} does not exist; create it, or give out=- to print only")
+    return path
 
 
 def parse_options(argv: Sequence[str]) -> dict[str, str]:

@@ -48,6 +48,7 @@ from archsearch import cli
 from archsearch.config.compose import compose_with_hydra, spec_from_cfg
 from archsearch.config.paths import CONF_DIR, base_dir, config_file, search_dirs
 from archsearch.errors import ConfigError
+from archsearch.files import write_whole
 from archsearch.grammar.analysis import analyze
 from archsearch.search.proxy_rank import proxy_vs_full
 from archsearch.search.recipe_file import recipe_diff, recipe_yaml
@@ -262,7 +263,7 @@ def _export_recipe(study, url: str, trial, name: str, out: Path, overwrite: bool
                      f"model {cfg.model.name})")
     lines.append(f"# train with it: python -m archsearch.train model=NAME recipe={name}")
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(recipe_yaml("\n".join(lines) + "\n", choices, values))
+    write_whole(path, recipe_yaml("\n".join(lines) + "\n", choices, values))
     sp = _searchpath_for(out)
     try:  # the file must compose, as `train recipe=NAME` will, to the trial's values
         back = compose_with_hydra("config", [*sp, f"recipe={name}"])
@@ -306,7 +307,7 @@ def _export(argv: Sequence[str]) -> tuple[int, str]:
                           "(set by the sweep file itself?); export cannot rebuild it")
     node.name = name
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(_header(study, url, trial, base_file, model_ovs, changed, analysis) + OmegaConf.to_yaml(node))
+    write_whole(path, _header(study, url, trial, base_file, model_ovs, changed, analysis) + OmegaConf.to_yaml(node))
     code, text = _validate_or_remove(path, name, ovs, _budget_overrides(cfg.budget))
     if code:
         return code, f"error: the validator refused the exported model; nothing written:\n{text}"

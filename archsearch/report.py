@@ -43,6 +43,7 @@ from omegaconf import OmegaConf
 from archsearch import cli
 from archsearch.config.paths import base_dir
 from archsearch.errors import ConfigError
+from archsearch.files import write_whole
 from archsearch.search.leaderboard import (
     fmt_cell,
     leaderboard,
@@ -179,7 +180,7 @@ def _report(argv: list[str]) -> int:
                                    "proxies": json.loads(table.to_json(orient="records"))}
         table.to_csv(out / "proxy_choice.csv", index=False)
         files.append(out / "proxy_choice.csv")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_whole(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     files.append(out / "summary.json")
     print("wrote " + ", ".join(str(f) for f in files))
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import math
 import random
 import re
@@ -35,6 +36,7 @@ from archsearch.config.compose import compose, compose_with_hydra
 from archsearch.config.gate import verdict
 from archsearch.config.paths import base_dir
 from archsearch.errors import ConfigError, SpecError, SweepConfigError
+from archsearch.files import write_whole
 from archsearch.grammar.analysis import analyze
 from archsearch.grammar.budget import check, parse_budget
 from archsearch.grammar.spec import parse_spec
@@ -291,15 +293,12 @@ def summary_lines(rep: SpaceReport) -> list[str]:
 
 
 def write_csv(rep: SpaceReport, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.part")
-    with tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([*rep.dims, "within_budget", "params", "macs", "rf", "reasons"])
-        for c in rep.candidates:
-            w.writerow([*(c.values[k] for k in rep.dims), c.ok, c.params, c.macs, c.rf, "; ".join(c.reasons)])
-    tmp.replace(path)
-    return path
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow([*rep.dims, "within_budget", "params", "macs", "rf", "reasons"])
+    for c in rep.candidates:
+        w.writerow([*(c.values[k] for k in rep.dims), c.ok, c.params, c.macs, c.rf, "; ".join(c.reasons)])
+    return write_whole(path, buf.getvalue())
 
 
 def _check_and_write(argv: list[str]) -> int:

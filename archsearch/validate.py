@@ -27,10 +27,11 @@ from archsearch import cli
 from archsearch.config.compose import compose, spec_from_cfg
 from archsearch.config.paths import available, base_dir
 from archsearch.errors import ConfigError
+from archsearch.files import write_whole
 from archsearch.grammar.analysis import analyze
 from archsearch.grammar.budget import check, parse_budget
 from archsearch.grammar.diagram import FORMATS as PICTURES
-from archsearch.grammar.diagram import render, write
+from archsearch.grammar.diagram import render
 from archsearch.grammar.table import format_table
 
 __all__ = ["main", "run"]
@@ -51,7 +52,7 @@ def run(overrides: Sequence[str]) -> tuple[int, str]:
     if fmt in PICTURES:
         path = _picture_path(own.get("out"), spec.name, fmt)
         try:
-            write(path, render(analysis, budget, violations, fmt))
+            write_whole(path, render(analysis, budget, violations, fmt))
         except OSError as e:
             raise ConfigError(f"out: cannot write {path}: {e.strerror or e}") from None
         verdict = format_table(analysis, budget, violations).splitlines()[-1 - len(violations):]

@@ -11,13 +11,12 @@ in a page. Nothing here builds the model or imports torch.
 from __future__ import annotations
 
 from html import escape
-from pathlib import Path
 
 from archsearch.grammar.analysis import Analysis, LayerAnalysis
 from archsearch.grammar.budget import Budget, Violation
 from archsearch.grammar.table import format_table
 
-__all__ = ["FORMATS", "draw", "render", "to_html", "to_png", "to_svg", "write"]
+__all__ = ["FORMATS", "draw", "render", "to_html", "to_png", "to_svg"]
 
 FORMATS = ("svg", "png", "html")
 
@@ -348,15 +347,3 @@ def render(analysis: Analysis, budget: Budget, violations: list[Violation], fmt:
         return to_png(shapes, w, h)
     svg = to_svg(shapes, w, h)
     return (to_html(analysis, budget, violations, svg) if fmt == "html" else svg).encode()
-
-
-def write(path: Path, data: bytes) -> Path:
-    """``data`` to ``path`` whole or not at all (a temporary file beside it, then renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

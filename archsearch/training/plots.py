@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from archsearch.files import write_whole
 from archsearch.grammar.analysis import Analysis
 from archsearch.grammar.budget import Budget, check
-from archsearch.grammar.diagram import render, write
+from archsearch.grammar.diagram import render
 from archsearch.training.augment import save_grid
 
 __all__ = ["write_diagram", "write_plots"]
@@ -20,7 +21,7 @@ __all__ = ["write_diagram", "write_plots"]
 def write_diagram(out: Path, analysis: Analysis, budget: Budget) -> Path:
     """``model_diagram.svg`` in ``out``: the picture ``python -m archsearch.validate format=svg``
     draws (layers and blocks, output shapes, the receptive field against the budget); -> its path."""
-    return write(out / "model_diagram.svg", render(analysis, budget, check(analysis, budget), "svg"))
+    return write_whole(out / "model_diagram.svg", render(analysis, budget, check(analysis, budget), "svg"))
 
 
 def write_plots(out: Path, history, classes, y_true, y_pred, x_test, max_wrong: int = 32) -> list[Path]:

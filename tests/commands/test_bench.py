@@ -137,3 +137,33 @@ def test_the_help_lists_every_part_and_option():
     assert f"comma list of: {', '.join(PARTS)} (default: all)" in doc
     for option in OPTIONS:
         assert re.search(rf"(?<![\w.]){re.escape(option)}\b", doc), option
+
+
+def test_a_run_never_writes_over_the_gathered_benchmarks_unless_told(tmp_path, monkeypatch, capsys):
+    """BENCHMARKS.md gathers tables of many runs by hand: a run writes a new file of its own under
+    outputs/bench/; out=FILE replaces FILE; a folder that is not there is refused before anything is
+    measured (not after minutes of measuring)."""
+    ran = []
+
+    def quick(opts, rows, notes):
+        ran.append(1)
+        rows.append(("9. quick", "1", "2", "2.00x"))
+
+    monkeypatch.setitem(PARTS, "validator", quick)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "BENCHMARKS.md").write_text("# gathered by hand\n")
+    assert main(["parts=validator"]) == 0
+    assert (tmp_path / "BENCHMARKS.md").read_text() == "# gathered by hand\n"
+    written = list((tmp_path / "outputs" / "bench").glob("*.md"))
+    assert len(written) == 1 and "| 9. quick | 1 | 2 | 2.00x |" in written[0].read_text()
+    assert f"wrote {written[0].relative_to(tmp_path)}" in capsys.readouterr().err
+
+    assert main(["parts=validator", "out=BENCHMARKS.md"]) == 0
+    assert "| 9. quick |" in (tmp_path / "BENCHMARKS.md").read_text() and capsys.readouterr()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+    for out, says in (("nowhere/B.md", "out: folder nowhere does not exist; create it, or give out=- to print only"),
+                      ("outputs", "out: outputs is a folder; give a file name")):
+        assert main(["parts=validator", f"out={out}"]) == 2
+        assert capsys.readouterr().err.strip().startswith(f"error: {says}")
+    assert len(ran) == 2  # the refused runs measured nothing
