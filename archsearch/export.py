@@ -262,7 +262,6 @@ def _export_recipe(study, url: str, trial, name: str, out: Path, overwrite: bool
                      f"test_acc single view {_fmt_acc(rec.get('test_acc_single_view'))} ({rec.get('epochs')} epochs, "
                      f"model {cfg.model.name})")
     lines.append(f"# train with it: python -m archsearch.train model=NAME recipe={name}")
-    out.mkdir(parents=True, exist_ok=True)
     write_whole(path, recipe_yaml("\n".join(lines) + "\n", choices, values))
     sp = _searchpath_for(out)
     try:  # the file must compose, as `train recipe=NAME` will, to the trial's values
@@ -306,7 +305,6 @@ def _export(argv: Sequence[str]) -> tuple[int, str]:
         raise ConfigError(f"{diff}: the trial's composed model differs from {base_file} with its model overrides "
                           "(set by the sweep file itself?); export cannot rebuild it")
     node.name = name
-    out.mkdir(parents=True, exist_ok=True)
     write_whole(path, _header(study, url, trial, base_file, model_ovs, changed, analysis) + OmegaConf.to_yaml(node))
     code, text = _validate_or_remove(path, name, ovs, _budget_overrides(cfg.budget))
     if code:
