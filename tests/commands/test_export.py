@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from studies import FAST, add_trial, journal_study, run_main
 
 from archsearch import fit
-from archsearch.config.compose import load_spec
+from archsearch.config.compose import compose_with_hydra, load_spec
 from archsearch.export import best_trial
 from archsearch.grammar.analysis import analyze
 
@@ -131,6 +131,25 @@ def test_best_trial_prefers_the_full_recipe_when_retrained(tmp_path):
         for s, v in enumerate(seeds):
             st.set_user_attr(f"retrain.t{n}.s{s}", {"val_acc": v, "test_acc_single_view": v})
     assert best_trial(st).number == 2  # mean full-recipe val 0.67 beats 0.61
+
+
+def test_export_writes_a_trials_recipe_that_trains_with_its_values(swept, tmp_path, monkeypatch, capsys):
+    """``what=recipe``: the trial's training settings as a recipe file of their own, which composes back
+    to the trial's values; the folder is made, and no temporary file is left beside it."""
+    monkeypatch.chdir(swept)
+    st = journal_study(swept)
+    t = next(t for t in st.trials if t.user_attrs["state"] == "COMPLETE")
+    out = tmp_path / "myconf" / "recipe"
+    code, stdout, err = run_main("export", capsys, "sweep=smoke", f"trial={t.number}", "what=recipe", "name=myrec",
+                                 f"out={out}")
+    assert code == 0, err
+    path = out / "myrec.yaml"
+    assert stdout.startswith(f"wrote {path}\nmyrec: the recipe of trial {t.number} of study 'smoke' ")
+    text = path.read_text()
+    assert text.startswith("# @package _global_\n") and f"what=recipe from trial {t.number} of study 'smoke'" in text
+    assert sorted(p.name for p in out.iterdir()) == ["myrec.yaml"]
+    cfg = compose_with_hydra("config", [f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", "recipe=myrec"])
+    assert cfg.optim.lr == pytest.approx(t.params["optim.lr"])
 
 
 # ------------------------------------------------------------------ user mistakes: one line, exit 2
