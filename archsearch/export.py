@@ -48,7 +48,7 @@ from archsearch import cli
 from archsearch.config.compose import compose_with_hydra, spec_from_cfg
 from archsearch.config.paths import CONF_DIR, base_dir, config_file, search_dirs
 from archsearch.errors import ConfigError
-from archsearch.files import write_whole
+from archsearch.files import put_back, read_if_any, write_whole
 from archsearch.grammar.analysis import analyze
 from archsearch.search.proxy_rank import proxy_vs_full
 from archsearch.search.recipe_file import recipe_diff, recipe_yaml
@@ -235,15 +235,17 @@ def _budget_overrides(budget) -> list[str]:
     return [f"budget.{k}={override_value(v)}" for k, v in OmegaConf.to_container(budget, resolve=True).items()]
 
 
-def _validate_or_remove(path: Path, name: str, overrides: Sequence[str], budget: Sequence[str]) -> tuple[int, str]:
-    """``python -m archsearch.validate model=NAME``, in process, under the trial's budget."""
+def _validate_or_put_back(path: Path, before: bytes | None, name: str, overrides: Sequence[str],
+                        budget: Sequence[str]) -> tuple[int, str]:
+    """``python -m archsearch.validate model=NAME``, in process, under the trial's budget; a refused
+    file is taken back (the file it replaced, if any, put back)."""
     try:
         code, text = validate_run([f"model={name}", *_searchpath(path.parent, overrides), *budget])
-    except Exception:
-        path.unlink()
+    except BaseException:
+        put_back(path, before)
         raise
     if code:
-        path.unlink()
+        put_back(path, before)
     return code, text
 
 
@@ -262,6 +264,7 @@ def _export_recipe(study, url: str, trial, name: str, out: Path, overwrite: bool
                      f"test_acc single view {_fmt_acc(rec.get('test_acc_single_view'))} ({rec.get('epochs')} epochs, "
                      f"model {cfg.model.name})")
     lines.append(f"# train with it: python -m archsearch.train model=NAME recipe={name}")
+    before = read_if_any(path)
     write_whole(path, recipe_yaml("\n".join(lines) + "\n", choices, values))
     sp = _searchpath_for(out)
     try:  # the file must compose, as `train recipe=NAME` will, to the trial's values
@@ -270,8 +273,8 @@ def _export_recipe(study, url: str, trial, name: str, out: Path, overwrite: bool
         if wrong:
             raise ConfigError(f"{wrong[0]}: the written recipe composes to {OmegaConf.select(back, wrong[0])!r}, "
                               f"not the trial's {values[wrong[0]]!r}; nothing written")
-    except ConfigError:
-        path.unlink()
+    except BaseException:  # a refused file goes (the one it replaced, if any, comes back); so does an interrupted one
+        put_back(path, before)
         raise
     keys = [*(f"{g}={c}" for g, c in choices.items()), *(f"{k}={v}" for k, v in values.items())]
     return 0, (f"wrote {path}\n{name}: the recipe of trial {trial.number} of study {study.study_name!r} "
@@ -305,8 +308,9 @@ def _export(argv: Sequence[str]) -> tuple[int, str]:
         raise ConfigError(f"{diff}: the trial's composed model differs from {base_file} with its model overrides "
                           "(set by the sweep file itself?); export cannot rebuild it")
     node.name = name
+    before = read_if_any(path)
     write_whole(path, _header(study, url, trial, base_file, model_ovs, changed, analysis) + OmegaConf.to_yaml(node))
-    code, text = _validate_or_remove(path, name, ovs, _budget_overrides(cfg.budget))
+    code, text = _validate_or_put_back(path, before, name, ovs, _budget_overrides(cfg.budget))
     if code:
         return code, f"error: the validator refused the exported model; nothing written:\n{text}"
     full = [r.get("val_acc") for r in retrained(study).get(trial.number, {}).values() if r.get("val_acc") is not None]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["write_whole"]
+__all__ = ["put_back", "read_if_any", "write_whole"]
 
 
 def write_whole(path: Path, data: str | bytes) -> Path:
@@ -22,3 +22,20 @@ def write_whole(path: Path, data: str | bytes) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def read_if_any(path: Path) -> bytes | None:
+    """The file's bytes, or None where there is no file: what :func:`put_back` restores."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def put_back(path: Path, before: bytes | None) -> None:
+    """Undo a write that a later check refused: ``path`` as it was (``before``, from :func:`read_if_any`),
+    gone where there was no file, so a replaced file is never lost to a refused one."""
+    if before is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_whole(path, before)

@@ -111,7 +111,7 @@ def test_model_overrides_that_rebuild_the_swept_network_are_not_a_change(tmp_pat
 
 def test_export_holds_the_file_to_the_budget_its_sweep_file_set(tmp_path, monkeypatch, capsys):
     """arch_macs_100k caps params at 100,000 in its sweep file: a network changed at export past the cap
-    (but under the default 200,000) is refused, exit 1, nothing written."""
+    (but under the default 200,000) is refused, exit 1, nothing written; a file it was to replace is kept."""
     monkeypatch.chdir(tmp_path)
     st = journal_study(tmp_path, "arch_macs_100k")
     add_trial(st, {"model.w1": 24, "model.w2": 32, "model.w3": 64, "model.depth": 2}, value=4.6e7)
@@ -120,6 +120,12 @@ def test_export_holds_the_file_to_the_budget_its_sweep_file_set(tmp_path, monkey
     assert code == 0 and "within budget (params <= 100,000" in stdout, err
     code, stdout, err = run_main("export", capsys, "sweep=arch_macs_100k", "name=wider", f"out={out}", "model.w3=128")
     assert code == 1 and "exceed max_params 100,000" in err and not (out / "wider.yaml").exists(), err
+    # overwrite=true with a network the validator refuses: the file it would have replaced is kept as it was
+    before = (out / "small.yaml").read_text()
+    code, stdout, err = run_main("export", capsys, "sweep=arch_macs_100k", "name=small", f"out={out}", "model.w3=128",
+                                 "overwrite=true")
+    assert code == 1 and "exceed max_params 100,000" in err, err
+    assert (out / "small.yaml").read_text() == before and sorted(p.name for p in out.iterdir()) == ["small.yaml"]
 
 
 def test_best_trial_prefers_the_full_recipe_when_retrained(tmp_path):
