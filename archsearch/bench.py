@@ -30,12 +30,14 @@ Options (key=value):
                as many validation and test images, up to 1000),
                conc_epochs epochs per trial (default 2)
   mem_images   memory part: training images (default 50000, CIFAR-10's size); mem_workers (default 2)
-  out          where to write the table (default outputs/bench/DATE_TIME.md, a new file each run;
+  out          where to write the table (default outputs/bench/DATE_TIME.md, a new file each run,
+               DATE_TIME-2.md for a second run started in the same second;
                out=FILE replaces FILE, whose folder must exist; out=- prints only)
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import time
@@ -85,7 +87,7 @@ def _bench(argv: list[str]) -> int:
     text = markdown(argv, opts, rows, notes)
     print(text)
     if out is not None:
-        write_whole(out, text)
+        out = write_whole(out if "out" in opts else _unused(out), text)
         print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -104,6 +106,20 @@ def output_path(opts: dict[str, str]) -> Path | None:
     if not path.parent.is_dir():
         raise ConfigError(f"out: folder {path.parent} does not exist; create it, or give out=- to print only")
     return path
+
+
+def _unused(path: Path) -> Path:
+    """``path``, or ``NAME-2.md``, ``NAME-3.md``, ... where it is taken (two runs started in one second),
+    claimed at once so that a run beside this one does not take the same name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        p = path if n == 1 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+        try:
+            p.open("x").close()
+            return p
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
 
 
 def parse_options(argv: Sequence[str]) -> dict[str, str]:

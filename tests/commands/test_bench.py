@@ -141,7 +141,7 @@ def test_the_help_lists_every_part_and_option():
 
 def test_a_run_never_writes_over_the_gathered_benchmarks_unless_told(tmp_path, monkeypatch, capsys):
     """BENCHMARKS.md gathers tables of many runs by hand: a run writes a new file of its own under
-    outputs/bench/; out=FILE replaces FILE; a folder that is not there is refused before anything is
+    outputs/bench/ (two started in one second get two files); out=FILE replaces FILE; a folder that is not there is refused before anything is
     measured (not after minutes of measuring)."""
     ran = []
 
@@ -157,6 +157,13 @@ def test_a_run_never_writes_over_the_gathered_benchmarks_unless_told(tmp_path, m
     written = list((tmp_path / "outputs" / "bench").glob("*.md"))
     assert len(written) == 1 and "| 9. quick | 1 | 2 | 2.00x |" in written[0].read_text()
     assert f"wrote {written[0].relative_to(tmp_path)}" in capsys.readouterr().err
+    # a second run started in the same second gets a file of its own beside the first
+    monkeypatch.setattr("archsearch.bench.time.strftime", lambda fmt, *t: "2026-01-01_00-00-00")
+    assert main(["parts=validator"]) == 0 and main(["parts=validator"]) == 0
+    names = sorted(p.name for p in (tmp_path / "outputs" / "bench").iterdir())
+    assert names[:2] == ["2026-01-01_00-00-00-2.md", "2026-01-01_00-00-00.md"] and len(names) == 3
+    assert all("| 9. quick |" in (tmp_path / "outputs" / "bench" / n).read_text() for n in names[:2])
+    capsys.readouterr()
 
     assert main(["parts=validator", "out=BENCHMARKS.md"]) == 0
     assert "| 9. quick |" in (tmp_path / "BENCHMARKS.md").read_text() and capsys.readouterr()
@@ -166,4 +173,4 @@ def test_a_run_never_writes_over_the_gathered_benchmarks_unless_told(tmp_path, m
                       ("outputs", "out: outputs is a folder; give a file name")):
         assert main(["parts=validator", f"out={out}"]) == 2
         assert capsys.readouterr().err.strip().startswith(f"error: {says}")
-    assert len(ran) == 2  # the refused runs measured nothing
+    assert len(ran) == 4  # the refused runs measured nothing
