@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from omegaconf import OmegaConf
 
 from archsearch import cli
 from archsearch.errors import Pruned
+from archsearch.files import write_whole
 from archsearch.search.trial import TrialRef, trial_job_kwargs
 from archsearch.training.job import train
 
@@ -47,9 +47,7 @@ def run_trial(cfg, job_dir: Path) -> dict[str, Any]:
 
 
 def write_result(job_dir: Path, result: dict[str, Any]) -> None:
-    tmp = job_dir / (RESULT + ".tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, job_dir / RESULT)  # whole or absent: the sweeper never reads half a result
+    write_whole(job_dir / RESULT, json.dumps(result))  # whole or absent: the sweeper never reads half a result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,13 +9,13 @@ file with missing or unknown keys, or of another architecture, in one line.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 
 from archsearch.errors import ConfigError
+from archsearch.files import write_whole
 from archsearch.training.engine import Engine, TrainState
 
 __all__ = ["KEYS", "load", "save"]
@@ -53,9 +53,7 @@ def save(path: Path, engine: Engine, state: TrainState, spec, spec_hash: str) ->
 
     ck = {**engine.state_dict(), "epoch": state.epoch - 1, "best_val": state.best_val, "history": state.history,
           "spec_hash": spec_hash, "spec": spec.to_dict(), "run_id": state.run_id, "rng": _rng_state()}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(ck, tmp)
-    os.replace(tmp, path)
+    write_whole(path, lambda f: torch.save(ck, f))
 
 
 def load(path_str: str, engine: Engine, spec_hash: str) -> TrainState:

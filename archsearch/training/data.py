@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from archsearch.errors import DataError
+from archsearch.files import write_whole
 
 __all__ = ["Splits", "load_data", "load_data_once", "synthetic", "read_folder", "CIFAR10_CLASSES"]
 
@@ -136,10 +137,7 @@ def read_folder(root: str | Path, split: str, cache: bool = True):
     if cache:
         for cdir in (root / ".archsearch-cache", Path.home() / ".cache" / "archsearch" / "folders"):
             try:
-                cdir.mkdir(parents=True, exist_ok=True)
-                tmp = cdir / f".{name}.{os.getpid()}.tmp.npz"
-                np.savez(tmp, x=x, y=y)
-                os.replace(tmp, cdir / name)  # atomic: a killed run leaves no half file
+                write_whole(cdir / name, lambda f: np.savez(f, x=x, y=y))  # a killed run leaves no half file
                 break
             except OSError:
                 continue

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from archsearch.errors import ConfigError
+from archsearch.files import write_whole
 
 __all__ = ["BUSY", "NATIVE_BF16", "OtherLoad", "busy_limit", "busy_note", "cache_key", "cache_path", "cpu_flags",
            "machine_id", "read_entry", "write_entry"]
@@ -137,9 +138,7 @@ def _write_cache(path: Path, key: str, entry: dict) -> None:
     with contextlib.suppress(OSError), _locked(path):
         data = _read_cache(path)
         data[key] = entry
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        write_whole(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def cache_key(device, spec_key: str, batch_size: int, what: str) -> str:
