@@ -24,19 +24,20 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # shown as "Machine learning"
 
 
-def flatten(d: Any, prefix: str = "") -> dict[str, str]:
-    """Nested mappings/lists -> {"a.b.0.c": "value"} (MLflow params are flat strings)."""
-    out: dict[str, str] = {}
+def flatten(d: Any, prefix: str = "", text: bool = True) -> dict[str, Any]:
+    """Nested mappings/lists -> {"a.b.0.c": "value"} (MLflow params are flat strings; ``text=False``
+    keeps the values as they are, so that 0 and 0.0 compare equal)."""
+    out: dict[str, Any] = {}
     if isinstance(d, Mapping):
         items: Iterable = d.items()
     elif isinstance(d, (list, tuple)):
         items = enumerate(d)
     else:
-        return {prefix: str(d)[:6000]}
+        return {prefix: str(d)[:6000] if text else d}
     empty = True
     for k, v in items:
         empty = False
-        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k), text))
     if empty and prefix:
         out[prefix] = "[]" if isinstance(d, (list, tuple)) else "{}"
     return out

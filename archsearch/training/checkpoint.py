@@ -3,8 +3,9 @@
 One schema, written and read here only: the engine's states (model, optimizer, scheduler,
 scaler, ema), the run's :class:`~archsearch.training.engine.TrainState` (epoch, best_val, history,
 run_id), what it was trained on (spec, spec_hash) and the RNG states, so that
-``trainer.resume=PATH/last.pt`` continues exactly where the run stopped. Loading refuses a
-file with missing or unknown keys, or of another architecture, in one line.
+``trainer.resume=PATH/last.pt`` continues exactly where the run stopped. Reading refuses a
+file with missing or unknown keys, or of another architecture, in one line; the run's settings
+stored with it are checked against the resuming run's by archsearch.training.resume_check.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ from archsearch.errors import ConfigError
 from archsearch.files import write_whole
 from archsearch.training.engine import Engine, TrainState
 
-__all__ = ["KEYS", "load", "save"]
+__all__ = ["KEYS", "REQUIRED", "read", "restore", "save"]
 
 # torch is imported in the functions that use it: archsearch.train imports the training modules at
 # its top and refuses a mistyped knob before torch is loaded, and `from archsearch import fit` loads
 # torch only when called
 
-KEYS = frozenset({"model", "optimizer", "scheduler", "scaler", "ema", "epoch", "best_val", "history",
-                  "spec_hash", "spec", "run_id", "rng"})
+REQUIRED = frozenset({"model", "optimizer", "scheduler", "scaler", "ema", "epoch", "best_val", "history",
+                      "spec_hash", "spec", "run_id", "rng"})
+KEYS = REQUIRED | {"settings"}  # the run's settings (archsearch.training.resume_check); older files lack them
 
 
 def _rng_state() -> dict:
@@ -47,17 +49,19 @@ def _set_rng_state(rng: dict) -> None:
     random.setstate(rng["python"])
 
 
-def save(path: Path, engine: Engine, state: TrainState, spec, spec_hash: str) -> None:
+def save(path: Path, engine: Engine, state: TrainState, spec, spec_hash: str, settings: dict[str, str]) -> None:
     """Write atomically: a killed run never leaves a truncated checkpoint."""
     import torch
 
     ck = {**engine.state_dict(), "epoch": state.epoch - 1, "best_val": state.best_val, "history": state.history,
-          "spec_hash": spec_hash, "spec": spec.to_dict(), "run_id": state.run_id, "rng": _rng_state()}
+          "spec_hash": spec_hash, "spec": spec.to_dict(), "run_id": state.run_id, "rng": _rng_state(),
+          "settings": settings}
     write_whole(path, lambda f: torch.save(ck, f))
 
 
-def load(path_str: str, engine: Engine, spec_hash: str) -> TrainState:
-    """Restore ``engine`` and the RNGs from a checkpoint -> the run's TrainState."""
+def read(path_str: str, spec_hash: str) -> dict:
+    """The checkpoint at ``path_str``, refused in one line if absent, unreadable, not ours or of
+    another architecture: before any data is loaded or a run started."""
     import torch
 
     path = Path(path_str).expanduser()
@@ -70,14 +74,20 @@ def load(path_str: str, engine: Engine, spec_hash: str) -> TrainState:
     except Exception as e:
         raise ConfigError(f"trainer.resume: {path} is not a readable checkpoint ({type(e).__name__})") from None
     keys = set(ck) if isinstance(ck, dict) else set()
-    if keys != KEYS:
+    if not REQUIRED <= keys <= KEYS:
         raise ConfigError(f"trainer.resume: {path} is not an archsearch checkpoint (missing "
-                          f"{sorted(KEYS - keys)}, unknown {sorted(keys - KEYS)})")
+                          f"{sorted(REQUIRED - keys)}, unknown {sorted(keys - KEYS)})")
     if ck["spec_hash"] != spec_hash:
         raise ConfigError(f"trainer.resume: {path} holds a different architecture "
                           f"(spec {ck['spec_hash']}, this run {spec_hash})")
+    ck["path"] = path
+    return ck
+
+
+def restore(ck: dict, engine: Engine) -> TrainState:
+    """Restore ``engine`` and the RNGs from a checkpoint :func:`read` -> the run's TrainState."""
     if engine.ema is not None and not ck["ema"]:
-        raise ConfigError(f"trainer.ema: {path} was trained without EMA; resume with trainer.ema=null")
+        raise ConfigError(f"trainer.ema: {ck['path']} was trained without EMA; resume with trainer.ema=null")
     engine.load_state_dict(ck)
     _set_rng_state(ck["rng"])
     return TrainState(epoch=ck["epoch"] + 1, best_val=ck["best_val"], history=ck["history"], run_id=ck["run_id"])

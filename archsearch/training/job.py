@@ -24,9 +24,11 @@ from omegaconf import OmegaConf
 from archsearch.config.compose import compose
 from archsearch.config.gate import gate
 from archsearch.errors import ConfigError
+from archsearch.grammar.spec import spec_hash
 from archsearch.tracking import make_tracker, run_lifecycle, trial_run_name
 from archsearch.training import checkpoint, run_log
 from archsearch.training.engine import TrainState
+from archsearch.training.resume_check import check_settings, run_settings
 from archsearch.training.run_setup import RunSetup, parse_knobs, setup_run
 
 __all__ = ["TrainResult", "fit", "train"]
@@ -78,13 +80,19 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
     spec, analysis = gate(cfg)  # may raise: nothing loaded yet
     knobs = parse_knobs(cfg)
     sys_every = run_log.system_metrics_interval(cfg.trainer.get("system_metrics"))
-    s = setup_run(cfg, spec, analysis, knobs, out_dir, data, sweep_trial=epoch_hook is not None)
     tcfg = cfg.trainer
-    state = checkpoint.load(str(tcfg.resume), s.engine, s.spec_hash) if tcfg.resume else TrainState()
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    settings, branch = run_settings(resolved), _branch(tcfg)
+    ck = checkpoint.read(str(tcfg.resume), spec_hash(spec)) if tcfg.resume else None
+    changed = check_settings(ck, settings, branch) if ck else []  # refused here: nothing loaded yet
+    s = setup_run(cfg, spec, analysis, knobs, out_dir, data, sweep_trial=epoch_hook is not None)
+    state = checkpoint.restore(ck, s.engine) if ck else TrainState()
     tracker = tracker or make_tracker(resolved.get("tracking"), s.base_dir)
     tags = run_log.run_tags(s, cfg, resolved, run_tags)
-    resumed = state.run_id
+    if branch:
+        tags.update({"archsearch.branched_from": f"run {state.run_id}, epoch {state.epoch}, {ck['path']}",
+                     "archsearch.branch_changes": " ".join(changed) or "(none)"})
+    resumed = None if branch else state.run_id
     trial = (run_tags or {}).get("trial_number")  # a sweep trial: named by its number and, at its end, result
     name = cfg.get("run_name") or (trial_run_name(trial, "RUNNING") if trial is not None
                                    else f"{spec.name}-{s.spec_hash[:6]}")
@@ -95,11 +103,13 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
             run_started(run.run_id)
         if not resumed:
             run_log.log_inputs(run, cfg, resolved, s)
+        if branch:
+            _log_branch(run, s, state, changed)
         run_log.log_start(s, resumed is not None)
         with run.system_metrics(sys_every, resumed is not None, run_log.gpu_uuids(s.engine.precision.device)) \
                 if sys_every else contextlib.nullcontext():
             for epoch in range(state.epoch, s.epochs):
-                _run_epoch(s, state, run, epoch, bool(tcfg.checkpoint))
+                _run_epoch(s, state, run, epoch, settings if tcfg.checkpoint else None)
                 if epoch_hook is not None:
                     epoch_hook(epoch + 1, state.history[-1]["val_acc"])  # may raise Pruned
             result = _finish(s, state, run, cfg, t0)
@@ -124,8 +134,36 @@ def first_crossings(history: list[dict]) -> dict[str, float]:
     return out
 
 
-def _run_epoch(s: RunSetup, state: TrainState, run, epoch: int, save: bool) -> None:
-    """Train, validate, step the schedule, record, log, checkpoint: one epoch."""
+def _branch(tcfg) -> bool:
+    branch = tcfg.get("branch", False)
+    if not isinstance(branch, bool):
+        raise ConfigError(f"trainer.branch: must be true or false; got {branch!r}")
+    if branch and not tcfg.resume:
+        raise ConfigError("trainer.branch: true starts a new run from a checkpoint; name it with trainer.resume=PATH/last.pt")
+    return branch
+
+
+def _epoch_metrics(history: list[dict], best_val: float, has_val: bool) -> tuple[dict, dict]:
+    """What an epoch logs (its record, the best validation so far, the thresholds it crossed first)."""
+    rec = history[-1]
+    reached = first_crossings(history) if has_val else {}
+    return {**{k: v for k, v in rec.items() if k != "epoch"}, "best_val_acc": best_val,
+            "epochs_done": rec["epoch"], "epochs": rec["epoch"], **reached}, reached
+
+
+def _log_branch(run, s: RunSetup, state: TrainState, changed: list[str]) -> None:
+    """A branch's new run gets the epochs it continues, as they were logged, so its curves are whole."""
+    has_val, best = len(s.data.x_val) > 0, -1.0
+    for i, rec in enumerate(state.history):
+        best = max(best, rec["val_acc"]) if has_val else float("nan")
+        run.log_metrics(_epoch_metrics(state.history[: i + 1], best, has_val)[0], step=i + 1)
+    log.info("branched from run %s at epoch %d: a new run, its first %d epochs copied; changed: %s", state.run_id,
+             state.epoch, state.epoch, " ".join(changed) or "nothing")
+
+
+def _run_epoch(s: RunSetup, state: TrainState, run, epoch: int, settings: dict | None) -> None:
+    """Train, validate, step the schedule, record, log, checkpoint (``settings``: the run's, stored
+    with it; None: no checkpoint): one epoch."""
     eng = s.engine
     t0 = time.time()
     rec = eng.train_epoch(epoch)
@@ -136,9 +174,8 @@ def _run_epoch(s: RunSetup, state: TrainState, run, epoch: int, save: bool) -> N
            "epoch_wall_seconds": time.time() - t0}
     has_val = len(s.data.x_val) > 0
     is_best = state.record(rec, has_val)
-    reached = first_crossings(state.history) if has_val else {}
-    run.log_metrics({**{k: v for k, v in rec.items() if k != "epoch"}, "best_val_acc": state.best_val,
-                     "epochs_done": epoch + 1, "epochs": epoch + 1, **reached}, step=epoch + 1)
+    metrics, reached = _epoch_metrics(state.history, state.best_val, has_val)
+    run.log_metrics(metrics, step=epoch + 1)
     for key in (k for k in reached if k.startswith("epoch_to_")):
         log.info("val acc reached %s%% at epoch %d, %.0fs of training and validation", key[-2:], epoch + 1,
                  reached[key.replace("epoch_to_", "seconds_to_")])
@@ -146,10 +183,10 @@ def _run_epoch(s: RunSetup, state: TrainState, run, epoch: int, save: bool) -> N
     log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | lr %.2e | %.0fs %.0f img/s",
              epoch + 1, s.epochs, rec["train_loss"], rec["train_acc"], rec["val_loss"], rec["val_acc"], raw, lr,
              rec["epoch_seconds"], rec["images_per_s"])
-    if save:
-        checkpoint.save(s.out / "last.pt", eng, state, s.spec, s.spec_hash)
+    if settings is not None:
+        checkpoint.save(s.out / "last.pt", eng, state, s.spec, s.spec_hash, settings)
         if is_best:
-            checkpoint.save(s.out / "best.pt", eng, state, s.spec, s.spec_hash)
+            checkpoint.save(s.out / "best.pt", eng, state, s.spec, s.spec_hash, settings)
 
 
 def _finish(s: RunSetup, state: TrainState, run, cfg, t0: float) -> TrainResult:

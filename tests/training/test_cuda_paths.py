@@ -16,7 +16,7 @@ from archsearch.training.probe_cache import busy_note
 
 
 class FakeEngine:
-    """What checkpoint.save/load need of an Engine: its states, its device, whether it has an EMA."""
+    """What checkpoint.save/restore need of an Engine: its states, its device, whether it has an EMA."""
 
     def __init__(self, device):
         self.precision = types.SimpleNamespace(device=device)
@@ -32,7 +32,8 @@ class FakeEngine:
 def saved(tmp_path, device):
     spec = types.SimpleNamespace(to_dict=lambda: {"layers": []})
     path = tmp_path / "last.pt"
-    checkpoint.save(path, FakeEngine(device), TrainState(epoch=3, best_val=0.5, history=[], run_id="r"), spec, "h")
+    checkpoint.save(path, FakeEngine(device), TrainState(epoch=3, best_val=0.5, history=[], run_id="r"), spec, "h",
+                    {"seed": "0"})
     return path
 
 
@@ -42,7 +43,7 @@ def test_resume_onto_a_device_keeps_the_rng_states_on_the_cpu_and_continues_the_
     path = saved(tmp_path, torch.device("cpu"))
     expected = torch.rand(3)
     eng = FakeEngine(torch.device("meta"))
-    state = checkpoint.load(str(path), eng, "h")
+    state = checkpoint.restore(checkpoint.read(str(path), "h"), eng)
     assert torch.equal(torch.rand(3), expected)  # the same draws as the run it continues
     assert state.epoch == 3 and eng.loaded["model"]["w"].device.type == "cpu"  # the engine moves them
 
@@ -57,7 +58,7 @@ def test_the_gpus_random_states_are_saved_and_restored(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
     path = saved(tmp_path, torch.device("cpu"))
     assert torch.equal(torch.load(path, weights_only=False)["rng"]["cuda"][0], gpu_state[0])
-    checkpoint.load(str(path), FakeEngine(torch.device("cpu")), "h")
+    checkpoint.restore(checkpoint.read(str(path), "h"), FakeEngine(torch.device("cpu")))
     assert len(restored) == 1 and torch.equal(restored[0][0], gpu_state[0])
 
 

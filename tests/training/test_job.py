@@ -83,6 +83,71 @@ def test_resume_continues_at_the_right_epoch(tmp_path):
     assert len(df) == 1 and df.status[0] == "FINISHED"  # the same MLflow run, continued
 
 
+def test_resume_refuses_other_settings_and_a_branch_tries_another_last_phase(tmp_path):
+    """trainer.resume continues the same run, so it may not train otherwise (named, refused before
+    any data is loaded); trainer.branch=true starts a new run from the checkpoint with another label
+    smoothing, its first epochs copied in so that its curves are whole."""
+    from mlflow.tracking import MlflowClient
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_2(epoch, val):
+        if epoch == 2:
+            raise Stop
+
+    base = [*TINY_MODEL, "trainer.epochs=3", "trainer.tta=none"]
+    with pytest.raises(Stop):
+        train(cfg_for(tmp_path, *base, "run_name=first"), tmp_path / "a", epoch_hook=stop_after_2)
+    ck = f"trainer.resume={tmp_path}/a/last.pt"
+    for extra, says in (
+            (["trainer.label_smoothing=0"], r"trainer.label_smoothing: .*last.pt was trained with "
+             r"trainer.label_smoothing=0.05, this run sets 0; resume with the checkpoint's value, or add "
+             r"trainer.branch=true to start a new run from it with this one"),
+            (["trainer.epochs=5"], r"trainer.epochs: .* was trained with trainer.epochs=3, this run sets 5; resume "
+             r"with the checkpoint's value$"),
+            (["optim.lr=0.2", "trainer.branch=true"], r"optim.lr: .*; a branch may change only aug.\*, "
+             r"trainer.label_smoothing, trainer.tta"),
+            (["trainer.branch=yes"], r"trainer.branch: must be true or false; got 'yes'")):
+        with pytest.raises(ConfigError, match=says):
+            train(cfg_for(tmp_path, *base, ck, *extra), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()  # refused before the run's folder, data or MLflow run
+    with pytest.raises(ConfigError, match="trainer.branch: true starts a new run from a checkpoint; name it with"):
+        train(cfg_for(tmp_path, *base, "trainer.branch=true"), tmp_path / "refused")
+
+    seen = []
+    res = train(cfg_for(tmp_path, *base, ck, "trainer.branch=true", "trainer.label_smoothing=0", "run_name=branch"),
+                tmp_path / "b", epoch_hook=lambda e, v: seen.append(e))
+    assert seen == [3] and [h["epoch"] for h in res.history] == [1, 2, 3]
+    df = runs(tmp_path)
+    first, branch = (df[df["tags.mlflow.runName"] == n].iloc[0] for n in ("first", "branch"))
+    assert branch.run_id != first.run_id and branch.status == "FINISHED"
+    assert branch["tags.archsearch.branched_from"].startswith(f"run {first.run_id}, epoch 2, ")
+    assert branch["tags.archsearch.branch_changes"] == "trainer.label_smoothing=0"
+    assert branch["params.trainer.label_smoothing"] == "0"
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert [m.step for m in client.get_metric_history(branch.run_id, "val_acc")] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(first.run_id, "val_acc")] == [1, 2]  # the first run untouched
+
+
+def test_a_setting_typed_another_way_is_the_same_setting(tmp_path):
+    from pathlib import Path
+
+    from archsearch.training.resume_check import check_settings
+
+    ck = {"settings": {"trainer.label_smoothing": 0, "aug.mix.cooldown": True}, "path": Path("last.pt")}
+    assert check_settings(ck, {"trainer.label_smoothing": 0.0, "aug.mix.cooldown": True}, branch=False) == []
+    with pytest.raises(ConfigError, match="aug.mix.cooldown: last.pt was trained with aug.mix.cooldown=true, this run sets 1"):
+        check_settings(ck, {"trainer.label_smoothing": 0, "aug.mix.cooldown": 1}, branch=False)
+    # written before settings were kept: checked against the run's config.yaml beside it, where there is one
+    assert check_settings({"path": tmp_path / "last.pt"}, {"seed": 1}, branch=False) == []
+    (tmp_path / "config.yaml").write_text("seed: 0\ntrainer: {label_smoothing: 0.05, device: cpu}\n")
+    with pytest.raises(ConfigError, match="seed: .*last.pt was trained with seed=0, this run sets 1"):
+        check_settings({"path": tmp_path / "last.pt"}, {"seed": 1, "trainer.label_smoothing": 0.05}, branch=False)
+    assert check_settings({"path": tmp_path / "last.pt"}, {"seed": 0, "trainer.label_smoothing": 0.1},
+                          branch=True) == ["trainer.label_smoothing=0.1"]
+
+
 def test_over_budget_spec_loads_no_data(tmp_path, monkeypatch, no_mlflow_record):
     def boom(*a, **k):
         raise AssertionError("data was loaded for a rejected spec")
