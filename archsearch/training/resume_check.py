@@ -66,20 +66,19 @@ def check_settings(ck: dict, now: dict[str, Any], branch: bool) -> list[str]:
         saved = run_settings(OmegaConf.to_container(OmegaConf.load(path.parent / "config.yaml"), resolve=True))
     if saved is None:
         return []
-    changed = []
-    for key in sorted(set(saved) | set(now)):
-        was, is_ = saved.get(key, _UNSET), now.get(key, _UNSET)
-        if _same(was, is_):
-            continue
-        if branch and _under(key, BRANCH_MAY_CHANGE):
-            changed.append(f"{key}={_text(is_)}")
-            continue
+    differ = [k for k in sorted(set(saved) | set(now)) if not _same(saved.get(k, _UNSET), now.get(k, _UNSET))]
+    refused = [k for k in differ if not (branch and _under(k, BRANCH_MAY_CHANGE))]
+    if refused:
+        key = refused[0]
         if branch:
             how = (f"a branch may change only {', '.join(p + ('.*' if p == 'aug' else '') for p in BRANCH_MAY_CHANGE)} "
                    "(the checkpoint's optimiser, schedule and random states hold the rest)")
-        elif _under(key, BRANCH_MAY_CHANGE):
+        elif all(_under(k, BRANCH_MAY_CHANGE) for k in refused):
             how = "resume with the checkpoint's value, or add trainer.branch=true to start a new run from it with this one"
         else:
             how = "resume with the checkpoint's value"
-        raise ConfigError(f"{key}: {path} was trained with {key}={_text(was)}, this run sets {_text(is_)}; {how}")
+        more = f" (also differ: {', '.join(refused[1:])})" if refused[1:] else ""
+        raise ConfigError(f"{key}: {path} was trained with {key}={_text(saved.get(key, _UNSET))}, this run sets "
+                          f"{_text(now.get(key, _UNSET))}; {how}{more}")
+    changed = [f"{k}={_text(now.get(k, _UNSET))}" for k in differ]
     return changed
