@@ -92,7 +92,7 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
     if branch:
         tags.update({"archsearch.branched_from": f"run {state.run_id}, epoch {state.epoch}, {ck['path']}",
                      "archsearch.branch_changes": " ".join(changed) or "(none)"})
-    resumed = None if branch else state.run_id
+    resumed, origin = (None, state.run_id) if branch else (state.run_id, None)
     trial = (run_tags or {}).get("trial_number")  # a sweep trial: named by its number and, at its end, result
     name = cfg.get("run_name") or (trial_run_name(trial, "RUNNING") if trial is not None
                                    else f"{spec.name}-{s.spec_hash[:6]}")
@@ -104,7 +104,7 @@ def train(cfg, out_dir: str | Path, epoch_hook: Callable[[int, float], None] | N
         if not resumed:
             run_log.log_inputs(run, cfg, resolved, s)
         if branch:
-            _log_branch(run, s, state, changed)
+            _log_branch(run, s, state, origin, changed)
         run_log.log_start(s, resumed is not None)
         with run.system_metrics(sys_every, resumed is not None, run_log.gpu_uuids(s.engine.precision.device)) \
                 if sys_every else contextlib.nullcontext():
@@ -151,14 +151,14 @@ def _epoch_metrics(history: list[dict], best_val: float, has_val: bool) -> tuple
             "epochs_done": rec["epoch"], "epochs": rec["epoch"], **reached}, reached
 
 
-def _log_branch(run, s: RunSetup, state: TrainState, changed: list[str]) -> None:
+def _log_branch(run, s: RunSetup, state: TrainState, origin: str | None, changed: list[str]) -> None:
     """A branch's new run gets the epochs it continues, as they were logged, so its curves are whole."""
     has_val, best = len(s.data.x_val) > 0, -1.0
     for i, rec in enumerate(state.history):
         best = max(best, rec["val_acc"]) if has_val else float("nan")
         run.log_metrics(_epoch_metrics(state.history[: i + 1], best, has_val)[0], step=i + 1)
-    log.info("branched from run %s at epoch %d: a new run, its first %d epochs copied; changed: %s", state.run_id,
-             state.epoch, state.epoch, " ".join(changed) or "nothing")
+    log.info("branched from run %s at epoch %d: a new run (%s), its first %d epochs copied; changed: %s", origin,
+             state.epoch, run.run_id, state.epoch, " ".join(changed) or "nothing")
 
 
 def _run_epoch(s: RunSetup, state: TrainState, run, epoch: int, settings: dict | None) -> None:

@@ -83,7 +83,7 @@ def test_resume_continues_at_the_right_epoch(tmp_path):
     assert len(df) == 1 and df.status[0] == "FINISHED"  # the same MLflow run, continued
 
 
-def test_resume_refuses_other_settings_and_a_branch_tries_another_last_phase(tmp_path):
+def test_resume_refuses_other_settings_and_a_branch_tries_another_last_phase(tmp_path, caplog):
     """trainer.resume continues the same run, so it may not train otherwise (named, refused before
     any data is loaded); trainer.branch=true starts a new run from the checkpoint with another label
     smoothing, its first epochs copied in so that its curves are whole."""
@@ -96,6 +96,7 @@ def test_resume_refuses_other_settings_and_a_branch_tries_another_last_phase(tmp
         if epoch == 2:
             raise Stop
 
+    caplog.set_level("INFO", logger="archsearch")
     base = [*TINY_MODEL, "trainer.epochs=3", "trainer.tta=none"]
     with pytest.raises(Stop):
         train(cfg_for(tmp_path, *base, "run_name=first"), tmp_path / "a", epoch_hook=stop_after_2)
@@ -125,6 +126,8 @@ def test_resume_refuses_other_settings_and_a_branch_tries_another_last_phase(tmp
     assert branch["tags.archsearch.branched_from"].startswith(f"run {first.run_id}, epoch 2, ")
     assert branch["tags.archsearch.branch_changes"] == "trainer.label_smoothing=0"
     assert branch["params.trainer.label_smoothing"] == "0"
+    assert (f"branched from run {first.run_id} at epoch 2: a new run ({branch.run_id}), its first 2 epochs copied; "
+            "changed: trainer.label_smoothing=0") in caplog.text
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     assert [m.step for m in client.get_metric_history(branch.run_id, "val_acc")] == [1, 2, 3]
     assert [m.step for m in client.get_metric_history(first.run_id, "val_acc")] == [1, 2]  # the first run untouched
