@@ -49,7 +49,7 @@ def _set_rng_state(rng: dict) -> None:
     random.setstate(rng["python"])
 
 
-def save(path: Path, engine: Engine, state: TrainState, spec, spec_hash: str, settings: dict[str, str]) -> None:
+def save(path: Path, engine: Engine, state: TrainState, spec, spec_hash: str, settings: dict) -> None:
     """Write atomically: a killed run never leaves a truncated checkpoint."""
     import torch
 
